@@ -1,0 +1,22 @@
+"""The one place that chooses between the Cython hot path and its pure-Python twin."""
+
+from __future__ import annotations
+
+import os
+
+if os.environ.get("GNUT_NO_EXTENSIONS"):
+    from gnut import _purepath as _impl
+
+    IMPLEMENTATION = "python"
+else:
+    # No silent fallback: a missing or broken build is an ImportError here.
+    from gnut import _fastpath as _impl  # type: ignore[no-redef]
+
+    IMPLEMENTATION = "cython"
+
+FrameReader = _impl.FrameReader
+GuidCache = _impl.GuidCache
+Message = _impl.Message
+relay_rewrite = _impl.relay_rewrite
+
+__all__ = ["IMPLEMENTATION", "FrameReader", "GuidCache", "Message", "relay_rewrite"]
