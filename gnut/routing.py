@@ -1,0 +1,610 @@
+"""Routing core: decide what happens to each received message (drop, local, forward, route back)."""
+
+# Strategy
+# --------
+# Router.route() never sends anything: like gtk-gnutella's route_message() it returns
+# a RouteDecision that the runtime (node.py) executes.  Rules, in the order applied:
+#
+#   1. A peer we treat as a LEAF must never relay: anything it sends with hops > 0
+#      is dropped LEAF_RELAY and costs the link (BYE 414).
+#   2. TTL sanity: TTL 0 is invalid on receipt (TTL_EXPIRED); TTL+hops above the hard
+#      limit 15 is abuse (HOP_LIMIT).  TTL+hops above the soft limit 7 is clamped for
+#      relaying (effective_ttl), and a copy is relayed only if it keeps TTL >= 1.
+#   3. Per type: broadcasts (PING, QUERY) are deduplicated by (GUID, type) and leave a
+#      reverse route GUID -> sender; replies (PONG, QUERYHIT) follow that route back;
+#      PUSH follows the servent-GUID route learned from QUERYHIT trailers; link-level
+#      messages (BYE, QRP, vendor) are local and only valid at hops 0.
+#
+# Reverse-route entries hold (peer id, peer generation): remove_peer() only forgets
+# the peer (O(1)), stale entries are recognised when looked up and ignored.
+#
+# Duplicates: a broadcast whose (GUID, type) was already seen is dropped even when
+# the copy carries a higher TTL than the first one.  gtk-gnutella forwards such a
+# copy without handling it again; we take the simpler rule (one decision per GUID),
+# which costs at most a shorter horizon for that one query.
+
+from __future__ import annotations
+
+import collections
+import enum
+import re
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from gnut.constants import (
+    GUID_CACHE_CAPACITY,
+    GUID_CACHE_MAX_AGE,
+    GUID_LEN,
+    HARD_TTL_LIMIT,
+    MAX_QUERY_DISCONNECT,
+    MAX_QUERY_RELAY,
+    MSG_BYE,
+    MSG_PING,
+    MSG_PONG,
+    MSG_PUSH,
+    MSG_QRP,
+    MSG_QUERY,
+    MSG_QUERYHIT,
+    MSG_VENDOR,
+    MSG_VENDOR_STD,
+    ROUTE_MAX_AGE,
+    ROUTE_TABLE_CAPACITY,
+    SOFT_TTL_LIMIT,
+)
+from gnut.errors import LocalProtocolError
+from gnut.fastpath import GuidCache
+
+# BYE code sent to a leaf that relayed a message (gtk-gnutella, INTEROP.md).
+BYE_LEAF_RELAYED = 414
+# A QUERY payload is a 2-byte flags word then NUL-ended text: 3 bytes at the least.
+MIN_QUERY_PAYLOAD = 3
+# A PONG payload is port(2) + IPv4(4) + files(4) + kbytes(4), GGEP may follow.
+MIN_PONG_PAYLOAD = 14
+# A QUERYHIT payload is count(1) + port(2) + IPv4(4) + speed(4) + servent GUID(16) at the least.
+MIN_QUERYHIT_PAYLOAD = 27
+# A PUSH payload is servent GUID(16) + file index(4) + IPv4(4) + port(2).
+MIN_PUSH_PAYLOAD = 26
+# Route-table peer id that stands for "us": replies to our own PING/QUERY are LOCAL.
+LOCAL_PEER = -1
+# Router modes accepted by Router(mode=...).
+MODES = ("flood", "ultrapeer", "leaf")
+
+# Types that are link-level only: never relayed, valid only straight from the neighbour.
+_LINK_TYPES = frozenset((MSG_BYE, MSG_QRP, MSG_VENDOR, MSG_VENDOR_STD))
+
+
+class DropReason(enum.Enum):
+    """Why a message was dropped; every drop is counted under one of these."""
+
+    DUPLICATE = "duplicate"  # (GUID, type) of a broadcast already seen
+    TTL_EXPIRED = "ttl_expired"  # TTL 0 on receipt, or no TTL left to relay a reply
+    HOP_LIMIT = "hop_limit"  # TTL + hops above the hard limit
+    NO_ROUTE = "no_route"  # reply or PUSH with no live reverse route
+    OVERSIZED = "oversized"  # payload above a disconnect limit
+    MALFORMED = "malformed"  # payload too short for its type
+    FLOW_CONTROL = "flow_control"  # shed by the runtime's output queue (counted via count_drop)
+    LEAF_RELAY = "leaf_relay"  # a leaf sent something with hops > 0
+    UNKNOWN_TYPE = "unknown_type"  # message type we do not know
+    OWN_MESSAGE = "own_message"  # a broadcast carrying one of our own GUIDs came back
+    HOPS_NONZERO = "hops_nonzero"  # BYE / QRP / vendor message that was relayed
+    TOO_BIG_QUERY = "too_big_query"  # query payload above the relay limit (not a disconnect)
+
+
+class Action(enum.IntEnum):
+    """What the runtime does with a received message."""
+
+    DROP = 0
+    LOCAL = 1
+    FORWARD = 2
+    ROUTE_BACK = 3
+
+
+class PeerRole(enum.IntEnum):
+    """Role of a neighbour as negotiated in the handshake."""
+
+    ULTRAPEER = 0
+    LEAF = 1
+    FLOOD = 2  # classic 0.4-style peer: every node relays, no QRP
+
+
+@dataclass(slots=True)
+class RouteDecision:
+    """One routing decision for the runtime to execute.
+
+    `targets` get a copy with TTL = `ttl` and hops + 1.  `local` may be True beside
+    any action, DROP included: a PONG that cannot be relayed still names a host.
+    """
+
+    action: Action
+    targets: tuple[int, ...] = ()
+    local: bool = False
+    reason: DropReason | None = None
+    disconnect: bool = False
+    bye_code: int = 0
+    ttl: int = 0
+
+
+class QrpMatcher(Protocol):
+    """What set_qrp() needs from a peer's QRP table."""
+
+    def matches(self, words: Iterable[str]) -> bool: ...
+
+
+class _Peer:
+    """A live neighbour: role, generation (tells reused ids apart), QRP matcher."""
+
+    __slots__ = ("role", "gen", "matcher")
+
+    def __init__(self, role: PeerRole, gen: int) -> None:
+        self.role = role
+        self.gen = gen
+        self.matcher: QrpMatcher | None = None
+
+
+class RouteTable:
+    """Bounded, aged map GUID -> (peer id, peer generation).
+
+    Strategy: an OrderedDict in insertion-time order (a re-insert moves the key to
+    the end).  Inserting evicts the oldest entries while the table is full and pops
+    entries older than max_age from the front, so both bounds cost amortised O(1).
+    A lookup also treats an entry aged max_age or more as absent.
+    """
+
+    __slots__ = ("capacity", "max_age", "_entries")
+
+    def __init__(self, capacity: int, max_age: float) -> None:
+        """Args:
+        capacity: most entries held (>= 1).
+        max_age: seconds an entry stays valid.
+
+        Raises:
+            LocalProtocolError: capacity < 1 or max_age <= 0.
+        """
+        if capacity < 1 or max_age <= 0:
+            raise LocalProtocolError(f"bad route table bounds capacity={capacity} max_age={max_age}")
+        self.capacity = capacity
+        self.max_age = max_age
+        self._entries: OrderedDict[bytes, tuple[int, int, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, guid: bytes, peer: int, gen: int, now: float) -> None:
+        """Record that replies for `guid` go to `peer` (generation `gen`) from time `now`."""
+        entries = self._entries
+        if guid in entries:
+            del entries[guid]
+        while len(entries) >= self.capacity:
+            entries.popitem(last=False)
+        horizon = now - self.max_age
+        while entries:
+            oldest = next(iter(entries.values()))
+            if oldest[2] > horizon:
+                break
+            entries.popitem(last=False)
+        entries[guid] = (peer, gen, now)
+
+    def get(self, guid: bytes, now: float) -> tuple[int, int] | None:
+        """Return (peer, generation) for `guid`, or None if unknown or aged out."""
+        entry = self._entries.get(guid)
+        if entry is None:
+            return None
+        if now - entry[2] >= self.max_age:
+            del self._entries[guid]
+            return None
+        return entry[0], entry[1]
+
+
+def effective_ttl(ttl: int, hops: int) -> int:
+    """Return the received TTL after the soft-limit clamp (ttl + hops <= SOFT_TTL_LIMIT).
+
+    Args:
+        ttl: TTL as received.
+        hops: hops as received.
+
+    Returns:
+        min(ttl, SOFT_TTL_LIMIT - hops), possibly <= 0 when hops alone reach the limit.
+    """
+    return min(ttl, SOFT_TTL_LIMIT - hops)
+
+
+def relay_ttl(ttl: int, hops: int) -> int:
+    """Return the TTL for a relayed copy, or 0 when the message must not travel further.
+
+    Strategy: clamp to the soft limit, then decrement; a copy is sent only if it
+    still carries TTL >= 1 (a TTL 0 message is invalid for its receiver).
+    """
+    left = effective_ttl(ttl, hops) - 1
+    return left if left >= 1 else 0
+
+
+def check_ttl(ttl: int, hops: int) -> DropReason | None:
+    """Return the drop reason for an invalid TTL/hops pair, or None when acceptable.
+
+    Args:
+        ttl: TTL as received.
+        hops: hops as received.
+
+    Returns:
+        TTL_EXPIRED for TTL 0, HOP_LIMIT when ttl + hops exceeds HARD_TTL_LIMIT, else None.
+    """
+    if ttl == 0:
+        return DropReason.TTL_EXPIRED
+    if ttl + hops > HARD_TTL_LIMIT:
+        return DropReason.HOP_LIMIT
+    return None
+
+
+def check_query_size(length: int) -> tuple[DropReason | None, bool]:
+    """Return (drop reason, disconnect) for a QUERY payload of `length` bytes.
+
+    Strategy (gtk-gnutella): above 1 KiB the sender is abusive and loses the link;
+    above 256 bytes the query is dropped; below 3 bytes it cannot hold flags + NUL.
+    """
+    if length > MAX_QUERY_DISCONNECT:
+        return DropReason.OVERSIZED, True
+    if length > MAX_QUERY_RELAY:
+        return DropReason.TOO_BIG_QUERY, False
+    if length < MIN_QUERY_PAYLOAD:
+        return DropReason.MALFORMED, False
+    return None, False
+
+
+_WORD_SPLIT = re.compile(r"[^\w]+|_+")
+_query_words_impl: Callable[[str], list[str]] | None = None
+
+
+def _local_words(text: str) -> list[str]:
+    """Fallback normalisation: lower-case, split on non-alphanumerics, drop empties."""
+    return [w for w in _WORD_SPLIT.split(text.lower()) if w]
+
+
+def query_words(payload: bytes) -> list[str]:
+    """Return the search words of a QUERY payload (text between the flags and the first NUL).
+
+    Uses gnut.qrp.query_words when that module is present so matching agrees with
+    the QRP tables; otherwise a plain lower-case split.
+
+    Args:
+        payload: the QUERY payload (2-byte flags, NUL-ended text, extensions).
+
+    Returns:
+        The normalised words (possibly empty).
+    """
+    global _query_words_impl
+    if _query_words_impl is None:
+        try:
+            from gnut.qrp import query_words as qrp_query_words
+        except ImportError:
+            _query_words_impl = _local_words
+        else:
+            _query_words_impl = qrp_query_words
+    end = payload.find(b"\x00", 2)
+    text = payload[2 : end if end >= 0 else len(payload)].decode("utf-8", "replace")
+    return list(_query_words_impl(text))
+
+
+class Router:
+    """Routing decisions for one servent; peers are opaque int ids.
+
+    Counters: `drops` (Counter[DropReason]), `received`, `forwarded` (copies sent,
+    relays and route-backs) and `local` (Counter by message type), and `qrp_skips`
+    (query copies not sent to a peer because its QRP table did not match).
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        *,
+        servent_guid: bytes,
+        seen_capacity: int = GUID_CACHE_CAPACITY,
+        seen_max_age: float = GUID_CACHE_MAX_AGE,
+        route_capacity: int = ROUTE_TABLE_CAPACITY,
+        route_max_age: float = ROUTE_MAX_AGE,
+        seed: int | None = None,
+    ) -> None:
+        """Args:
+        mode: "flood" (classic all-relay), "ultrapeer" (QRP to leaves and last hop) or "leaf".
+        servent_guid: our 16-byte servent GUID (PUSH messages naming it are ours).
+        seen_capacity, seen_max_age: bounds of the duplicate (GUID, type) cache.
+        route_capacity, route_max_age: bounds of each reverse-route table.
+        seed: hash seed of the duplicate cache (None = random per process).
+
+        Raises:
+            LocalProtocolError: unknown mode or servent_guid not 16 bytes.
+        """
+        if mode not in MODES:
+            raise LocalProtocolError(f"unknown router mode {mode!r}, expected one of {MODES}")
+        if len(servent_guid) != GUID_LEN:
+            raise LocalProtocolError(f"servent GUID must be {GUID_LEN} bytes, got {len(servent_guid)}")
+        self.mode = mode
+        self.servent_guid = bytes(servent_guid)
+        self._seen = GuidCache(seen_capacity, seen_max_age, seed)
+        self._ping_routes = RouteTable(route_capacity, route_max_age)
+        self._query_routes = RouteTable(route_capacity, route_max_age)
+        self._push_routes = RouteTable(route_capacity, route_max_age)
+        self._peers: dict[int, _Peer] = {}
+        self._next_gen = 0
+        # Target lists rebuilt when peers change (tens of peers), read on every query.
+        self._relay_peers: tuple[int, ...] = ()  # ULTRAPEER and FLOOD peers
+        self._leaf_peers: tuple[int, ...] = ()
+        self.drops: Counter[DropReason] = collections.Counter()
+        self.received: Counter[int] = collections.Counter()
+        self.forwarded: Counter[int] = collections.Counter()
+        self.local: Counter[int] = collections.Counter()
+        self.qrp_skips = 0
+
+    # --- peers ---------------------------------------------------------------------
+
+    def add_peer(self, peer_id: int, role: PeerRole) -> None:
+        """Register a connected neighbour (a reused id gets a fresh generation).
+
+        Raises:
+            LocalProtocolError: peer_id is negative or already registered.
+        """
+        if peer_id < 0:
+            raise LocalProtocolError(f"peer id must be >= 0, got {peer_id}")
+        if peer_id in self._peers:
+            raise LocalProtocolError(f"peer {peer_id} already registered")
+        self._next_gen += 1
+        self._peers[peer_id] = _Peer(PeerRole(role), self._next_gen)
+        self._rebuild_targets()
+
+    def remove_peer(self, peer_id: int) -> None:
+        """Forget a neighbour; its reverse routes become stale without a scan. Unknown ids are ignored."""
+        if self._peers.pop(peer_id, None) is not None:
+            self._rebuild_targets()
+
+    def set_qrp(self, peer_id: int, matcher: QrpMatcher | None) -> None:
+        """Install (or clear with None) the QRP matcher of a peer: an object with .matches(words).
+
+        Raises:
+            LocalProtocolError: unknown peer.
+        """
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            raise LocalProtocolError(f"set_qrp on unknown peer {peer_id}")
+        peer.matcher = matcher
+
+    def peer_role(self, peer_id: int) -> PeerRole | None:
+        """Return the role of a live peer, or None."""
+        peer = self._peers.get(peer_id)
+        return None if peer is None else peer.role
+
+    def _rebuild_targets(self) -> None:
+        peers = self._peers
+        self._relay_peers = tuple(p for p, st in peers.items() if st.role != PeerRole.LEAF)
+        self._leaf_peers = tuple(p for p, st in peers.items() if st.role == PeerRole.LEAF)
+
+    def _live(self, route: tuple[int, int] | None) -> int | None:
+        """Return the peer id of a route if it still names the same live connection."""
+        if route is None:
+            return None
+        peer = self._peers.get(route[0])
+        if peer is None or peer.gen != route[1]:
+            return None
+        return route[0]
+
+    # --- our own messages ----------------------------------------------------------
+
+    def register_own(self, guid: bytes, kind: int, now: float) -> None:
+        """Record one of our own PINGs or QUERYs: its replies become LOCAL, its echoes OWN_MESSAGE.
+
+        Raises:
+            LocalProtocolError: kind is not MSG_PING / MSG_QUERY or guid is not 16 bytes.
+        """
+        if len(guid) != GUID_LEN:
+            raise LocalProtocolError(f"GUID must be {GUID_LEN} bytes, got {len(guid)}")
+        if kind == MSG_PING:
+            self._ping_routes.put(guid, LOCAL_PEER, 0, now)
+        elif kind == MSG_QUERY:
+            self._query_routes.put(guid, LOCAL_PEER, 0, now)
+        else:
+            raise LocalProtocolError(f"register_own takes MSG_PING or MSG_QUERY, got {kind:#x}")
+        self._seen.seen(guid, kind, now)
+
+    def push_route(self, servent_guid: bytes, now: float) -> int | None:
+        """Return the live peer a PUSH for `servent_guid` should go to (learned from hits), or None."""
+        return self._live(self._push_routes.get(servent_guid, now))
+
+    def count_drop(self, reason: DropReason) -> None:
+        """Count a drop decided outside the router (e.g. FLOW_CONTROL in the runtime)."""
+        self.drops[reason] += 1
+
+    # --- routing -------------------------------------------------------------------
+
+    def _drop(
+        self, reason: DropReason, *, disconnect: bool = False, bye_code: int = 0, local: bool = False
+    ) -> RouteDecision:
+        self.drops[reason] += 1
+        return RouteDecision(Action.DROP, (), local, reason, disconnect, bye_code)
+
+    def _local(self, mtype: int) -> RouteDecision:
+        self.local[mtype] += 1
+        return RouteDecision(Action.LOCAL, (), True)
+
+    def route(self, peer: int, msg, now: float) -> RouteDecision:
+        """Decide what to do with `msg` received from `peer` at time `now`.
+
+        Args:
+            peer: id of the live peer the message came from.
+            msg: object with guid (16 bytes), type, ttl, hops, payload.
+            now: current time in seconds (monotonic).
+
+        Returns:
+            The RouteDecision; drops are already counted in `drops`.
+
+        Raises:
+            LocalProtocolError: `peer` is not registered.
+        """
+        sender = self._peers.get(peer)
+        if sender is None:
+            raise LocalProtocolError(f"route() from unknown peer {peer}")
+        mtype = msg.type
+        hops = msg.hops
+        self.received[mtype] += 1
+        if hops > 0 and sender.role == PeerRole.LEAF:
+            return self._drop(DropReason.LEAF_RELAY, disconnect=True, bye_code=BYE_LEAF_RELAYED)
+        ttl = msg.ttl
+        bad = check_ttl(ttl, hops)
+        if bad is not None:
+            return self._drop(bad)
+        if mtype == MSG_QUERY:
+            return self._route_query(peer, msg, ttl, hops, now)
+        if mtype == MSG_QUERYHIT:
+            return self._route_hit(peer, sender, msg, ttl, hops, now)
+        if mtype == MSG_PING:
+            return self._route_ping(peer, sender, msg, now)
+        if mtype == MSG_PONG:
+            return self._route_pong(msg, ttl, hops, now)
+        if mtype == MSG_PUSH:
+            return self._route_push(msg, ttl, hops, now)
+        if mtype in _LINK_TYPES:
+            if hops != 0:
+                return self._drop(DropReason.HOPS_NONZERO)
+            return self._local(mtype)
+        return self._drop(DropReason.UNKNOWN_TYPE)
+
+    def _route_query(self, peer: int, msg, ttl: int, hops: int, now: float) -> RouteDecision:
+        payload = msg.payload
+        bad, disconnect = check_query_size(len(payload))
+        if bad is not None:
+            return self._drop(bad, disconnect=disconnect)
+        guid = msg.guid
+        if self._is_own(self._query_routes, guid, now):
+            return self._drop(DropReason.OWN_MESSAGE)
+        if self._seen.seen(guid, MSG_QUERY, now):
+            return self._drop(DropReason.DUPLICATE)
+        self.local[MSG_QUERY] += 1
+        if self.mode == "leaf":
+            # A leaf answers from its shares straight to `peer` and never relays.
+            return RouteDecision(Action.LOCAL, (), True)
+        self._query_routes.put(guid, peer, self._peers[peer].gen, now)
+        out_ttl = relay_ttl(ttl, hops)
+        if out_ttl == 0:
+            return RouteDecision(Action.LOCAL, (), True)
+        targets = self._select_targets(peer, None, payload, out_ttl)
+        if not targets:
+            return RouteDecision(Action.LOCAL, (), True)
+        self.forwarded[MSG_QUERY] += len(targets)
+        return RouteDecision(Action.FORWARD, targets, True, ttl=out_ttl)
+
+    def _is_own(self, table: RouteTable, guid: bytes, now: float) -> bool:
+        route = table.get(guid, now)
+        return route is not None and route[0] == LOCAL_PEER
+
+    def route_query_targets(self, sender: int | None, words: list[str], hops_after: int) -> tuple[int, ...]:
+        """Return the peers a QUERY copy goes to.
+
+        Args:
+            sender: peer the query came from (never a target), or None for our own query.
+            words: the query's normalised search words (for QRP matching).
+            hops_after: the TTL the copy carries when sent, i.e. how many hops it may
+                still travel; 1 means last hop (ultrapeers filter it by their QRP table).
+
+        Returns:
+            Target peer ids.  A leaf-mode router sends only its own queries, to its ultrapeers.
+        """
+        if self.mode == "leaf":
+            return self._relay_peers if sender is None else ()
+        return self._select_targets(sender, words, None, hops_after)
+
+    def _select_targets(
+        self, sender: int | None, words: list[str] | None, payload: bytes | None, out_ttl: int
+    ) -> tuple[int, ...]:
+        """Target selection shared by relays and our own queries.
+
+        Strategy: relay peers (ultrapeers, flood peers) get every query except the
+        sender; in ultrapeer mode a last-hop copy (TTL 1) goes only to ultrapeers
+        whose QRP table matches or who sent none.  Leaves, in every mode, get a query
+        only when their table matches: a leaf without a table gets nothing.  Words
+        are parsed from `payload` only when a table is actually consulted.
+        """
+        peers = self._peers
+        filter_last_hop = out_ttl == 1 and self.mode == "ultrapeer"
+        if filter_last_hop:
+            targets = []
+            for p in self._relay_peers:
+                if p == sender:
+                    continue
+                matcher = peers[p].matcher
+                if matcher is not None:
+                    if words is None:
+                        words = query_words(payload)
+                    if not matcher.matches(words):
+                        self.qrp_skips += 1
+                        continue
+                targets.append(p)
+        else:
+            targets = [p for p in self._relay_peers if p != sender]
+        for p in self._leaf_peers:
+            if p == sender:
+                continue
+            matcher = peers[p].matcher
+            if matcher is None:
+                continue
+            if words is None:
+                words = query_words(payload)
+            if matcher.matches(words):
+                targets.append(p)
+            else:
+                self.qrp_skips += 1
+        return tuple(targets)
+
+    def _route_back(self, mtype: int, to_peer: int | None, ttl: int, hops: int, local: bool) -> RouteDecision:
+        """Route a reply/PUSH back to `to_peer` (None: no live route)."""
+        if local:
+            self.local[mtype] += 1
+        if to_peer is None or self.mode == "leaf":
+            # A leaf never relays, so it keeps no routes for others: only its own replies arrive.
+            return self._drop(DropReason.NO_ROUTE, local=local)
+        out_ttl = relay_ttl(ttl, hops)
+        if out_ttl == 0:
+            return self._drop(DropReason.TTL_EXPIRED, local=local)
+        self.forwarded[mtype] += 1
+        return RouteDecision(Action.ROUTE_BACK, (to_peer,), local, ttl=out_ttl)
+
+    def _route_hit(self, peer: int, sender: _Peer, msg, ttl: int, hops: int, now: float) -> RouteDecision:
+        payload = msg.payload
+        if len(payload) < MIN_QUERYHIT_PAYLOAD:
+            return self._drop(DropReason.MALFORMED)
+        # The servent GUID ends the hit: PUSH requests for that servent go back to `peer`.
+        servent = payload[-GUID_LEN:]
+        if servent != self.servent_guid:
+            self._push_routes.put(servent, peer, sender.gen, now)
+        route = self._query_routes.get(msg.guid, now)
+        if route is not None and route[0] == LOCAL_PEER:
+            return self._local(MSG_QUERYHIT)
+        return self._route_back(MSG_QUERYHIT, self._live(route), ttl, hops, False)
+
+    def _route_ping(self, peer: int, sender: _Peer, msg, now: float) -> RouteDecision:
+        # Pong caching: pings are never flooded; the node answers with its own pong
+        # (and cached pongs for a ping that could travel further).
+        guid = msg.guid
+        if self._is_own(self._ping_routes, guid, now):
+            return self._drop(DropReason.OWN_MESSAGE)
+        if self._seen.seen(guid, MSG_PING, now):
+            return self._drop(DropReason.DUPLICATE)
+        if self.mode != "leaf":
+            self._ping_routes.put(guid, peer, sender.gen, now)
+        return self._local(MSG_PING)
+
+    def _route_pong(self, msg, ttl: int, hops: int, now: float) -> RouteDecision:
+        if len(msg.payload) < MIN_PONG_PAYLOAD:
+            return self._drop(DropReason.MALFORMED)
+        route = self._ping_routes.get(msg.guid, now)
+        if hops == 0 or (route is not None and route[0] == LOCAL_PEER):
+            return self._local(MSG_PONG)
+        # Every valid pong names a host: local=True even when it cannot be relayed.
+        return self._route_back(MSG_PONG, self._live(route), ttl, hops, True)
+
+    def _route_push(self, msg, ttl: int, hops: int, now: float) -> RouteDecision:
+        payload = msg.payload
+        if len(payload) < MIN_PUSH_PAYLOAD:
+            return self._drop(DropReason.MALFORMED)
+        target = payload[:GUID_LEN]
+        if target == self.servent_guid:
+            return self._local(MSG_PUSH)
+        return self._route_back(MSG_PUSH, self._live(self._push_routes.get(target, now)), ttl, hops, False)
