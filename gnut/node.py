@@ -1,0 +1,580 @@
+"""The servent runtime: listener, dialer, timers, and execution of the Router's decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from pathlib import Path
+
+from gnut import handshake as hs
+from gnut import messages, qrp
+from gnut import routing as rt
+from gnut.config import NodeConfig
+from gnut.constants import (
+    HANDSHAKE_TIMEOUT,
+    IDLE_CLOSE_AFTER,
+    IDLE_PING_AFTER,
+    MSG_BYE,
+    MSG_PING,
+    MSG_PONG,
+    MSG_PUSH,
+    MSG_QRP,
+    MSG_QUERY,
+    MSG_QUERYHIT,
+    MSG_VENDOR,
+    MSG_VENDOR_STD,
+    SOFT_TTL_LIMIT,
+    TYPE_NAMES,
+)
+from gnut.errors import ProtocolError, RemoteProtocolError
+from gnut.fastpath import relay_rewrite
+from gnut.guid import new_guid
+from gnut.hostcache import HostCache
+from gnut.peer import PRIO_KEEP, Peer, shed_priority
+from gnut.search import SearchManager
+
+log = logging.getLogger("gnut.node")
+flow = logging.getLogger("gnut.flow")
+
+# Housekeeping period: deadlines, keep-alives, redials, host-cache saves.
+TICK = 1.0
+# A dial that has not connected by then is a failure (GnutellaBun's own timeout is 2.5 s).
+DIAL_TIMEOUT = 5.0
+# Pongs we keep to answer PINGs without flooding them (pong caching), and how many we return.
+PONG_CACHE_SIZE = 64
+PONG_REPLY_MAX = 6
+# Connection storms: more accepts than this per minute from one IP are closed at once.
+ACCEPTS_PER_IP_PER_MINUTE = 120
+# X-Try-Ultrapeers entries offered with a refusal.
+TRY_HOSTS_OFFERED = 10
+# Save the host cache at most this often.
+HOSTS_SAVE_EVERY = 30.0
+# Parallel outgoing dials while filling link slots.
+MAX_PARALLEL_DIALS = 4
+
+
+class Node:
+    """A running servent. Create, `await start()`, use, `await stop()`."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.servent_guid = new_guid()
+        self.rng = random.Random()
+        self.router = rt.Router(cfg.mode, servent_guid=self.servent_guid)
+        self.peers: dict[int, Peer] = {}
+        self._next_id = 0
+        self._dirty: list[Peer] = []
+        self.hosts = HostCache(cfg.hosts_path if cfg.save_hosts else None)
+        self.pong_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+        self.searches = SearchManager(self)
+        self.sent: collections.Counter[int] = collections.Counter()
+        self.events: collections.Counter[str] = collections.Counter()
+        self._accepts: dict[str, collections.deque] = {}
+        self._dialing: set[tuple[str, int]] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._last_save = 0.0
+        self._qrp_dirty = True
+        self._qrp_sent: dict[int, qrp.QrpTable] = {}
+        self.share = None
+        self.transfers = None
+        self.control = None
+        self.started = time.monotonic()
+        self.address: tuple[str, int] = (cfg.listen_host, cfg.listen_port)
+        self.handshake_config = hs.HandshakeConfig(
+            mode=cfg.mode, listen_ip=cfg.listen_host, listen_port=cfg.listen_port
+        )
+        self.stopping = False
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def start(self) -> tuple[str, int]:
+        """Scan shares, listen, start housekeeping and dial the configured peers.
+
+        Returns:
+            The (host, port) actually listened on (port 0 picks a free one).
+        """
+        from gnut.transfers import Transfers
+
+        loop = asyncio.get_running_loop()
+        self.transfers = Transfers(self)
+        self.share = self.transfers.share
+        await self.transfers.scan()
+        self._server = await loop.create_server(
+            lambda: Peer(self, outgoing=False), self.cfg.listen_host, self.cfg.listen_port, reuse_address=True
+        )
+        sock = self._server.sockets[0].getsockname()
+        self.address = (sock[0], sock[1])
+        self.handshake_config = hs.HandshakeConfig(
+            mode=self.cfg.mode, listen_ip=self.address[0], listen_port=self.address[1]
+        )
+        log.info("listening on %s:%d as %s (%d files shared)", *self.address, self.cfg.mode, len(self.share))
+        self.spawn(self._housekeeping())
+        for host, port in self.cfg.connect:
+            self.hosts.add(host, port, "config", time.time())
+            self.dial(host, port)
+        if self.cfg.control:
+            from gnut.control import ControlServer
+
+            self.control = ControlServer(self)
+            await self.control.start()
+        return self.address
+
+    async def stop(self) -> None:
+        """Send BYE 200 to every peer, close the listener and wait for the links to go."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.control is not None:
+            await self.control.stop()
+        if self._server is not None:
+            self._server.close()
+        for p in list(self.peers.values()):
+            p.send_bye(200, "Servent shutdown")
+        for t in list(self._tasks):
+            t.cancel()
+        if self.transfers is not None:
+            await self.transfers.stop()
+        await asyncio.sleep(0)
+        deadline = time.monotonic() + 2.0
+        while self.peers and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for p in list(self.peers.values()):
+            if p.transport is not None:
+                p.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        try:
+            self.hosts.save()
+        except OSError as exc:
+            log.warning("could not save host cache: %s", exc)
+
+    def spawn(self, coro) -> asyncio.Task:
+        """Run `coro` as a task the node cancels on stop."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task failed: %r", task.exception(), exc_info=task.exception())
+
+    def next_peer_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def new_guid(self) -> bytes:
+        return new_guid()
+
+    # --- links ------------------------------------------------------------------------
+    def dial(self, host: str, port: int) -> None:
+        """Start an outgoing connection to host:port unless one exists or is under way."""
+        key = (host, port)
+        if key == self.address or key in self._dialing or self.stopping:
+            return
+        if any(p.listen_addr == key for p in self.peers.values()):
+            return
+        self._dialing.add(key)
+        self.spawn(self._dial(host, port))
+
+    async def _dial(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: Peer(self, outgoing=True, addr=(host, port)), host, port),
+                DIAL_TIMEOUT,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.info("dial %s:%d failed: %s", host, port, exc or "timeout")
+            self.hosts.failed(host, port, time.time())
+            self.events["dial_failed"] += 1
+        finally:
+            self._dialing.discard((host, port))
+
+    def peer_opened(self, peer: Peer) -> None:
+        if not peer.outgoing and peer.addr is not None:
+            now = time.monotonic()
+            q = self._accepts.setdefault(peer.addr[0], collections.deque())
+            while q and now - q[0] > 60.0:
+                q.popleft()
+            q.append(now)
+            if len(q) > ACCEPTS_PER_IP_PER_MINUTE:
+                self.events["refused_storm"] += 1
+                peer.transport.abort()
+                return
+        self.peers[peer.id] = peer
+
+    def peer_closed(self, peer: Peer) -> None:
+        if self.peers.pop(peer.id, None) is None:
+            return
+        self._qrp_sent.pop(peer.id, None)
+        if peer.established:
+            self.router.remove_peer(peer.id)
+            log.info("left %s: %s", peer.describe(), peer.close_reason)
+            self._qrp_dirty = True
+        if peer in self._dirty:
+            self._dirty.remove(peer)
+
+    def protocol_error(self, peer: Peer, exc: Exception) -> None:
+        self.events["protocol_errors"] += 1
+        log.info("protocol error from %s: %s", peer.describe(), exc)
+        if peer.established:
+            peer.send_bye(400, str(exc)[:80])
+        else:
+            peer.close(f"protocol error: {exc}")
+
+    def counts(self) -> hs.PeerCounts:
+        ups = sum(1 for p in self.peers.values() if p.established and p.role != rt.PeerRole.LEAF)
+        leaves = sum(1 for p in self.peers.values() if p.established and p.role == rt.PeerRole.LEAF)
+        max_leaves = self.cfg.max_leaves if self.cfg.mode == "ultrapeer" else 0
+        return hs.PeerCounts(ultrapeers=ups, leaves=leaves, max_ultrapeers=self.cfg.max_peers, max_leaves=max_leaves)
+
+    def try_hosts(self) -> list[str]:
+        rows = [p.listen_addr for p in self.peers.values() if p.established and p.listen_addr and p.role != rt.PeerRole.LEAF]
+        rows += self.hosts.sample(TRY_HOSTS_OFFERED)
+        seen, out = set(), []
+        for h in rows:
+            if h not in seen and h != self.address:
+                seen.add(h)
+                out.append(f"{h[0]}:{h[1]}")
+        return out[:TRY_HOSTS_OFFERED]
+
+    def on_handshake_request(self, peer: Peer, ev) -> None:
+        verdict = hs.evaluate_incoming(self.handshake_config, ev.headers, self.counts(), self.try_hosts())
+        if verdict.code == 200:
+            peer.conn.accept(verdict.headers, peer_is_ultrapeer=verdict.peer_is_ultrapeer)
+        else:
+            self.events["refused"] += 1
+            log.info("refusing %s: %d %s", peer.describe(), verdict.code, verdict.reason)
+            peer.conn.refuse(verdict.code, verdict.reason, self.try_hosts())
+            peer._write_pending()
+            peer.close(f"refused: {verdict.code} {verdict.reason}")
+
+    def on_established(self, peer: Peer, ev) -> None:
+        if self.cfg.mode == "flood":
+            peer.role = rt.PeerRole.FLOOD
+        elif ev.peer_is_ultrapeer:
+            peer.role = rt.PeerRole.ULTRAPEER
+        else:
+            peer.role = rt.PeerRole.LEAF
+        if self.cfg.mode == "leaf" and peer.role != rt.PeerRole.ULTRAPEER:
+            peer.close("a leaf links only to ultrapeers")
+            return
+        peer.peer_headers = ev.headers
+        peer.user_agent = ev.user_agent or ""
+        if ev.peer_listen:
+            peer.listen_addr = ev.peer_listen
+            self.hosts.add(ev.peer_listen[0], ev.peer_listen[1], "handshake", time.time())
+        if peer.outgoing and peer.listen_addr:
+            self.hosts.succeeded(*peer.listen_addr, time.time())
+        self.router.add_peer(peer.id, peer.role)
+        log.info(
+            "connected %s %s as %s (%s, deflate in=%s out=%s)",
+            "to" if peer.outgoing else "from", peer.describe(), peer.role.name.lower(), peer.user_agent,
+            ev.deflate_in, ev.deflate_out,
+        )
+        self.send_qrp(peer)
+        # A first ping learns the neighbourhood (answered from the peer's pong cache).
+        self.send_ping(peer, ttl=2 if self.cfg.mode != "leaf" else 1)
+
+    def on_refused(self, peer: Peer, ev) -> None:
+        self.events["refused_by_peer"] += 1
+        log.info("%s refused us: %d %s", peer.describe(), ev.code, ev.reason)
+        now = time.time()
+        if peer.listen_addr:
+            self.hosts.failed(*peer.listen_addr, now)
+        for host, port in ev.try_hosts:
+            self.hosts.add(host, port, "x-try", now)
+        peer.close(f"refused: {ev.code} {ev.reason}")
+
+    def switch_to_http(self, peer: Peer, first: bytes) -> None:
+        """Hand a connection whose first bytes are not Gnutella to the HTTP side."""
+        self.peers.pop(peer.id, None)
+        self.transfers.take_http(peer.transport, first)
+
+    # --- the hot path ---------------------------------------------------------------------
+    def mark_dirty(self, peer: Peer) -> None:
+        self._dirty.append(peer)
+
+    def flush(self) -> None:
+        """Write what this burst queued: one send per target peer."""
+        dirty = self._dirty
+        if dirty:
+            self._dirty = []
+            for p in dirty:
+                p.flush()
+
+    def on_frames(self, peer: Peer, msgs: list) -> None:
+        """Route a chunk's messages and queue the relayed copies per target."""
+        now = time.monotonic()
+        route = self.router.route
+        peers = self.peers
+        sent = self.sent
+        verbose = self.cfg.verbose > 1
+        for msg in msgs:
+            dec = route(peer.id, msg, now)
+            if verbose:
+                flow.debug("%s from %s ttl=%d hops=%d -> %s %s", TYPE_NAMES.get(msg.type, hex(msg.type)),
+                           peer.describe(), msg.ttl, msg.hops, dec.action.name, dec.reason.name if dec.reason else "")
+            if dec.action == rt.Action.DROP:
+                if dec.disconnect:
+                    peer.send_bye(dec.bye_code or 400, dec.reason.name.replace("_", " ").lower())
+                    return
+                continue
+            if dec.targets:
+                if dec.ttl == msg.ttl - 1:
+                    out = relay_rewrite(msg.raw)
+                else:
+                    raw = msg.raw
+                    out = raw[:17] + bytes((dec.ttl, msg.hops + 1)) + raw[19:]
+                prio = shed_priority(msg.type, msg.hops)
+                n = 0
+                for t in dec.targets:
+                    p = peers.get(t)
+                    if p is not None:
+                        if p.enqueue(out, prio):
+                            n += 1
+                        else:
+                            self.router.drops[rt.DropReason.FLOW_CONTROL] += 1
+                sent[msg.type] += n
+            if dec.local:
+                try:
+                    self._local(peer, msg)
+                except RemoteProtocolError as exc:
+                    self.router.drops[rt.DropReason.MALFORMED] += 1
+                    log.debug("malformed %s from %s: %s", TYPE_NAMES.get(msg.type), peer.describe(), exc)
+            if peer.closed:
+                return
+
+    # --- messages for us -------------------------------------------------------------------
+    def _local(self, peer: Peer, msg) -> None:
+        t = msg.type
+        if t == MSG_QUERY:
+            self._answer_query(peer, msg)
+        elif t == MSG_QUERYHIT:
+            self.searches.on_hit(peer, msg)
+        elif t == MSG_PING:
+            self._answer_ping(peer, msg)
+        elif t == MSG_PONG:
+            self._on_pong(peer, msg)
+        elif t == MSG_PUSH:
+            self.transfers.on_push(messages.Push.decode(msg.payload))
+        elif t == MSG_BYE:
+            bye = messages.Bye.decode(msg.payload)
+            peer.close(f"peer said BYE {bye.code} {bye.reason}")
+        elif t == MSG_QRP:
+            self._on_qrp(peer, msg)
+        elif t in (MSG_VENDOR, MSG_VENDOR_STD):
+            self.events["vendor_ignored"] += 1
+
+    def send_to(self, peer: Peer, mtype: int, payload: bytes, ttl: int, guid: bytes | None = None) -> bytes:
+        raw = messages.build(guid or new_guid(), mtype, ttl, 0, payload)
+        if peer.enqueue(raw, PRIO_KEEP):
+            self.sent[mtype] += 1
+        return raw
+
+    def _answer_query(self, peer: Peer, msg) -> None:
+        q = messages.Query.decode(msg.payload)
+        self.events["queries_seen"] += 1
+        files = self.share.match(q.text, q.urns, self.cfg.max_results_per_query)
+        if not files:
+            return
+        self.events["queries_answered"] += 1
+        ttl = min(msg.hops + 2, SOFT_TTL_LIMIT) if msg.hops else 1
+        for payload in self.transfers.hit_payloads(files, ggep_h=bool(q.flags & messages.QF_GGEP_H)):
+            self.send_to(peer, MSG_QUERYHIT, payload, ttl=max(ttl, 1), guid=msg.guid)
+
+    def our_pong(self) -> messages.Pong:
+        host, port = self.address
+        return messages.Pong(port=port, ip=host, files=len(self.share), kbytes=self.share.total_kbytes)
+
+    def _answer_ping(self, peer: Peer, msg) -> None:
+        ttl = msg.hops + 1
+        crawler = msg.ttl == 2 and msg.hops == 0
+        if not crawler:
+            self.send_to(peer, MSG_PONG, self.our_pong().encode(), ttl, guid=msg.guid)
+        if msg.ttl > 1:
+            rows = [v for k, v in reversed(self.pong_cache.items()) if k != peer.listen_addr]
+            for payload in rows[:PONG_REPLY_MAX]:
+                self.send_to(peer, MSG_PONG, payload, ttl, guid=msg.guid)
+
+    def _on_pong(self, peer: Peer, msg) -> None:
+        pong = messages.Pong.decode(msg.payload)
+        key = (pong.ip, pong.port)
+        if key == self.address or not pong.port:
+            return
+        self.hosts.add(pong.ip, pong.port, "pong", time.time())
+        self.pong_cache[key] = msg.payload
+        self.pong_cache.move_to_end(key)
+        while len(self.pong_cache) > PONG_CACHE_SIZE:
+            self.pong_cache.popitem(last=False)
+
+    def send_ping(self, peer: Peer, ttl: int = 1) -> None:
+        guid = new_guid()
+        self.router.register_own(guid, MSG_PING, time.monotonic())
+        self.send_to(peer, MSG_PING, b"", ttl, guid=guid)
+
+    # --- QRP ----------------------------------------------------------------------------------
+    def _on_qrp(self, peer: Peer, msg) -> None:
+        if peer.qrp is None:
+            peer.qrp = qrp.QrpReceiver()
+        try:
+            done = peer.qrp.apply(messages.decode_qrp(msg.payload))
+        except RemoteProtocolError as exc:
+            self.events["qrp_rejected"] += 1
+            log.info("bad QRP table from %s: %s", peer.describe(), exc)
+            peer.send_bye(413, "Bad QRP table")
+            return
+        if done:
+            self.router.set_qrp(peer.id, peer.qrp.table)
+            self._qrp_dirty = True
+            log.debug("QRP table from %s installed", peer.describe())
+
+    def wants_our_qrp(self, peer: Peer) -> bool:
+        """Leaves send their table to ultrapeers; ultrapeers to ultrapeers that route on it."""
+        if self.cfg.mode == "leaf":
+            return peer.role == rt.PeerRole.ULTRAPEER
+        if self.cfg.mode == "ultrapeer" and peer.role == rt.PeerRole.ULTRAPEER and peer.peer_headers is not None:
+            return peer.peer_headers.get("X-Ultrapeer-Query-Routing") is not None
+        return False
+
+    def our_qrp_table(self) -> qrp.QrpTable:
+        """Our shares' words, merged with our leaves' tables when we are an ultrapeer."""
+        table = qrp.QrpTable()
+        table.add_words(self.share.all_words())
+        if self.cfg.mode == "ultrapeer":
+            for p in self.peers.values():
+                if p.role == rt.PeerRole.LEAF and p.qrp is not None and p.qrp.table is not None:
+                    table.merge(p.qrp.table)
+        return table
+
+    def send_qrp(self, peer: Peer, table: qrp.QrpTable | None = None) -> None:
+        if not peer.established or not self.wants_our_qrp(peer):
+            return
+        table = table or self.our_qrp_table()
+        prev = self._qrp_sent.get(peer.id)
+        if prev is not None and prev.same_as(table):
+            return
+        for m in table.to_messages(prev):
+            self.send_to(peer, MSG_QRP, m.encode(), 1)
+        self._qrp_sent[peer.id] = table
+
+    def shares_changed(self) -> None:
+        self._qrp_dirty = True
+
+    # --- housekeeping --------------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self.tick(time.monotonic())
+            except Exception:  # a bug here must not stop keep-alives for good
+                log.exception("housekeeping failed")
+
+    def tick(self, now: float) -> None:
+        for p in list(self.peers.values()):
+            if p.closed:
+                continue
+            if not p.established:
+                if now - p.started > HANDSHAKE_TIMEOUT:
+                    self.events["handshake_timeouts"] += 1
+                    p.close("handshake timeout")
+                continue
+            silent = now - p.last_rx
+            if silent > IDLE_CLOSE_AFTER and p.ping_sent_at:
+                p.send_bye(406, "Ping unanswered")
+            elif silent > IDLE_PING_AFTER and (not p.ping_sent_at or now - p.ping_sent_at > IDLE_PING_AFTER):
+                p.ping_sent_at = now
+                self.send_ping(p, 1)
+            elif silent < IDLE_PING_AFTER:
+                p.ping_sent_at = 0.0
+        if self._qrp_dirty:
+            self._qrp_dirty = False
+            table = None
+            for p in list(self.peers.values()):
+                if p.established and self.wants_our_qrp(p):
+                    table = table or self.our_qrp_table()
+                    self.send_qrp(p, table)
+        self.searches.tick(now)
+        self._keep_links(now)
+        self.flush()
+        if now - self._last_save > HOSTS_SAVE_EVERY:
+            self._last_save = now
+            try:
+                self.hosts.save()
+            except OSError as exc:
+                log.warning("could not save host cache: %s", exc)
+
+    def _keep_links(self, now: float) -> None:
+        """Dial from the host cache until we have `out_links` links (a leaf: ultrapeers)."""
+        if self.stopping:
+            return
+        have = sum(1 for p in self.peers.values() if p.role != rt.PeerRole.LEAF or not p.established)
+        want = self.cfg.out_links - have - len(self._dialing)
+        if want <= 0:
+            return
+        exclude = {p.listen_addr for p in self.peers.values() if p.listen_addr} | self._dialing | {self.address}
+        for host, port in self.hosts.pick(min(want, MAX_PARALLEL_DIALS), time.time(), exclude, self.rng):
+            self.dial(host, port)
+
+    # --- views -------------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Peers, traffic by message type, drops by reason, transfers: for `gnut status`."""
+        peers = []
+        for p in self.peers.values():
+            host, port = p.listen_addr or p.addr or ("?", 0)
+            peers.append({
+                "id": p.id, "host": host, "port": port, "role": p.role.name.lower() if p.role is not None else "handshake",
+                "outgoing": p.outgoing, "user_agent": p.user_agent, "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
+                "queued": p.queued() if p.transport else 0, "shed": p.shed,
+                "uptime": round(time.monotonic() - p.started, 1),
+            })
+        r = self.router
+        return {
+            "address": f"{self.address[0]}:{self.address[1]}",
+            "mode": self.cfg.mode,
+            "servent_guid": self.servent_guid.hex(),
+            "uptime": round(time.monotonic() - self.started, 1),
+            "peers": peers,
+            "received": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(r.received.items())},
+            "sent": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(self.sent.items())},
+            "drops": {k.name.lower(): v for k, v in r.drops.items() if v},
+            "events": dict(self.events),
+            "hosts_known": len(self.hosts),
+            "shared_files": len(self.share) if self.share is not None else 0,
+            "transfers": self.transfers.stats() if self.transfers is not None else {},
+        }
+
+
+def home_path(cfg: NodeConfig) -> Path:
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    return cfg.home
+
+
+async def run_node(cfg: NodeConfig, ready: asyncio.Future | None = None) -> int:
+    """Run a node until SIGINT/SIGTERM, then BYE 200 to every peer and return 0."""
+    import signal
+
+    home_path(cfg)
+    node = Node(cfg)
+    await node.start()
+    if ready is not None:
+        ready.set_result(node)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await stop.wait()
+    log.info("shutting down: BYE 200 to %d peers", len(node.peers))
+    await node.stop()
+    return 0
+
+
+__all__ = ["Node", "run_node", "ProtocolError"]
