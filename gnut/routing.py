@@ -90,6 +90,7 @@ class DropReason(enum.Enum):
     OWN_MESSAGE = "own_message"  # a broadcast carrying one of our own GUIDs came back
     HOPS_NONZERO = "hops_nonzero"  # BYE / QRP / vendor message that was relayed
     TOO_BIG_QUERY = "too_big_query"  # query payload above the relay limit (not a disconnect)
+    ROUTE_LOOP = "route_loop"  # a reply or PUSH whose route leads back to the peer that sent it
 
 
 class Action(enum.IntEnum):
@@ -458,9 +459,9 @@ class Router:
         if mtype == MSG_PING:
             return self._route_ping(peer, sender, msg, now)
         if mtype == MSG_PONG:
-            return self._route_pong(msg, ttl, hops, now)
+            return self._route_pong(peer, msg, ttl, hops, now)
         if mtype == MSG_PUSH:
-            return self._route_push(msg, ttl, hops, now)
+            return self._route_push(peer, msg, ttl, hops, now)
         if mtype in _LINK_TYPES:
             if hops != 0:
                 return self._drop(DropReason.HOPS_NONZERO)
@@ -553,13 +554,17 @@ class Router:
                 self.qrp_skips += 1
         return tuple(targets)
 
-    def _route_back(self, mtype: int, to_peer: int | None, ttl: int, hops: int, local: bool) -> RouteDecision:
-        """Route a reply/PUSH back to `to_peer` (None: no live route)."""
+    def _route_back(
+        self, mtype: int, peer: int, to_peer: int | None, ttl: int, hops: int, local: bool
+    ) -> RouteDecision:
+        """Route a reply/PUSH from `peer` back to `to_peer` (None: no live route)."""
         if local:
             self.local[mtype] += 1
         if to_peer is None or self.mode == "leaf":
             # A leaf never relays, so it keeps no routes for others: only its own replies arrive.
             return self._drop(DropReason.NO_ROUTE, local=local)
+        if to_peer == peer:
+            return self._drop(DropReason.ROUTE_LOOP, local=local)
         out_ttl = relay_ttl(ttl, hops)
         if out_ttl == 0:
             return self._drop(DropReason.TTL_EXPIRED, local=local)
@@ -577,7 +582,7 @@ class Router:
         route = self._query_routes.get(msg.guid, now)
         if route is not None and route[0] == LOCAL_PEER:
             return self._local(MSG_QUERYHIT)
-        return self._route_back(MSG_QUERYHIT, self._live(route), ttl, hops, False)
+        return self._route_back(MSG_QUERYHIT, peer, self._live(route), ttl, hops, False)
 
     def _route_ping(self, peer: int, sender: _Peer, msg, now: float) -> RouteDecision:
         # Pong caching: pings are never flooded; the node answers with its own pong
@@ -591,20 +596,21 @@ class Router:
             self._ping_routes.put(guid, peer, sender.gen, now)
         return self._local(MSG_PING)
 
-    def _route_pong(self, msg, ttl: int, hops: int, now: float) -> RouteDecision:
+    def _route_pong(self, peer: int, msg, ttl: int, hops: int, now: float) -> RouteDecision:
         if len(msg.payload) < MIN_PONG_PAYLOAD:
             return self._drop(DropReason.MALFORMED)
         route = self._ping_routes.get(msg.guid, now)
         if hops == 0 or (route is not None and route[0] == LOCAL_PEER):
             return self._local(MSG_PONG)
         # Every valid pong names a host: local=True even when it cannot be relayed.
-        return self._route_back(MSG_PONG, self._live(route), ttl, hops, True)
+        return self._route_back(MSG_PONG, peer, self._live(route), ttl, hops, True)
 
-    def _route_push(self, msg, ttl: int, hops: int, now: float) -> RouteDecision:
+    def _route_push(self, peer: int, msg, ttl: int, hops: int, now: float) -> RouteDecision:
         payload = msg.payload
         if len(payload) < MIN_PUSH_PAYLOAD:
             return self._drop(DropReason.MALFORMED)
         target = payload[:GUID_LEN]
         if target == self.servent_guid:
             return self._local(MSG_PUSH)
-        return self._route_back(MSG_PUSH, self._live(self._push_routes.get(target, now)), ttl, hops, False)
+        to_peer = self._live(self._push_routes.get(target, now))
+        return self._route_back(MSG_PUSH, peer, to_peer, ttl, hops, False)
