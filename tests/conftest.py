@@ -1,0 +1,49 @@
+"""Shared pytest fixtures: the `impl` fixture runs a test against the Cython and the pure hot path."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+# The Cython half is imported directly (never via gnut.fastpath), so a missing build is an error,
+# not a silent second run of the pure twin. `--no-cython` or GNUT_NO_EXTENSIONS=1 deselects it.
+_IMPLS = {"cython": "gnut._fastpath", "python": "gnut._purepath"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--no-cython", action="store_true", help="skip the Cython half of `impl` tests")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs_cython: imports gnut._fastpath directly (deselected like impl=cython)"
+    )
+
+
+def _cython_disabled(config: pytest.Config) -> bool:
+    return bool(config.getoption("--no-cython") or os.environ.get("GNUT_NO_EXTENSIONS"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _cython_disabled(config):
+        return
+    kept, deselected = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if (callspec is not None and callspec.params.get("impl") == "cython") or item.get_closest_marker(
+            "needs_cython"
+        ):
+            deselected.append(item)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+@pytest.fixture(params=list(_IMPLS), ids=list(_IMPLS))
+def impl(request: pytest.FixtureRequest):
+    """The hot-path module under test: gnut._fastpath ("cython") or gnut._purepath ("python")."""
+    return importlib.import_module(_IMPLS[request.param])
