@@ -178,10 +178,10 @@ class Transfers:
             if progress is not None:
                 progress(p)
 
-        d = dl.Download(urn, size, name, out, sources=sources, push=self.push_connect, timeout=timeout,
+        d = dl.Download(urn, size, name, out, sources=sources, push=self.push_connect,
                         progress=on_progress, assume_private_firewalled=self.node.cfg.private_means_firewalled)
         try:
-            path = await d.run()
+            path = await asyncio.wait_for(d.run(), timeout)
         except BaseException as exc:
             state["state"] = f"failed: {exc}"
             raise
