@@ -7,12 +7,15 @@ import bisect
 import hashlib
 import os
 import stat
-import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gnut.constants import MAX_PAYLOAD, VENDOR_CODE
+from gnut.errors import LocalProtocolError
 from gnut.fsutil import atomic_write_json, read_json
+from gnut.messages import GgepItem, HitResult, QueryHit
+from gnut.qrp import keywords, query_words
 
 # Strategy
 # --------
@@ -26,11 +29,13 @@ from gnut.fsutil import atomic_write_json, read_json
 # changed gets a NEW index (an old hit's /get/<index>/ must not serve different bytes),
 # and indices are never reused while the process runs (they persist through the cache).
 #
-# Matching: names and queries are split into words the same way (_words). A query word
-# matches a file word it is a PREFIX of ("beat" finds "beatles"): gtk-gnutella matches
-# query words as substrings of whole names, but a substring index costs far more memory
-# and QRP tables (hashed whole words and their prefixes) would not let those queries
-# reach a leaf anyway. Prefixes are found by bisecting the sorted vocabulary; the posting
+# Matching: names and queries are split into words by qrp.query_words (gtk-gnutella's
+# canonic form: NFKD, lower-case, accents dropped, 3+ UTF-8 bytes), the words our QRP table
+# is built from, so a query that passes our table is judged the same way here. A query word
+# matches a file word it is a PREFIX of ("beat" finds "beatles"; the QRP table holds such
+# cut prefixes too): gtk-gnutella matches query words as substrings of whole names, but a
+# substring index costs far more memory and QRP would not let those queries reach a leaf
+# anyway. Prefixes are found by bisecting the sorted vocabulary; the posting
 # sets of all query words are intersected smallest first, so no query scans every file.
 
 # Files beyond this count are not shared (gtk-gnutella's library sizes stay far below;
@@ -39,8 +44,6 @@ MAX_SHARED_FILES = 100_000
 # A name whose UTF-8 form is longer than this is skipped: hits carry the name NUL-ended
 # and 255 bytes is the common filesystem limit.
 MAX_NAME_BYTES = 255
-# Query words shorter than this are ignored (as QRP ignores them): "a" would match everything.
-MIN_WORD_CHARS = 2
 # Results returned for one query (gtk-gnutella answers with at most ~64 per query).
 MAX_RESULTS = 64
 # Results per QUERYHIT payload: LimeWire and gtk-gnutella batch about 10 per message.
@@ -56,6 +59,11 @@ URN_PREFIX = "urn:sha1:"
 # urn:sha1 base32 form: 160 bits / 5 bits per character.
 SHA1_BASE32_LEN = 32
 _BASE32_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+# Room kept in a QUERYHIT payload for its fixed part (11), QHD trailer with GGEP "BH" and
+# the servent GUID (16): generous, so results are packed without re-encoding.
+HIT_OVERHEAD_BYTES = 64
+# GGEP "H" hash-type byte for a plain SHA-1 (0x02 would be a bitprint).
+GGEP_H_SHA1 = 0x01
 
 
 @dataclass(slots=True, frozen=True)
@@ -82,27 +90,6 @@ class ScanReport:
     rehashed: int
     cached: int
     skipped: int = 0
-
-
-def _canon(text: str) -> str:
-    """Fold `text` for matching: NFKC, case-folded, accents removed ("Café" -> "cafe")."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return unicodedata.normalize("NFKC", stripped)
-
-
-def _words(text: str) -> list[str]:
-    """Split `text` into matching words: canonical form, runs of alphanumerics, 2+ characters."""
-    out: list[str] = []
-    word: list[str] = []
-    for ch in _canon(text) + " ":
-        if ch.isalnum():
-            word.append(ch)
-        elif word:
-            if len(word) >= MIN_WORD_CHARS:
-                out.append("".join(word))
-            word = []
-    return out
 
 
 def sha1_to_urn(sha1: bytes) -> str:
@@ -132,13 +119,14 @@ def _hash_file(path: Path) -> bytes:
 class _Catalog:
     """An immutable snapshot of the share: lookups by index, urn and word."""
 
-    __slots__ = ("by_index", "by_sha1", "postings", "vocab", "total_bytes")
+    __slots__ = ("by_index", "by_sha1", "postings", "vocab", "total_bytes", "qrp_words")
 
     def __init__(self, files: Iterable[SharedFile]) -> None:
         self.by_index: dict[int, SharedFile] = {}
         self.by_sha1: dict[bytes, SharedFile] = {}
         self.postings: dict[str, set[int]] = {}
         self.total_bytes = 0
+        self.qrp_words: frozenset[str] | None = None  # computed on first all_words()
         for sf in files:
             self.by_index[sf.index] = sf
             self.by_sha1.setdefault(sf.sha1, sf)
@@ -337,7 +325,7 @@ class ShareIndex:
                 size=st.st_size,
                 sha1=sha1,
                 urn=sha1_to_urn(sha1),
-                words=frozenset(_words(name)),
+                words=frozenset(query_words(name)),
                 mtime_ns=st.st_mtime_ns,
             )
         removed = sum(1 for key in self._by_path if key not in new_by_path)
@@ -352,8 +340,8 @@ class ShareIndex:
     def __len__(self) -> int:
         return len(self._catalog.by_index)
 
-    def __iter__(self):
-        return iter(sorted(self._catalog.by_index.values(), key=lambda sf: sf.index))
+    def __iter__(self) -> Iterator[SharedFile]:
+        return iter(self.files)
 
     @property
     def total_kbytes(self) -> int:
@@ -369,9 +357,21 @@ class ShareIndex:
         sha1 = urn_to_sha1(urn.strip())
         return None if sha1 is None else self._catalog.by_sha1.get(sha1)
 
+    @property
+    def files(self) -> list[SharedFile]:
+        """Every shared file, by index (what browse host lists)."""
+        return sorted(self._catalog.by_index.values(), key=lambda sf: sf.index)
+
     def all_words(self) -> frozenset[str]:
-        """Every keyword of every shared name (what the QRP table is built from)."""
-        return frozenset(self._catalog.postings)
+        """What our QRP table is built from: qrp.keywords() of every name (words and their cut prefixes).
+
+        Returns:
+            The union over all shared names; hash each string as is (no further expansion).
+        """
+        catalog = self._catalog
+        if catalog.qrp_words is None:
+            catalog.qrp_words = frozenset().union(*(keywords(sf.name) for sf in catalog.by_index.values()))
+        return catalog.qrp_words
 
     def match(self, text: str, urns: Iterable[str] = (), limit: int = MAX_RESULTS) -> list[SharedFile]:
         """Files answering a query: by urn:sha1, then by keywords (every word must prefix a name word).
@@ -393,7 +393,7 @@ class ShareIndex:
             if sf is not None and sf.index not in taken and len(out) < limit:
                 out.append(sf)
                 taken.add(sf.index)
-        words = set(_words(text))
+        words = set(query_words(text))
         if not words or len(out) >= limit:
             return out
         sets = sorted((catalog.prefix_postings(w) for w in words), key=len)
@@ -407,3 +407,69 @@ class ShareIndex:
                 break
             out.append(catalog.by_index[index])
         return out
+
+
+def build_hits(
+    files: Iterable[SharedFile],
+    *,
+    servent_guid: bytes,
+    ip: str,
+    port: int,
+    push: bool,
+    busy: bool,
+    ggep_h: bool,
+    browse: bool = True,
+    per_message: int = HITS_PER_MESSAGE,
+    speed: int = HIT_SPEED_KBPS,
+) -> list[bytes]:
+    """Encode QUERYHIT payloads (no header) answering with `files`, per_message results at most each.
+
+    Each result carries its "urn:sha1:" text extension and, with ggep_h, a GGEP "H" binary
+    hash; each trailer carries our vendor code, the push/busy flags and, with browse,
+    GGEP "BH" (browse host supported). A batch that would pass MAX_PAYLOAD is cut short.
+
+    Args:
+        files: the files to announce (e.g. ShareIndex.match() results).
+        servent_guid: our 16-byte servent GUID (last in every payload, routes PUSH to us).
+        ip: our IPv4 address as text; port: our listening port.
+        push: we are firewalled (downloaders must send a PUSH).
+        busy: every upload slot is taken.
+        ggep_h: the query's flags accept GGEP "H" hashes (QF_GGEP_H).
+        browse: announce browse host.
+        per_message: results per payload (1..255).
+        speed: advertised speed in kbit/s.
+
+    Returns:
+        The payloads, in file order; [] when there are no files.
+
+    Raises:
+        LocalProtocolError: bad ip/port/GUID/per_message (from the QUERYHIT encoder or here).
+    """
+    if not 1 <= per_message <= 255:
+        raise LocalProtocolError(f"per_message must be 1..255, not {per_message}")
+    results = []
+    for sf in files:
+        ggep = (GgepItem("H", bytes((GGEP_H_SHA1,)) + sf.sha1),) if ggep_h else ()
+        results.append(HitResult(sf.index, sf.size, sf.name, urns=(sf.urn,), ggep=ggep))
+    trailer_ggep = (GgepItem("BH", b""),) if browse else ()
+    out: list[bytes] = []
+    batch: list[HitResult] = []
+    used = HIT_OVERHEAD_BYTES
+
+    def flush() -> None:
+        hit = QueryHit(
+            port, ip, speed, tuple(batch), servent_guid, vendor=VENDOR_CODE, push=push, busy=busy, ggep=trailer_ggep
+        )
+        out.append(hit.encode())
+        batch.clear()
+
+    for result in results:
+        size = len(result.encode())
+        if batch and (len(batch) >= per_message or used + size > MAX_PAYLOAD):
+            flush()
+            used = HIT_OVERHEAD_BYTES
+        batch.append(result)
+        used += size
+    if batch:
+        flush()
+    return out

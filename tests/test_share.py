@@ -12,7 +12,6 @@ import pytest
 from gnut.share import (
     MAX_NAME_BYTES,
     ShareIndex,
-    _words,
     sha1_to_urn,
     urn_to_sha1,
 )
@@ -152,13 +151,14 @@ def test_rescan_picks_up_added_changed_removed(share_dir: Path) -> None:
     assert idx.by_urn(before["Café del Mar.flac"].urn) is None
 
 
-def test_words_are_canonical() -> None:
-    assert _words("Beatles - Let It Be.mp3") == ["beatles", "let", "it", "be", "mp3"]
-    assert _words("Café_del-Mar") == ["cafe", "del", "mar"]
-    assert _words("ＦＵＬＬＷＩＤＴＨ ﬁle") == ["fullwidth", "file"]  # NFKC folds width and ligatures
-    assert _words("STRASSE Straße") == ["strasse", "strasse"]  # casefold
-    assert _words("a b c") == []
-    assert _words("日本語 テスト") == ["日本語", "テスト"]
+def test_words_come_from_qrp() -> None:
+    from gnut.qrp import keywords, query_words
+
+    idx_words = ShareIndex([]).all_words()
+    assert idx_words == frozenset()
+    # the catalog uses qrp's canonical words, so QRP routing and local matching agree
+    assert query_words("Café_del-Mar") == ["cafe", "del", "mar"]
+    assert "beatl" in keywords("Beatles.mp3")
 
 
 def test_match_keywords_prefix_and_all_words(share_dir: Path) -> None:
@@ -173,13 +173,14 @@ def test_match_keywords_prefix_and_all_words(share_dir: Path) -> None:
     assert names("beat let") == ["Beatles - Let It Be.mp3"]  # word prefixes
     assert names("eatles") == []  # not a substring matcher
     assert names("beatles zzz") == []  # every word must match
-    assert names("cafe") == ["Café del Mar.flac"]
+    assert names("cafe") == ["Café del Mar.flac"]  # accents dropped on both sides
     assert names("CAFÉ") == ["Café del Mar.flac"]
-    assert names("a") == [] and names("") == [] and names("   ") == []
+    assert names("ＣＡＦＥ") == ["Café del Mar.flac"]  # fullwidth folds (NFKD)
+    assert names("be") == [] and names("") == [] and names("   ") == []  # words under 3 bytes ignored
     assert len(idx.match("beatles", limit=1)) == 1
-    assert {"beatles", "let", "it", "be", "mp3", "help", "ogg", "cafe", "del", "mar", "flac", "readme", "txt"} == (
-        idx.all_words()
-    )
+    words = idx.all_words()
+    assert {"beatles", "beatl", "beat", "let", "help", "ogg", "cafe", "del", "mar", "flac", "readme"} <= words
+    assert "be" not in words and "it" not in words
 
 
 def test_match_by_urn(share_dir: Path) -> None:
@@ -192,3 +193,62 @@ def test_match_by_urn(share_dir: Path) -> None:
     # urn matches come first and are not repeated by the keyword part
     both = idx.match("readme", urns=[target.urn])
     assert both == [target]
+
+
+GUID = bytes(range(16))
+
+
+def test_build_hits_decode_back(share_dir: Path) -> None:
+    from gnut.constants import VENDOR_CODE
+    from gnut.ggep import find
+    from gnut.messages import QueryHit
+    from gnut.share import HITS_PER_MESSAGE, build_hits
+
+    idx = ShareIndex([share_dir])
+    idx.scan()
+    files = idx.files
+    payloads = build_hits(files, servent_guid=GUID, ip="10.1.2.3", port=6346, push=True, busy=False, ggep_h=True)
+    assert len(payloads) == 1
+    hit = QueryHit.decode(payloads[0])
+    assert (hit.ip, hit.port, hit.servent_guid, hit.vendor) == ("10.1.2.3", 6346, GUID, VENDOR_CODE)
+    assert hit.push and not hit.busy
+    assert find(hit.ggep, "BH") == b""
+    assert [(r.index, r.size, r.name) for r in hit.results] == [(f.index, f.size, f.name) for f in files]
+    for r, f in zip(hit.results, files, strict=True):
+        assert r.urns == (f.urn,)
+        assert r.sha1 == f.sha1
+        assert find(r.ggep, "H") == b"\x01" + f.sha1
+
+    plain = QueryHit.decode(
+        build_hits(files, servent_guid=GUID, ip="10.1.2.3", port=1, push=False, busy=True, ggep_h=False,
+                   browse=False)[0]
+    )
+    assert plain.busy and not plain.push and find(plain.ggep, "BH") is None
+    assert all(find(r.ggep, "H") is None and r.urns for r in plain.results)
+    assert build_hits([], servent_guid=GUID, ip="1.2.3.4", port=1, push=False, busy=False, ggep_h=True) == []
+    assert HITS_PER_MESSAGE == 10
+
+
+def test_build_hits_batches_and_size_cap(tmp_path: Path) -> None:
+    from gnut.constants import MAX_PAYLOAD
+    from gnut.errors import LocalProtocolError
+    from gnut.messages import QueryHit
+    from gnut.share import SharedFile, build_hits
+
+    files = [
+        SharedFile(i, tmp_path / str(i), f"n{i:03d}" + "x" * 240, i, bytes(20), sha1_to_urn(bytes(20)),
+                   frozenset(), 0)
+        for i in range(1, 601)
+    ]
+    payloads = build_hits(files, servent_guid=GUID, ip="1.2.3.4", port=1, push=False, busy=False, ggep_h=True,
+                          per_message=3)
+    assert len(payloads) == 200
+    payloads = build_hits(files, servent_guid=GUID, ip="1.2.3.4", port=1, push=False, busy=False, ggep_h=True,
+                          per_message=255)
+    decoded = [QueryHit.decode(p) for p in payloads]
+    assert all(len(p) <= MAX_PAYLOAD for p in payloads)
+    assert len(decoded[0].results) < 255  # cut short by size, not by count
+    assert [r.index for d in decoded for r in d.results] == list(range(1, 601))
+    with pytest.raises(LocalProtocolError):
+        build_hits(files, servent_guid=GUID, ip="1.2.3.4", port=1, push=False, busy=False, ggep_h=True,
+                   per_message=0)
