@@ -1,0 +1,870 @@
+"""Discrete-event network simulator that runs the real Router and message codecs over an in-memory transport."""
+
+# Strategy
+# --------
+# Every simulated node owns one real gnut.routing.Router (peer ids = neighbour node ids)
+# and a small set of object ids.  Links are in memory: a send pushes
+# (arrival time, seq, dst, src, raw bytes) on one heap, a virtual clock pops it, the
+# receiver wraps the bytes in fastpath.Message and asks its Router what to do, then the
+# simulator executes the RouteDecision exactly as node.py would (relay with TTL/hops
+# rewritten, route a QUERYHIT back, deliver locally).  A node that holds the queried
+# object answers with a real QUERYHIT (messages codec) that the Routers route back hop
+# by hop.  Every copy put on a link is one message.
+#
+# What is the real Router and what is the simulator:
+# * flood, expanding ring, ultrapeer/leaf + QRP last hop: the Router decides everything
+#   (dedup, TTL clamp, targets, QRP filtering, reverse routes); the querier's first
+#   copies use Router.route_query_targets().
+# * dynamic querying: the querier (or the ultrapeer a leaf hands its query to) is the
+#   DQ controller and picks which neighbour gets which TTL; every relay after that is
+#   the Router's.
+# * random walkers: the simulator picks the next hop (one random neighbour); the Router
+#   still sees every step (dedup bookkeeping: a revisit is its DUPLICATE).  A walk's
+#   path is far longer than the 15-hop header limit allows a QUERYHIT to travel, so a
+#   walker's answer goes straight to the querier (one message, like Gnutella's
+#   out-of-band replies) and a walker asks the querier every CHECK_EVERY steps whether
+#   to stop (Lv et al.'s check-back rule; each check counts as one message).
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from itertools import accumulate
+
+from gnut import qrp
+from gnut.constants import MSG_QUERY, MSG_QUERYHIT, QUERYHIT_TTL_MARGIN
+from gnut.errors import LocalProtocolError
+from gnut.fastpath import Message
+from gnut.messages import QF_FLAGS_IN_USE, HitResult, Query, QueryHit, build
+from gnut.routing import Action, DropReason, PeerRole, Router
+
+# Per-node seen-GUID cache and route tables: a run issues a few thousand GUIDs at most,
+# and 100,000 routers must fit in memory (the real default is 1M entries each).
+SIM_SEEN_CAPACITY = 4096
+SIM_ROUTE_CAPACITY = 4096
+# Entries are kept as long as the real servent keeps them (virtual seconds).
+SIM_MAX_AGE = 600.0
+# QRP tables as the network uses them (GnutellaBun: 65536 slots); stored sparsely, see SlotMatcher.
+SIM_QRP_BITS = 16
+# Default one-way link latency in virtual seconds (a typical broadband RTT of 100 ms).
+DEFAULT_LATENCY = 0.05
+# Lv et al. (ICS 2002): walkers contact the querier every 4th step.
+CHECK_EVERY = 4
+# Lv et al.: expanding ring starts at TTL 1 and grows by 2.
+RING_START = 1
+RING_STEP = 2
+# Dynamic querying (LimeWire/gtk-gnutella): probe with TTL 2 on up to 3 connections,
+# then one connection at a time with a TTL sized to the hosts still needed, up to TTL 4.
+DQ_PROBE_TTL = 2
+DQ_PROBE_CONNS = 3
+DQ_MAX_TTL = 4
+# Results a dynamic query waits for before it stops widening (small: objects are rare here).
+DQ_TARGET_RESULTS = 3
+# Gap between two queries so that none overlaps the previous one (virtual seconds).
+QUERY_GAP = 1.0
+# Safety margin added to every "wait for replies" timer, in link latencies.
+WAIT_MARGIN = 1
+# Redraws of the querying node when the one drawn already holds the object.
+MAX_ORIGIN_DRAWS = 20
+# Fixed fields of every simulated QUERYHIT (loopback address, as all traffic here is local).
+SIM_HIT_PORT = 6346
+SIM_HIT_IP = "127.0.0.1"
+SIM_HIT_SPEED = 1000
+SIM_OBJECT_SIZE = 1 << 20
+
+ALGORITHMS = ("flood", "ring", "walk", "dq")
+
+
+def horizon(degree: int, ttl: int) -> int:
+    """Nodes a flood reaches on a tree where every node has `degree` links: d * sum_{i<ttl} (d-1)^i.
+
+    Args:
+        degree: links per node (>= 1).
+        ttl: TTL of the querier's copies.
+
+    Returns:
+        The number of nodes reached, the querier excluded (= messages sent, no duplicates).
+    """
+    return degree * sum((degree - 1) ** i for i in range(ttl))
+
+
+def last_hop_share(degree: int, ttl: int) -> float:
+    """Share of the nodes a tree-like flood reaches that are reached on its last hop.
+
+    Args:
+        degree: links per node.
+        ttl: TTL of the querier's copies (>= 1).
+
+    Returns:
+        d (d-1)^(ttl-1) / horizon(d, ttl): 0.80 at degree 6 TTL 7, 0.968 at degree 32 TTL 3.
+    """
+    return degree * (degree - 1) ** (ttl - 1) / horizon(degree, ttl)
+
+
+# --- topologies ---------------------------------------------------------------------------
+
+FLOOD, ULTRAPEER, LEAF = 0, 1, 2
+_ROLE_MODES = {FLOOD: "flood", ULTRAPEER: "ultrapeer", LEAF: "leaf"}
+_PEER_ROLES = {FLOOD: PeerRole.FLOOD, ULTRAPEER: PeerRole.ULTRAPEER, LEAF: PeerRole.LEAF}
+
+
+@dataclass(slots=True)
+class Topology:
+    """An overlay: adjacency lists (node ids 0..n-1) and one role byte per node (FLOOD, ULTRAPEER, LEAF)."""
+
+    name: str
+    adj: list[list[int]]
+    roles: bytearray
+
+    @property
+    def n(self) -> int:
+        """Number of nodes."""
+        return len(self.adj)
+
+    def mean_degree(self) -> float:
+        """Mean number of links per node."""
+        return sum(len(a) for a in self.adj) / max(1, len(self.adj))
+
+
+def _flat(name: str, n: int, edges) -> Topology:
+    adj: list[list[int]] = [[] for _ in range(n)]
+    for a, b in edges:
+        if a != b and b not in adj[a]:
+            adj[a].append(b)
+            adj[b].append(a)
+    return Topology(name, adj, bytearray(n))
+
+
+def ring(n: int) -> Topology:
+    """A cycle of n >= 3 nodes, node i linked to i-1 and i+1."""
+    if n < 3:
+        raise LocalProtocolError(f"a ring needs at least 3 nodes, got {n}")
+    return _flat(f"ring{n}", n, ((i, (i + 1) % n) for i in range(n)))
+
+
+def star(n: int) -> Topology:
+    """Node 0 linked to each of nodes 1..n-1."""
+    return _flat(f"star{n}", n, ((0, i) for i in range(1, n)))
+
+
+def complete(n: int) -> Topology:
+    """Every pair of the n nodes linked."""
+    return _flat(f"complete{n}", n, ((a, b) for a in range(n) for b in range(a + 1, n)))
+
+
+def regular_tree(degree: int, depth: int) -> Topology:
+    """The tree where the root and every inner node have `degree` links, leaves at distance `depth`.
+
+    Node 0 is the root; a flood from it with TTL <= depth follows horizon() exactly.
+    """
+    edges = []
+    frontier = [0]
+    n = 1
+    for level in range(depth):
+        nxt = []
+        for parent in frontier:
+            for _ in range(degree if level == 0 else degree - 1):
+                edges.append((parent, n))
+                nxt.append(n)
+                n += 1
+        frontier = nxt
+    return _flat(f"tree-d{degree}-h{depth}", n, edges)
+
+
+def from_networkx(name: str, graph) -> Topology:
+    """Convert a networkx graph whose nodes are 0..n-1 into a flat (all FLOOD) Topology."""
+    return _flat(name, graph.number_of_nodes(), graph.edges())
+
+
+def erdos_renyi(n: int, mean_degree: float, seed: int) -> Topology:
+    """G(n, p) random graph with p = mean_degree / (n - 1) (networkx fast_gnp_random_graph)."""
+    import networkx as nx
+
+    return from_networkx(f"random{n}", nx.fast_gnp_random_graph(n, mean_degree / (n - 1), seed=seed))
+
+
+def power_law(n: int, m: int, seed: int) -> Topology:
+    """Barabasi-Albert preferential attachment graph, m links per new node (mean degree ~2m)."""
+    import networkx as nx
+
+    return from_networkx(f"powerlaw{n}", nx.barabasi_albert_graph(n, m, seed=seed))
+
+
+def random_regular(n: int, degree: int, seed: int) -> Topology:
+    """Random `degree`-regular graph (networkx random_regular_graph): tree-like for small TTLs."""
+    import networkx as nx
+
+    return from_networkx(f"regular{n}-d{degree}", nx.random_regular_graph(degree, n, seed=seed))
+
+
+def two_tier(n: int, ultrapeers: int, up_degree: int, leaf_links: int, seed: int) -> Topology:
+    """Ultrapeer/leaf overlay: a random up_degree-regular ultrapeer graph, each leaf on leaf_links ultrapeers.
+
+    Nodes 0..ultrapeers-1 are ultrapeers, the rest leaves.
+    """
+    import networkx as nx
+
+    if not 0 < ultrapeers < n or leaf_links > ultrapeers:
+        raise LocalProtocolError(f"bad two-tier shape n={n} ultrapeers={ultrapeers} leaf_links={leaf_links}")
+    rng = random.Random(seed)
+    top = from_networkx("", nx.random_regular_graph(up_degree, ultrapeers, seed=seed))
+    adj = top.adj + [[] for _ in range(n - ultrapeers)]
+    for leaf in range(ultrapeers, n):
+        for up in rng.sample(range(ultrapeers), leaf_links):
+            adj[leaf].append(up)
+            adj[up].append(leaf)
+    roles = bytearray([ULTRAPEER]) * ultrapeers + bytearray([LEAF]) * (n - ultrapeers)
+    return Topology(f"twotier{n}-u{ultrapeers}-d{up_degree}", adj, roles)
+
+
+# --- content ------------------------------------------------------------------------------
+
+REPLICATIONS = ("uniform", "proportional", "sqrt")
+
+
+@dataclass(slots=True)
+class Content:
+    """Objects placed on nodes and the Zipf popularity queries are drawn from."""
+
+    holders: list[list[int]]  # object id -> nodes holding a copy
+    node_objects: dict[int, set[int]]  # node -> object ids it holds (absent = none)
+    cumulative: list[float]  # cumulative query probability by object id
+
+    def keyword(self, obj: int) -> str:
+        """The one search word naming object `obj` (also its file name's stem)."""
+        return f"object{obj:05d}"
+
+    def draw(self, rng: random.Random) -> int:
+        """Draw a queried object id by Zipf popularity."""
+        return min(bisect_left(self.cumulative, rng.random() * self.cumulative[-1]), len(self.holders) - 1)
+
+
+def place_content(
+    n_nodes: int,
+    n_objects: int,
+    replication: str,
+    mean_replicas: float,
+    seed: int,
+    *,
+    alpha: float = 1.0,
+    eligible: list[int] | None = None,
+) -> Content:
+    """Place copies of n_objects objects with uniform, proportional or square-root replication.
+
+    Strategy: query rate q_i ~ 1 / i^alpha (Zipf); object i gets r_i ~ 1, q_i or sqrt(q_i)
+    copies scaled so that the mean is mean_replicas, each r_i clamped to 1..len(eligible),
+    each copy on a distinct random eligible node (Cohen & Shenker, SIGCOMM 2002).
+
+    Args:
+        n_nodes: nodes in the overlay.
+        n_objects: number of distinct objects.
+        replication: "uniform", "proportional" or "sqrt".
+        mean_replicas: mean copies per object.
+        seed: RNG seed.
+        alpha: Zipf exponent of query popularity.
+        eligible: nodes that may hold copies (default: all).
+
+    Returns:
+        The Content.
+
+    Raises:
+        LocalProtocolError: unknown replication scheme or bad sizes.
+    """
+    if replication not in REPLICATIONS:
+        raise LocalProtocolError(f"unknown replication {replication!r}, expected one of {REPLICATIONS}")
+    if n_objects < 1 or mean_replicas <= 0:
+        raise LocalProtocolError(f"bad content sizes n_objects={n_objects} mean_replicas={mean_replicas}")
+    rng = random.Random(seed)
+    pool = list(range(n_nodes)) if eligible is None else list(eligible)
+    q = [1.0 / (i + 1) ** alpha for i in range(n_objects)]
+    weights = {"uniform": [1.0] * n_objects, "proportional": q, "sqrt": [math.sqrt(x) for x in q]}[replication]
+    scale = mean_replicas * n_objects / sum(weights)
+    holders = []
+    node_objects: dict[int, set[int]] = {}
+    for obj, w in enumerate(weights):
+        copies = min(len(pool), max(1, round(w * scale)))
+        nodes = rng.sample(pool, copies)
+        holders.append(nodes)
+        for node in nodes:
+            node_objects.setdefault(node, set()).add(obj)
+    return Content(holders, node_objects, list(accumulate(q)))
+
+
+class SlotMatcher:
+    """A node's QRP table stored sparsely: the set of present slots of a 2**bits table.
+
+    Same hash and same words (qrp.keywords of each file name) as a qrp table of that
+    size, so it matches (and mismatches) exactly as the real table would, in a few
+    hundred bytes instead of 2**bits.
+    """
+
+    __slots__ = ("bits", "slots")
+
+    def __init__(self, bits: int = SIM_QRP_BITS) -> None:
+        self.bits = bits
+        self.slots: set[int] = set()
+
+    def add_name(self, name: str) -> None:
+        """Add the QRP keywords of one shared file name."""
+        for word in qrp.keywords(name):
+            self.slots.add(qrp.qrp_hash(word, self.bits))
+
+    def matches(self, words) -> bool:
+        """True when every routed word's slot is present (and there is at least one word)."""
+        if not words:
+            return False
+        slots = self.slots
+        bits = self.bits
+        return all(qrp.qrp_hash(w, bits) in slots for w in words)
+
+
+# --- search specification and per-query record ----------------------------------------------
+
+
+@dataclass(slots=True)
+class SearchSpec:
+    """How the querier searches.
+
+    algorithm: "flood" (TTL `ttl`; on a two-tier overlay this is ultrapeer + QRP last hop),
+    "ring" (expanding ring RING_START, +RING_STEP, ... up to `ttl`), "walk" (`walkers`
+    random walkers of at most `max_steps` steps, check-back every `check_every` steps) or
+    "dq" (dynamic querying up to `dq_target` results).
+    """
+
+    algorithm: str = "flood"
+    ttl: int = 4
+    walkers: int = 16
+    max_steps: int = 1024
+    check_every: int = CHECK_EVERY
+    dq_target: int = DQ_TARGET_RESULTS
+
+    def label(self) -> str:
+        """Short name used in tables and plots."""
+        if self.algorithm == "flood":
+            return f"flood ttl={self.ttl}"
+        if self.algorithm == "ring":
+            return f"ring ttl<={self.ttl}"
+        if self.algorithm == "walk":
+            return f"walk k={self.walkers}"
+        return f"dq target={self.dq_target}"
+
+
+@dataclass(slots=True)
+class QueryRecord:
+    """What one query cost and found."""
+
+    obj: int
+    origin: int
+    start: float
+    words: list[str]
+    payload: bytes
+    spec: SearchSpec
+    visited: set[int] = field(default_factory=set)
+    query_msgs: int = 0  # QUERY copies put on links
+    hit_msgs: int = 0  # QUERYHIT copies put on links (or sent out of band by walkers)
+    checks: int = 0  # walker check-backs with the querier
+    received: int = 0  # QUERY copies that reached a live node
+    duplicates: int = 0  # ... at a node that had already received this query (any of its GUIDs)
+    router_duplicates: int = 0  # ... that the receiving Router dropped as DUPLICATE
+    hits: int = 0  # QUERYHITs that reached the querier
+    first_hit_hops: int | None = None
+    first_hit_time: float | None = None
+    dq_node: int = -1  # dynamic querying: the node that runs it
+    dq_results: int = 0
+    dq_hosts: float = 0.0
+    dq_pending: list[int] = field(default_factory=list)
+    guids: list[bytes] = field(default_factory=list)
+
+    @property
+    def messages(self) -> int:
+        """All messages this query caused."""
+        return self.query_msgs + self.hit_msgs + self.checks
+
+
+def branch_horizon(degree: int, ttl: int) -> int:
+    """Nodes reached through one link of a tree-like overlay by a copy with TTL `ttl`: sum_{i<ttl} (d-1)^i."""
+    return sum((degree - 1) ** i for i in range(ttl))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(records: list[QueryRecord], n_nodes: int) -> dict:
+    """Aggregate metrics of a batch of queries.
+
+    Args:
+        records: the queries' records.
+        n_nodes: overlay size (for messages per node).
+
+    Returns:
+        queries, success_rate, msgs_per_query (and its query/hit/check parts),
+        msgs_per_node, dup_pct, router_dup_pct, visited, hops_first_hit, time_first_hit.
+    """
+    q = max(1, len(records))
+    received = sum(r.received for r in records)
+    ok = [r for r in records if r.hits]
+    msgs = sum(r.messages for r in records) / q
+    return {
+        "queries": len(records),
+        "success_rate": len(ok) / q,
+        "msgs_per_query": msgs,
+        "query_msgs": sum(r.query_msgs for r in records) / q,
+        "hit_msgs": sum(r.hit_msgs for r in records) / q,
+        "check_msgs": sum(r.checks for r in records) / q,
+        "msgs_per_node": msgs / max(1, n_nodes),
+        "dup_pct": 100.0 * sum(r.duplicates for r in records) / received if received else 0.0,
+        "router_dup_pct": 100.0 * sum(r.router_duplicates for r in records) / received if received else 0.0,
+        "visited": sum(len(r.visited) - 1 for r in records) / q,
+        "hops_first_hit": _mean([r.first_hit_hops for r in ok]),
+        "time_first_hit": _mean([r.first_hit_time - r.start for r in ok]),
+    }
+
+
+_EMPTY_TABLE = SlotMatcher()
+
+
+def _query_payload(text: str) -> bytes:
+    """A real QUERY payload (flags word with "flags in use", as gtk-gnutella requires)."""
+    return Query(text=text, flags=QF_FLAGS_IN_USE).encode()
+
+
+def _query_words(payload: bytes) -> list[str]:
+    """The words QRP routes on, decoded from the payload as a receiving node would."""
+    return qrp.query_words(Query.decode(payload).text)
+
+
+def _hit_payload(keyword: str, obj: int, servent_guid: bytes) -> bytes:
+    """A real QUERYHIT payload with one result naming the object."""
+    result = HitResult(index=obj, size=SIM_OBJECT_SIZE, name=keyword + ".dat")
+    return QueryHit(SIM_HIT_PORT, SIM_HIT_IP, SIM_HIT_SPEED, (result,), servent_guid).encode()
+
+
+def _hit_count(payload: bytes) -> int:
+    """Results in a QUERYHIT, decoded with the real codec (the querier reads every hit)."""
+    return len(QueryHit.decode(payload).results)
+
+
+def _rewrite(raw: bytes, ttl: int) -> bytes:
+    """The relayed copy: TTL as the Router decided, hops + 1."""
+    return raw[:17] + bytes((ttl, raw[18] + 1)) + raw[19:]
+
+
+class Simulator:
+    """A whole overlay of real Routers on a virtual clock.
+
+    Args:
+        topology: the overlay.
+        content: objects on nodes (node ids of `topology`).
+        seed: seeds every random choice (same seed, same metrics).
+        latency: one-way link latency in virtual seconds.
+        jitter: each send takes latency * (1 + jitter * U[0, 1)) when > 0.
+    """
+
+    def __init__(
+        self, topology: Topology, content: Content, *, seed: int = 0,
+        latency: float = DEFAULT_LATENCY, jitter: float = 0.0,
+    ) -> None:
+        self.topology = topology
+        self.content = content
+        self.adj = topology.adj
+        self.roles = topology.roles
+        self.n = topology.n
+        self.latency = latency
+        self.jitter = jitter
+        self.rng = random.Random(seed)
+        self._lat_rng = random.Random(seed + 1)
+        self._churn_rng = random.Random(seed + 2)
+        self.now = 0.0
+        self.events = 0  # messages delivered (one per message put on a link that reached a node)
+        self._heap: list = []
+        self._seq = 0
+        self._records: dict[bytes, QueryRecord] = {}
+        self._walkers: dict[bytes, list[int]] = {}
+        self.online = bytearray(b"\x01") * self.n
+        self.servent_guids = [self._guid() for _ in range(self.n)]
+        self.tables = [self._own_table(v) for v in range(self.n)]
+        self._join_degree = [len(a) for a in self.adj]
+        self.routers: list[Router | None] = [self._new_router(v) for v in range(self.n)]
+        self.up_tables: dict[int, SlotMatcher] = {}
+        for v in range(self.n):
+            if self.roles[v] == ULTRAPEER:
+                self.up_tables[v] = SlotMatcher()
+                self._rebuild_up_table(v)
+        for v in range(self.n):
+            for u in self.adj[v]:
+                self._attach(v, u)
+        self.churn_rate = 0.0
+        self._next_churn = math.inf
+        self._offline: list[int] = []
+        self.churn_events = 0
+
+    # --- construction ----------------------------------------------------------------------
+
+    def _guid(self) -> bytes:
+        raw = bytearray(self.rng.getrandbits(128).to_bytes(16, "little"))
+        raw[8], raw[15] = 0xFF, 0x00
+        return bytes(raw)
+
+    def _own_table(self, v: int) -> SlotMatcher:
+        objs = self.content.node_objects.get(v)
+        if not objs:
+            return _EMPTY_TABLE
+        table = SlotMatcher()
+        for obj in objs:
+            table.add_name(self.content.keyword(obj) + ".dat")
+        return table
+
+    def _new_router(self, v: int) -> Router:
+        return Router(
+            _ROLE_MODES[self.roles[v]], servent_guid=self.servent_guids[v],
+            seen_capacity=SIM_SEEN_CAPACITY, seen_max_age=SIM_MAX_AGE,
+            route_capacity=SIM_ROUTE_CAPACITY, route_max_age=SIM_MAX_AGE, seed=v,
+        )
+
+    def _rebuild_up_table(self, v: int) -> None:
+        """An ultrapeer's table for its ultrapeer neighbours: its own files OR its leaves' tables."""
+        slots = set(self.tables[v].slots)
+        for u in self.adj[v]:
+            if self.roles[u] == LEAF:
+                slots |= self.tables[u].slots
+        self.up_tables[v].slots = slots
+
+    def _attach(self, v: int, u: int) -> None:
+        """v's side of the link v-u: register u in v's Router with its role and QRP table."""
+        role = self.roles[u]
+        router = self.routers[v]
+        router.add_peer(u, _PEER_ROLES[role])
+        if self.roles[v] == ULTRAPEER:
+            if role == LEAF:
+                router.set_qrp(u, self.tables[u])
+            elif role == ULTRAPEER:
+                router.set_qrp(u, self.up_tables[u])
+
+    # --- transport -------------------------------------------------------------------------
+
+    def _send(self, t: float, src: int, dst: int, raw: bytes) -> None:
+        lat = self.latency
+        if self.jitter:
+            lat *= 1.0 + self.jitter * self._lat_rng.random()
+        self._seq += 1
+        heapq.heappush(self._heap, (t + lat, self._seq, dst, src, raw))
+
+    def _timer(self, when: float, callback) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, -1, -1, callback))
+
+    def _wait(self, ttl: int) -> float:
+        """Time for a copy with TTL `ttl` to go out and its replies to come back, plus a margin."""
+        return (2 * ttl + WAIT_MARGIN) * self.latency * (1.0 + self.jitter)
+
+    def run(self) -> None:
+        """Deliver events until none is left (the current queries have finished)."""
+        heap = self._heap
+        pop = heapq.heappop
+        records = self._records
+        online = self.online
+        routers = self.routers
+        while heap:
+            t, _, dst, src, raw = pop(heap)
+            if t >= self._next_churn:
+                self._churn_until(t)
+            self.now = t
+            if dst < 0:
+                raw(t)
+                continue
+            if not online[dst]:
+                continue
+            router = routers[dst]
+            if router.peer_role(src) is None:
+                continue  # the link went away while the message was in flight
+            self.events += 1
+            rec = records.get(raw[:16])
+            if raw[16] == MSG_QUERY:
+                self._on_query(t, dst, src, raw, router, rec)
+            else:
+                self._on_hit(t, dst, src, raw, router, rec)
+
+    def _on_query(self, t: float, dst: int, src: int, raw: bytes, router: Router, rec: QueryRecord) -> None:
+        msg = Message(raw)
+        decision = router.route(src, msg, t)
+        rec.received += 1
+        visited = rec.visited
+        if dst in visited:
+            rec.duplicates += 1
+        else:
+            visited.add(dst)
+        if decision.reason is DropReason.DUPLICATE:
+            rec.router_duplicates += 1
+        walker = self._walkers.get(raw[:16])
+        if walker is not None:
+            self._walk(t, dst, raw, rec, walker)
+            return
+        if decision.local:
+            objs = self.content.node_objects.get(dst)
+            if objs and rec.obj in objs:
+                self._answer(t, dst, src, msg, rec)
+        if rec.dq_node == dst and src == rec.origin:
+            self._dq_start(t, rec, sender=src, hops=1)
+        elif decision.action == Action.FORWARD:
+            out = _rewrite(raw, decision.ttl)
+            for target in decision.targets:
+                self._send(t, dst, target, out)
+            rec.query_msgs += len(decision.targets)
+
+    def _answer(self, t: float, node: int, src: int, msg, rec: QueryRecord) -> None:
+        """A node holding the object answers with a real QUERYHIT, sent to the peer the query came from."""
+        payload = _hit_payload(self.content.keyword(rec.obj), rec.obj, self.servent_guids[node])
+        self._send(t, node, src, build(msg.guid, MSG_QUERYHIT, msg.hops + QUERYHIT_TTL_MARGIN, 0, payload))
+        rec.hit_msgs += 1
+
+    def _on_hit(self, t: float, dst: int, src: int, raw: bytes, router: Router, rec: QueryRecord) -> None:
+        msg = Message(raw)
+        decision = router.route(src, msg, t)
+        if decision.action == Action.ROUTE_BACK:
+            self._send(t, dst, decision.targets[0], _rewrite(raw, decision.ttl))
+            rec.hit_msgs += 1
+            if dst == rec.dq_node:
+                rec.dq_results += _hit_count(msg.payload)
+        elif decision.local and dst == rec.origin:
+            self._record_hit(t, rec, msg.hops + 1, _hit_count(msg.payload))
+
+    def _record_hit(self, t: float, rec: QueryRecord, hops: int, results: int) -> None:
+        rec.hits += results
+        if rec.dq_node == rec.origin:
+            rec.dq_results += results
+        if rec.first_hit_time is None:
+            rec.first_hit_time = t
+            rec.first_hit_hops = hops
+
+    # --- searches --------------------------------------------------------------------------
+
+    def query(self, spec: SearchSpec, obj: int, origin: int) -> QueryRecord:
+        """Run one search to completion and return its record.
+
+        Args:
+            spec: the search algorithm and its parameters.
+            obj: the object searched for.
+            origin: the querying node (online).
+
+        Returns:
+            The QueryRecord.
+
+        Raises:
+            LocalProtocolError: unknown algorithm, or random walks on a two-tier overlay.
+        """
+        if spec.algorithm not in ALGORITHMS:
+            raise LocalProtocolError(f"unknown algorithm {spec.algorithm!r}, expected one of {ALGORITHMS}")
+        if spec.algorithm == "walk" and self.roles[origin] != FLOOD:
+            raise LocalProtocolError("random walks run on flat (flood-mode) overlays only")
+        t = self.now + QUERY_GAP
+        payload = _query_payload(self.content.keyword(obj))
+        rec = QueryRecord(obj, origin, t, _query_words(payload), payload, spec)
+        rec.visited.add(origin)
+        if spec.algorithm == "flood":
+            self._originate(t, rec, spec.ttl)
+        elif spec.algorithm == "ring":
+            ttls = list(range(RING_START, spec.ttl + 1, RING_STEP))
+            if ttls[-1] != spec.ttl:
+                ttls.append(spec.ttl)
+            self._ring(t, rec, ttls)
+        elif spec.algorithm == "walk":
+            self._start_walk(t, rec)
+        elif self.roles[origin] == LEAF:
+            ups = self.adj[origin]
+            if ups:
+                rec.dq_node = ups[0]
+                self._originate(t, rec, DQ_MAX_TTL, targets=(ups[0],))
+        else:
+            rec.dq_node = origin
+            self._new_guid(t, rec)
+            self._dq_start(t, rec, sender=None, hops=0)
+        self.run()
+        for guid in rec.guids:
+            self._records.pop(guid, None)
+            self._walkers.pop(guid, None)
+        return rec
+
+    def _new_guid(self, t: float, rec: QueryRecord) -> bytes:
+        guid = self._guid()
+        self.routers[rec.origin].register_own(guid, MSG_QUERY, t)
+        self._records[guid] = rec
+        rec.guids.append(guid)
+        return guid
+
+    def _originate(self, t: float, rec: QueryRecord, ttl: int, targets=None) -> None:
+        """The querier sends its own query (new GUID) to `targets`, by default the Router's choice."""
+        guid = self._new_guid(t, rec)
+        if targets is None:
+            targets = self.routers[rec.origin].route_query_targets(None, rec.words, ttl)
+        raw = build(guid, MSG_QUERY, ttl, 0, rec.payload)
+        for target in targets:
+            self._send(t, rec.origin, target, raw)
+        rec.query_msgs += len(targets)
+
+    def _ring(self, t: float, rec: QueryRecord, ttls: list[int]) -> None:
+        if rec.hits or not ttls or not self.online[rec.origin]:
+            return
+        ttl = ttls.pop(0)
+        self._originate(t, rec, ttl)
+        self._timer(t + self._wait(ttl), lambda now: self._ring(now, rec, ttls))
+
+    def _start_walk(self, t: float, rec: QueryRecord) -> None:
+        nbrs = self.adj[rec.origin]
+        if not nbrs:
+            return
+        k = rec.spec.walkers
+        firsts = self.rng.sample(nbrs, k) if len(nbrs) >= k else self.rng.choices(nbrs, k=k)
+        for first in firsts:
+            guid = self._new_guid(t, rec)
+            self._walkers[guid] = [1]
+            # The walk's length lives in the simulator; the header stays a valid TTL 2 query.
+            self._send(t, rec.origin, first, build(guid, MSG_QUERY, 2, 0, rec.payload))
+            rec.query_msgs += 1
+
+    def _walk(self, t: float, node: int, raw: bytes, rec: QueryRecord, walker: list[int]) -> None:
+        """One walker arrived at `node` after walker[0] steps: answer, stop, or step on."""
+        steps = walker[0]
+        objs = self.content.node_objects.get(node)
+        if objs and rec.obj in objs and node != rec.origin:
+            rec.hit_msgs += 1  # out-of-band answer straight to the querier
+            self._timer(t + self.latency, lambda now: self._record_hit(now, rec, steps, 1))
+            return
+        spec = rec.spec
+        if steps >= spec.max_steps:
+            return
+        if steps % spec.check_every == 0:
+            rec.checks += 1
+            if rec.hits:
+                return
+        walker[0] = steps + 1
+        self._send(t, node, self.rng.choice(self.adj[node]), raw)
+        rec.query_msgs += 1
+
+    def _dq_start(self, t: float, rec: QueryRecord, sender: int | None, hops: int) -> None:
+        """Dynamic querying at rec.dq_node: leaves first, a TTL-2 probe, then one link at a time."""
+        node = rec.dq_node
+        router = self.routers[node]
+        guid = rec.guids[0]
+        leaves = [p for p in router.route_query_targets(sender, rec.words, 1) if self.roles[p] == LEAF]
+        raw1 = build(guid, MSG_QUERY, 1, hops, rec.payload)
+        for leaf in leaves:
+            self._send(t, node, leaf, raw1)
+        rec.query_msgs += len(leaves)
+        ups = [p for p in self.adj[node] if self.roles[p] != LEAF and p != sender]
+        self.rng.shuffle(ups)
+        probe, rec.dq_pending = ups[:DQ_PROBE_CONNS], ups[DQ_PROBE_CONNS:]
+        raw = build(guid, MSG_QUERY, DQ_PROBE_TTL, hops, rec.payload)
+        for up in probe:
+            self._send(t, node, up, raw)
+            rec.dq_hosts += branch_horizon(len(self.adj[up]), DQ_PROBE_TTL)
+        rec.query_msgs += len(probe)
+        self._timer(t + self._wait(DQ_PROBE_TTL + hops), lambda now: self._dq_step(now, rec, sender, hops))
+
+    def _dq_step(self, t: float, rec: QueryRecord, sender: int | None, hops: int) -> None:
+        node = rec.dq_node
+        target = rec.spec.dq_target
+        if rec.dq_results >= target or not rec.dq_pending or not self.online[node]:
+            return
+        up = rec.dq_pending.pop(0)
+        degree = len(self.adj[up])
+        if rec.dq_results == 0:
+            ttl = DQ_MAX_TTL
+        else:
+            needed = (target - rec.dq_results) * rec.dq_hosts / rec.dq_results
+            ttl = next((x for x in range(1, DQ_MAX_TTL + 1) if branch_horizon(degree, x) >= needed), DQ_MAX_TTL)
+        if up in self.routers[node].route_query_targets(sender, rec.words, ttl):
+            self._send(t, node, up, build(rec.guids[0], MSG_QUERY, ttl, hops, rec.payload))
+            rec.query_msgs += 1
+        rec.dq_hosts += branch_horizon(degree, ttl)
+        self._timer(t + self._wait(ttl + hops), lambda now: self._dq_step(now, rec, sender, hops))
+
+    # --- churn -----------------------------------------------------------------------------
+
+    def set_churn(self, rate: float) -> None:
+        """Let nodes leave and join during the run.
+
+        Args:
+            rate: churn events per virtual second (Poisson); each event takes one random
+                online node offline (its neighbours remove_peer it) and brings one offline
+                node back with a fresh Router, linked to as many random online nodes of
+                the right role as it had links at the start.
+        """
+        self.churn_rate = rate
+        self._next_churn = self.now + self._churn_rng.expovariate(rate) if rate > 0 else math.inf
+
+    def _churn_until(self, t: float) -> None:
+        rng = self._churn_rng
+        while self._next_churn <= t:
+            self._leave(self._pick_online(rng, None))
+            if self._offline:
+                self._join(self._offline.pop(rng.randrange(len(self._offline))))
+            self.churn_events += 1
+            self._next_churn += rng.expovariate(self.churn_rate)
+
+    def _pick_online(self, rng: random.Random, role: int | None) -> int:
+        """A random online node (of `role` when given); rejection sampling, the network is mostly online."""
+        while True:
+            v = rng.randrange(self.n)
+            if self.online[v] and (role is None or self.roles[v] == role):
+                return v
+
+    def _leave(self, v: int) -> None:
+        self.online[v] = 0
+        for u in self.adj[v]:
+            self.adj[u].remove(v)
+            self.routers[u].remove_peer(v)
+            if self.roles[u] == ULTRAPEER and self.roles[v] == LEAF:
+                self._rebuild_up_table(u)
+        self.adj[v] = []
+        self.routers[v] = None
+        self._offline.append(v)
+
+    def _join(self, v: int) -> None:
+        self.online[v] = 1
+        self.routers[v] = self._new_router(v)
+        role = self.roles[v]
+        peer_role = ULTRAPEER if role != FLOOD else None
+        for _ in range(self._join_degree[v]):
+            u = self._pick_online(self._churn_rng, peer_role)
+            if u == v or u in self.adj[v]:
+                continue
+            self.adj[v].append(u)
+            self.adj[u].append(v)
+            self._attach(v, u)
+            self._attach(u, v)
+            if role == LEAF:
+                self._rebuild_up_table(u)
+        if role == ULTRAPEER:
+            self._rebuild_up_table(v)
+
+    # --- workloads -------------------------------------------------------------------------
+
+    def draw_origin(self, obj: int) -> int:
+        """A random online querier that does not itself hold `obj` (when one can be found)."""
+        holders = self.content.node_objects
+        v = self._pick_online(self.rng, None)
+        for _ in range(MAX_ORIGIN_DRAWS):
+            if obj not in holders.get(v, ()):
+                break
+            v = self._pick_online(self.rng, None)
+        return v
+
+    def run_queries(self, spec: SearchSpec, count: int) -> list[QueryRecord]:
+        """Run `count` queries one after another: Zipf-drawn object, random online querier.
+
+        Args:
+            spec: the search algorithm.
+            count: number of queries.
+
+        Returns:
+            One QueryRecord per query.
+        """
+        out = []
+        for _ in range(count):
+            obj = self.content.draw(self.rng)
+            out.append(self.query(spec, obj, self.draw_origin(obj)))
+        return out
