@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import collections
 import enum
-import re
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,8 +52,11 @@ from gnut.constants import (
     ROUTE_TABLE_CAPACITY,
     SOFT_TTL_LIMIT,
 )
-from gnut.errors import LocalProtocolError
+from gnut.errors import LocalProtocolError, ProtocolError
 from gnut.fastpath import GuidCache
+from gnut.messages import Query
+from gnut.qrp import QrpTable, QueryHashes
+from gnut.qrp import query_words as qrp_query_words
 
 # BYE code sent to a leaf that relayed a message (gtk-gnutella, INTEROP.md).
 BYE_LEAF_RELAYED = 414
@@ -114,8 +116,10 @@ class PeerRole(enum.IntEnum):
 class RouteDecision:
     """One routing decision for the runtime to execute.
 
-    `targets` get a copy with TTL = `ttl` and hops + 1.  `local` may be True beside
-    any action, DROP included: a PONG that cannot be relayed still names a host.
+    `targets` get a copy with TTL = `ttl` and hops + 1; `local` asks the node to
+    handle the message itself too.  DROP never has local=True: a PONG that cannot
+    be relayed is LOCAL (it still names a host) with `reason` saying why the relay
+    was dropped (and counted in Router.drops).
     """
 
     action: Action
@@ -253,38 +257,57 @@ def check_query_size(length: int) -> tuple[DropReason | None, bool]:
     return None, False
 
 
-_WORD_SPLIT = re.compile(r"[^\w]+|_+")
-_query_words_impl: Callable[[str], list[str]] | None = None
+def query_terms(payload: bytes) -> tuple[list[str], tuple[str, ...]]:
+    """Return the QRP words and URNs of a QUERY payload.
 
-
-def _local_words(text: str) -> list[str]:
-    """Fallback normalisation: lower-case, split on non-alphanumerics, drop empties."""
-    return [w for w in _WORD_SPLIT.split(text.lower()) if w]
-
-
-def query_words(payload: bytes) -> list[str]:
-    """Return the search words of a QUERY payload (text between the flags and the first NUL).
-
-    Uses gnut.qrp.query_words when that module is present so matching agrees with
-    the QRP tables; otherwise a plain lower-case split.
+    Words are the search text normalised by gnut.qrp.query_words (so they agree with
+    the QRP tables); URNs come from the extensions ("urn:sha1:..." text or GGEP H).
+    A payload whose extensions do not decode still yields the words of its text.
 
     Args:
         payload: the QUERY payload (2-byte flags, NUL-ended text, extensions).
 
     Returns:
-        The normalised words (possibly empty).
+        (words, urns), either possibly empty.
     """
-    global _query_words_impl
-    if _query_words_impl is None:
-        try:
-            from gnut.qrp import query_words as qrp_query_words
-        except ImportError:
-            _query_words_impl = _local_words
-        else:
-            _query_words_impl = qrp_query_words
-    end = payload.find(b"\x00", 2)
-    text = payload[2 : end if end >= 0 else len(payload)].decode("utf-8", "replace")
-    return list(_query_words_impl(text))
+    try:
+        query = Query.decode(payload)
+    except ProtocolError:
+        end = payload.find(b"\x00", 2)
+        text = payload[2 : end if end >= 0 else len(payload)].decode("utf-8", "replace")
+        return qrp_query_words(text), ()
+    return qrp_query_words(query.text), tuple(query.urns)
+
+
+def query_words(payload: bytes) -> list[str]:
+    """Return the search words of a QUERY payload (see query_terms)."""
+    return query_terms(payload)[0]
+
+
+class _QueryView:
+    """One query as QRP sees it: parsed on first use, hashed once for all QrpTables.
+
+    Strategy: the flood path never builds one; the ultrapeer path parses the payload
+    only when a peer's table is consulted, and hashes the words once (QueryHashes),
+    reused across every table (rescaled by QrpTable for other sizes).
+    """
+
+    __slots__ = ("payload", "words", "urns", "hashes")
+
+    def __init__(self, payload: bytes | None, words: list[str] | None) -> None:
+        self.payload = payload
+        self.words = words
+        self.urns: tuple[str, ...] = ()
+        self.hashes: QueryHashes | None = None
+
+    def matches(self, matcher: QrpMatcher) -> bool:
+        if self.words is None:
+            self.words, self.urns = query_terms(self.payload or b"")
+        if isinstance(matcher, QrpTable):
+            if self.hashes is None:
+                self.hashes = QueryHashes(self.words, matcher.size_bits, self.urns)
+            return matcher.matches_hashes(self.hashes)
+        return matcher.matches(self.words)
 
 
 class Router:
@@ -419,8 +442,11 @@ class Router:
     def _drop(
         self, reason: DropReason, *, disconnect: bool = False, bye_code: int = 0, local: bool = False
     ) -> RouteDecision:
+        """Count a drop; with `local` only the relay is dropped and the node still handles it."""
         self.drops[reason] += 1
-        return RouteDecision(Action.DROP, (), local, reason, disconnect, bye_code)
+        if local:
+            return RouteDecision(Action.LOCAL, (), True, reason)
+        return RouteDecision(Action.DROP, (), False, reason, disconnect, bye_code)
 
     def _local(self, mtype: int) -> RouteDecision:
         self.local[mtype] += 1
@@ -520,35 +546,32 @@ class Router:
         Strategy: relay peers (ultrapeers, flood peers) get every query except the
         sender; in ultrapeer mode a last-hop copy (TTL 1) goes only to ultrapeers
         whose QRP table matches or who sent none.  Leaves, in every mode, get a query
-        only when their table matches: a leaf without a table gets nothing.  Words
-        are parsed from `payload` only when a table is actually consulted.
+        only when their table matches: a leaf without a table gets nothing.  The
+        query is parsed only when a table is actually consulted (_QueryView).
         """
         peers = self._peers
-        filter_last_hop = out_ttl == 1 and self.mode == "ultrapeer"
-        if filter_last_hop:
-            targets = []
-            for p in self._relay_peers:
-                if p == sender:
-                    continue
-                matcher = peers[p].matcher
-                if matcher is not None:
-                    if words is None:
-                        words = query_words(payload)
-                    if not matcher.matches(words):
-                        self.qrp_skips += 1
-                        continue
-                targets.append(p)
-        else:
-            targets = [p for p in self._relay_peers if p != sender]
-        for p in self._leaf_peers:
+        view = None
+        targets = []
+        last_hop = out_ttl == 1 and self.mode == "ultrapeer"
+        for p in self._relay_peers:
             if p == sender:
                 continue
+            if last_hop:
+                matcher = peers[p].matcher
+                if matcher is not None:
+                    if view is None:
+                        view = _QueryView(payload, words)
+                    if not view.matches(matcher):
+                        self.qrp_skips += 1
+                        continue
+            targets.append(p)
+        for p in self._leaf_peers:
             matcher = peers[p].matcher
-            if matcher is None:
+            if p == sender or matcher is None:
                 continue
-            if words is None:
-                words = query_words(payload)
-            if matcher.matches(words):
+            if view is None:
+                view = _QueryView(payload, words)
+            if view.matches(matcher):
                 targets.append(p)
             else:
                 self.qrp_skips += 1
@@ -602,7 +625,7 @@ class Router:
         route = self._ping_routes.get(msg.guid, now)
         if hops == 0 or (route is not None and route[0] == LOCAL_PEER):
             return self._local(MSG_PONG)
-        # Every valid pong names a host: local=True even when it cannot be relayed.
+        # Every valid pong names a host: LOCAL (with the drop reason) even when it cannot be relayed.
         return self._route_back(MSG_PONG, peer, self._live(route), ttl, hops, True)
 
     def _route_push(self, peer: int, msg, ttl: int, hops: int, now: float) -> RouteDecision:

@@ -331,9 +331,10 @@ REPLY_ROWS = [
     (MSG_PONG, 3, 1, PONG_PAYLOAD, "peer1", Action.ROUTE_BACK, (1,), None),
     (MSG_PONG, 3, 1, PONG_PAYLOAD, "own", Action.LOCAL, (), None),
     (MSG_PONG, 1, 0, PONG_PAYLOAD, "none", Action.LOCAL, (), None),  # neighbour's own pong
-    (MSG_PONG, 3, 1, PONG_PAYLOAD, "none", Action.DROP, (), DropReason.NO_ROUTE),
-    (MSG_PONG, 3, 1, PONG_PAYLOAD, "removed", Action.DROP, (), DropReason.NO_ROUTE),
-    (MSG_PONG, 1, 2, PONG_PAYLOAD, "peer1", Action.DROP, (), DropReason.TTL_EXPIRED),
+    # A pong that cannot be relayed is still host info: LOCAL, with the relay drop counted.
+    (MSG_PONG, 3, 1, PONG_PAYLOAD, "none", Action.LOCAL, (), DropReason.NO_ROUTE),
+    (MSG_PONG, 3, 1, PONG_PAYLOAD, "removed", Action.LOCAL, (), DropReason.NO_ROUTE),
+    (MSG_PONG, 1, 2, PONG_PAYLOAD, "peer1", Action.LOCAL, (), DropReason.TTL_EXPIRED),
     (MSG_PONG, 3, 1, bytes(13), "peer1", Action.DROP, (), DropReason.MALFORMED),
 ]
 
@@ -355,6 +356,7 @@ def test_reply_routing_table(mtype, ttl, hops, payload, registered, action, targ
     assert_decision(d, action, targets, reason)
     # Pongs always carry host info for the node; hits are local only when the query was ours.
     assert d.local is (mtype == MSG_PONG and reason is not DropReason.MALFORMED or action is Action.LOCAL)
+    assert router.drops == ({reason: 1} if reason else {})
 
 
 PUSH_ROWS = [
@@ -400,7 +402,8 @@ def test_leaf_mode_replies():
     assert_decision(push, Action.DROP, (), DropReason.NO_ROUTE)
     # Pings are answered, not recorded.
     assert router.route(2, message(MSG_PING, 1, 0, b"", guid(4)), 2.0).action is Action.LOCAL
-    assert router.route(1, message(MSG_PONG, 3, 1, PONG_PAYLOAD, guid(4)), 2.0).reason is DropReason.NO_ROUTE
+    pong = router.route(1, message(MSG_PONG, 3, 1, PONG_PAYLOAD, guid(4)), 2.0)
+    assert_decision(pong, Action.LOCAL, (), DropReason.NO_ROUTE)
 
 
 # --- PING and link-level messages --------------------------------------------------------
@@ -610,4 +613,36 @@ def test_reply_never_routed_back_to_its_sender(mtype):
         mtype, push_payload(OTHER_SERVENT)
     )
     d = router.route(1, message(mtype, 3, 1, payload, guid(7)), 1.0)
-    assert_decision(d, Action.DROP, (), DropReason.ROUTE_LOOP)
+    assert_decision(d, Action.LOCAL if mtype == MSG_PONG else Action.DROP, (), DropReason.ROUTE_LOOP)
+
+
+URN = "urn:sha1:PLSTHIPQGSSZTS5FJUPAKUZWUGYQYPFB"
+
+
+def test_real_qrp_tables_as_matchers():
+    from gnut.messages import Query
+    from gnut.qrp import QrpTable
+
+    small, big = QrpTable(14), QrpTable(16)  # different sizes: hashes are rescaled per table
+    small.add_words(["hello", "world"])
+    big.add_words(["music", URN])
+    router = make_router("ultrapeer", {1: UP, 2: UP, 3: LEAF, 4: LEAF}, {3: small, 4: big, 2: big})
+    rows = [
+        # (search text, urns, relayed ttl, targets)
+        ("Hello World", (), 3, (2, 3)),
+        ("hello there", (), 3, (2,)),
+        ("music", (), 3, (2, 4)),
+        ("", (URN,), 3, (2, 4)),  # a URN-only query reaches the leaf sharing that file
+        ("hello", (), 1, (3,)),  # last hop: ultrapeer 2's table does not match
+        ("music", (), 1, (2, 4)),
+    ]
+    for n, (text, urns, out_ttl, targets) in enumerate(rows):
+        payload = Query(text, urns=urns).encode()
+        d = router.route(1, message(MSG_QUERY, out_ttl + 1, 0, payload, guid(n + 1)), 0.0)
+        assert sorted(d.targets) == sorted(targets), (text, urns)
+        assert d.ttl == out_ttl
+
+
+def test_query_terms_with_bad_extensions_keep_the_text_words():
+    words = query_words(b"\x00\x80hello music\x00\xc3\xff\xff")
+    assert words == ["hello", "music"]
