@@ -753,6 +753,12 @@ class Download:
         if not isinstance(response, h11.Response):
             raise RemoteProtocolError(f"expected a response, got {type(response).__name__}")
         status = response.status_code
+        # h11 bounds a head that arrives in pieces; one that arrives whole is measured here.
+        head_size = len(response.reason) + sum(len(k) + len(v) + 4 for k, v in response.headers)
+        if head_size > MAX_RESPONSE_HEADER_BYTES:
+            raise RemoteProtocolError(
+                f"response head of {head_size} bytes exceeds {MAX_RESPONSE_HEADER_BYTES}"
+            )
         headers = _header_map(response.headers)
         if status in (404, 410, 416):
             raise _SourceFailure(f"HTTP {status}", drop=True)
