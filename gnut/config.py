@@ -68,6 +68,8 @@ class NodeConfig:
     dq_target_results: int = 150
     verbose: int = 0
     save_hosts: bool = True
+    # Offer and use deflate on links (gtk-gnutella ultrapeers refuse leaves that do not).
+    deflate: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

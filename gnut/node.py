@@ -84,9 +84,7 @@ class Node:
         self.control = None
         self.started = time.monotonic()
         self.address: tuple[str, int] = (cfg.listen_host, cfg.listen_port)
-        self.handshake_config = hs.HandshakeConfig(
-            mode=cfg.mode, listen_ip=cfg.listen_host, listen_port=cfg.listen_port
-        )
+        self.handshake_config = self._handshake_config()
         self.stopping = False
 
     # --- lifecycle ------------------------------------------------------------------
@@ -107,9 +105,7 @@ class Node:
         )
         sock = self._server.sockets[0].getsockname()
         self.address = (sock[0], sock[1])
-        self.handshake_config = hs.HandshakeConfig(
-            mode=self.cfg.mode, listen_ip=self.address[0], listen_port=self.address[1]
-        )
+        self.handshake_config = self._handshake_config()
         log.info("listening on %s:%d as %s (%d files shared)", *self.address, self.cfg.mode, len(self.share))
         self.spawn(self._housekeeping())
         for host, port in self.cfg.connect:
@@ -150,6 +146,10 @@ class Node:
             self.hosts.save()
         except OSError as exc:
             log.warning("could not save host cache: %s", exc)
+
+    def _handshake_config(self) -> hs.HandshakeConfig:
+        return hs.HandshakeConfig(mode=self.cfg.mode, listen_ip=self.address[0], listen_port=self.address[1],
+                                  accept_deflate=self.cfg.deflate)
 
     def spawn(self, coro) -> asyncio.Task:
         """Run `coro` as a task the node cancels on stop."""

@@ -1,0 +1,177 @@
+"""Real-socket tests of the servent on 127.0.0.1, each on uvloop and on the stock asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from nethelpers import LOOPS, RawPeer, established, link, start_node, wait_for
+
+from gnut import loops, messages
+from gnut.constants import MSG_QUERY, MSG_QUERYHIT
+from gnut.guid import new_guid
+from gnut.routing import DropReason
+
+
+@pytest.fixture(params=LOOPS)
+def run(request):
+    """Run a test coroutine on the parametrized loop and fail if the loop saw an unhandled error."""
+
+    def runner(coro_fn):
+        errors = []
+
+        async def main():
+            asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+            return await coro_fn()
+
+        result = loops.run(main(), request.param)
+        assert not errors, f"event loop exception handler called: {errors}"
+        return result
+
+    return runner
+
+
+def query(text: str, ttl: int, guid: bytes | None = None) -> tuple[bytes, bytes]:
+    guid = guid or new_guid()
+    return guid, messages.build(guid, MSG_QUERY, ttl, 0, messages.Query(text=text).encode())
+
+
+async def stop_all(*nodes):
+    for n in nodes:
+        await n.stop()
+
+
+def test_chain_query_and_hit_route_back(run, tmp_path):
+    async def go():
+        a = await start_node(tmp_path, "a")
+        b = await start_node(tmp_path, "b")
+        c = await start_node(tmp_path, "c", files={"alpha beta.txt": b"x" * 1000})
+        try:
+            await link(a, b)
+            await link(b, c)
+            p = RawPeer()
+            await p.connect(a)
+            guid, raw = query("alpha", 3)
+            p.send(raw)
+            await wait_for(lambda: p.of_type(MSG_QUERYHIT), what="hit back at the querier")
+            hit = p.of_type(MSG_QUERYHIT)[0]
+            assert hit.guid == guid
+            qh = messages.QueryHit.decode(hit.payload)
+            assert [r.name for r in qh.results] == ["alpha beta.txt"]
+            assert qh.servent_guid == c.servent_guid
+            assert (qh.ip, qh.port) == c.address
+            # C answered once; A and B relayed it back along the reverse path.
+            assert c.events["queries_answered"] == 1
+            assert b.router.received[MSG_QUERYHIT] == 1 and a.router.received[MSG_QUERYHIT] == 1
+
+            # The same GUID again is suppressed at A: C sees nothing new.
+            dup_before = a.router.drops[DropReason.DUPLICATE]
+            p.send(raw)
+            await wait_for(lambda: a.router.drops[DropReason.DUPLICATE] > dup_before, what="duplicate drop")
+            await asyncio.sleep(0.1)
+            assert c.events["queries_seen"] == 1
+            await p.close()
+        finally:
+            await stop_all(a, b, c)
+
+    run(go)
+
+
+def test_ttl_one_does_not_pass_b(run, tmp_path):
+    async def go():
+        a = await start_node(tmp_path, "a")
+        b = await start_node(tmp_path, "b")
+        c = await start_node(tmp_path, "c", files={"alpha.txt": b"y" * 10})
+        try:
+            await link(a, b)
+            await link(b, c)
+            p = RawPeer()
+            await p.connect(a)
+            _, raw = query("alpha", 2)  # A relays with TTL 1: B handles it, does not forward
+            p.send(raw)
+            await wait_for(lambda: b.events["queries_seen"] == 1, what="B sees the query")
+            await asyncio.sleep(0.2)
+            assert c.events["queries_seen"] == 0
+            assert not p.of_type(MSG_QUERYHIT)
+            await p.close()
+        finally:
+            await stop_all(a, b, c)
+
+    run(go)
+
+
+def test_random_topology_each_node_handles_query_once(run, tmp_path):
+    import networkx as nx
+
+    async def go():
+        rng = random.Random(42)
+        n = 12
+        g = nx.connected_watts_strogatz_graph(n, 4, 0.3, seed=rng.randint(0, 10**6))
+        nodes = [await start_node(tmp_path, f"n{i}", deflate=(i % 3 != 0)) for i in range(n)]
+        try:
+            for u, v in g.edges():
+                await link(nodes[u], nodes[v])
+            ttl = 3
+            dist = nx.single_source_shortest_path_length(g, 0)
+            search = nodes[0].searches.start("nothing matches this", ttl=ttl)
+            assert search.messages_sent == g.degree(0)
+            within = [i for i in range(1, n) if dist[i] <= ttl]
+            await wait_for(lambda: all(nodes[i].events["queries_seen"] >= 1 for i in within), what="flood")
+            await asyncio.sleep(0.3)
+            for i in range(1, n):
+                assert nodes[i].events["queries_seen"] == (1 if dist[i] <= ttl else 0), i
+            assert nodes[0].events["queries_seen"] == 0  # our own query echoes are dropped
+        finally:
+            await stop_all(*nodes)
+
+    run(go)
+
+
+def test_node_killed_mid_flood_does_not_disturb_others(run, tmp_path):
+    async def go():
+        a = await start_node(tmp_path, "a")
+        b = await start_node(tmp_path, "b")
+        victim = await start_node(tmp_path, "v")
+        c = await start_node(tmp_path, "c", files={"gamma ray.bin": b"z" * 5000})
+        try:
+            for x, y in ((a, b), (a, victim), (b, c), (victim, c)):
+                await link(x, y)
+            p = RawPeer()
+            await p.connect(a)
+            guids = []
+            for i in range(200):
+                guid, raw = query("gamma", 4)
+                guids.append(guid)
+                p.send(raw)
+                if i == 50:
+                    for peer in list(victim.peers.values()):
+                        peer.transport.abort()
+                    await victim.stop()
+            await wait_for(lambda: len({m.guid for m in p.of_type(MSG_QUERYHIT)}) == len(guids), timeout=10,
+                           what="every query answered through the surviving path")
+            assert established(a) == 2 and established(c) == 1  # the raw peer + b; b
+        finally:
+            await stop_all(a, b, c)
+
+    run(go)
+
+
+def test_deflate_and_plain_links_mixed(run, tmp_path):
+    async def go():
+        a = await start_node(tmp_path, "a", deflate=True)
+        b = await start_node(tmp_path, "b", deflate=False)
+        c = await start_node(tmp_path, "c", deflate=True, files={"delta.txt": b"d" * 100})
+        try:
+            await link(a, b)
+            await link(b, c)
+            p = RawPeer(deflate=True)
+            await p.connect(a)
+            assert p.complete.deflate_in and p.complete.deflate_out
+            _, raw = query("delta", 3)
+            p.send(raw)
+            await wait_for(lambda: p.of_type(MSG_QUERYHIT), what="hit across plain and deflate links")
+        finally:
+            await stop_all(a, b, c)
+
+    run(go)
