@@ -8,6 +8,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gnut.connection import (
     INFLATE_MAX_RATIO,
@@ -466,3 +468,40 @@ def test_api_misuse_is_local_error():
         listener.accept()
     listener.close()
     assert listener.state is State.CLOSED and listener.data_to_send().startswith(b"GNUTELLA/0.6 200 OK")
+
+
+def test_final_200_pipelined_with_the_connect_waits_for_accept():
+    listener = Connection(HandshakeConfig(accept_deflate=False), outgoing=False)
+    chunk = b"GNUTELLA CONNECT/0.6\r\nX-Ultrapeer: True\r\n\r\nGNUTELLA/0.6 200 OK\r\n\r\n" + message(1)
+    events = feed(listener, chunk, False)
+    assert [type(ev) for ev in events] == [HandshakeRequest]
+    listener.accept()
+    events = drain(listener)
+    assert isinstance(events[0], HandshakeComplete) and raws(events) == [message(1)]
+
+
+# --- the fuzz invariant: any input parses or becomes ONE ProtocolViolation, nothing escapes ---------
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=600), outgoing=st.booleans())
+def test_any_handshake_input_yields_events_only(data, outgoing):
+    conn = Connection(HandshakeConfig(), outgoing=outgoing)
+    conn.receive_data(data)
+    events = drain(conn)
+    if any(isinstance(ev, HandshakeRequest) for ev in events):
+        conn.accept()
+        events += drain(conn)
+    assert sum(isinstance(ev, ProtocolViolation) for ev in events) <= 1
+    if any(isinstance(ev, ProtocolViolation) for ev in events):
+        assert conn.state is State.CLOSED
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(min_size=1, max_size=400), deflate=st.booleans())
+def test_any_open_link_input_yields_frames_or_one_violation(data, deflate):
+    _, listener = open_pair(deflate)
+    listener.receive_data(data)
+    events = drain(listener)
+    assert all(isinstance(ev, (Frames, ProtocolViolation)) for ev in events)
+    assert sum(isinstance(ev, ProtocolViolation) for ev in events) <= 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gnut
 from gnut.constants import HANDSHAKE_MAX_HEADER_BYTES
@@ -416,3 +418,24 @@ def test_captured_responses_evaluated(name, code, deflate_in, deflate_out):
     v = evaluate_response(HandshakeConfig(mode="ultrapeer"), status, headers, reason)
     assert (v.code, v.deflate_in, v.deflate_out) == (code, deflate_in, deflate_out)
     assert v.reason == ("OK" if code == 200 else reason)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_parse_or_raise_remote_error(data):
+    for parse in (parse_block, find_block_end):
+        try:
+            parse(data)
+        except RemoteProtocolError:
+            pass
+    try:
+        start, headers = parse_block(data)
+    except RemoteProtocolError:
+        return
+    for line_parser in (parse_request_line, parse_status_line):
+        try:
+            line_parser(start)
+        except RemoteProtocolError:
+            pass
+    for value in (headers.get("X-Try-Ultrapeers"), start):
+        parse_try_hosts(value or "")
