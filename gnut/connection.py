@@ -97,7 +97,11 @@ class HandshakeRequest:
 
 @dataclass(slots=True)
 class HandshakeComplete:
-    """The link is open; the flags say which directions are compressed."""
+    """The link is open; the flags say which directions are compressed.
+
+    headers: the dialer sees the listener's answer; the listener sees the CONNECT headers
+    updated by the dialer's final block.
+    """
 
     headers: Headers
     peer_is_ultrapeer: bool
