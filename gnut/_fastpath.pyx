@@ -286,10 +286,12 @@ cdef class FrameReader:
 
         Raises:
             RemoteProtocolError: a header broke a limit (the error's ``messages`` attribute holds the
-                messages that preceded it in this chunk), or the reader already failed earlier.
+                messages that preceded it in this chunk, [] when the reader had already failed).
         """
         if self._error is not None:
-            raise RemoteProtocolError(f"frame reader already failed: {self._error}")
+            exc = RemoteProtocolError(f"frame reader already failed: {self._error}")
+            exc.messages = []
+            raise exc
         cdef bytes data = chunk if PyBytes_CheckExact(chunk) else bytes(chunk)
         cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)

@@ -195,10 +195,12 @@ class FrameReader:
 
         Raises:
             RemoteProtocolError: a header broke a limit (the error's ``messages`` attribute holds the
-                messages that preceded it in this chunk), or the reader already failed earlier.
+                messages that preceded it in this chunk, [] when the reader had already failed).
         """
         if self._error is not None:
-            raise RemoteProtocolError(f"frame reader already failed: {self._error}")
+            exc = RemoteProtocolError(f"frame reader already failed: {self._error}")
+            exc.messages = []
+            raise exc
         if type(chunk) is not bytes:
             chunk = bytes(chunk)
         out: list[Message] = []
