@@ -441,12 +441,12 @@ asyncio.run(d.run())
 """
 
 
-@pytest.mark.parametrize("kill_at", [20_000, 90_000, 170_000])
+@pytest.mark.parametrize("kill_at", [20_000, 90_000, 220_000])
 @aio
 async def test_kill_9_leaves_a_readable_sidecar_that_resumes(tmp_path: Path, kill_at: int) -> None:
     data = make_data()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    async with FileServer(data, throttle=0.002) as srv:
+    async with FileServer(data, throttle=0.05) as srv:  # 220 KB takes > STATE_FLUSH_INTERVAL
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", CRASH_SCRIPT, urn_of(data), str(SIZE), str(srv.port), str(tmp_path), env=env
         )
@@ -568,3 +568,34 @@ def test_needs_push() -> None:
     assert needs_push(src("8.8.8.8", port=0))
     assert needs_push(src("0.0.0.0"), assume_private_firewalled=False)
     assert not needs_push(src("peer.example"))
+
+
+# --- against our own upload server ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_urn", [True, False])
+@aio
+async def test_download_from_gnut_http_upload_server(tmp_path: Path, with_urn: bool) -> None:
+    from gnut.http import HttpContext, handle_http
+    from gnut.share import ShareIndex
+
+    data = make_data()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "song one.ogg").write_bytes(data)
+    index = ShareIndex([shared])
+    index.scan()
+    (sf,) = index.files
+    ctx = HttpContext(share=index)
+    server = await asyncio.start_server(lambda r, w: handle_http(r, w, ctx), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        src = Source(
+            "127.0.0.1", port, sf.index, sf.name, SIZE, sf.urn if with_urn else None, new_guid(), False
+        )
+        out = tmp_path / "out"
+        path = await download(data, out, [src], name=sf.name, chunk_size=SMALL_CHUNK).run()
+    finally:
+        server.close()
+    assert path == out / "song one.ogg" and path.read_bytes() == data
+    assert ctx.stats["bytes_sent"] == SIZE
