@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from gnut.constants import (
@@ -546,23 +546,40 @@ ops = st.lists(
         st.tuples(
             st.just("query"),
             st.integers(0, 7),
-            st.integers(0, HARD_TTL_LIMIT + 1),
-            st.integers(0, 9),
+            st.integers(1, 4) | st.integers(0, HARD_TTL_LIMIT + 1),
+            st.integers(0, 2) | st.integers(0, 9),
             st.lists(st.sampled_from(WORDS), max_size=3),
             st.integers(0, 3),
         ),
-        st.tuples(st.just("reply"), st.integers(0, 7), st.sampled_from([MSG_QUERYHIT, MSG_PONG, MSG_PUSH])),
+        st.tuples(
+            st.just("reply"),
+            st.integers(0, 7),
+            st.sampled_from([MSG_QUERYHIT, MSG_PONG, MSG_PUSH]),
+            st.integers(0, 3),
+        ),
     ),
     max_size=40,
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(mode=st.sampled_from(["flood", "ultrapeer", "leaf"]), script=ops)
-def test_property_no_echo_and_leaves_only_on_match(mode, script):
+initial_peers = st.dictionaries(
+    st.integers(0, 7),
+    st.tuples(st.sampled_from(list(PeerRole)), st.none() | st.sets(st.sampled_from(WORDS))),
+    min_size=2,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(mode=st.sampled_from(["flood", "ultrapeer", "leaf"]), peers=initial_peers, script=ops)
+def test_property_no_echo_and_leaves_only_on_match(mode, peers, script):
     router = Router(mode, servent_guid=SERVENT, seed=3)
     live: dict[int, PeerRole] = {}
     tables: dict[int, WordSet | None] = {}
+    for peer_id, (role, table) in peers.items():
+        router.add_peer(peer_id, role)
+        live[peer_id] = role
+        tables[peer_id] = None if table is None else WordSet(*table)
+        router.set_qrp(peer_id, tables[peer_id])
 
     def check_targets(targets, sender, words):
         assert sender not in targets
@@ -584,21 +601,26 @@ def test_property_no_echo_and_leaves_only_on_match(mode, script):
         elif op[0] == "qrp" and op[1] in live:
             tables[op[1]] = None if op[2] is None else WordSet(*op[2])
             router.set_qrp(op[1], tables[op[1]])
-        elif op[0] == "query" and op[1] in live:
-            _, sender, ttl, hops, words, g = op
+        elif op[0] == "query" and live:
+            _, pick, ttl, hops, words, g = op
+            sender = sorted(live)[pick % len(live)]
             d = router.route(
                 sender, message(MSG_QUERY, ttl, hops, query_payload(" ".join(words)), guid(g)), now
             )
             check_targets(d.targets, sender, words)
+            event(f"query {d.action.name} {d.reason} to leaves={any(live[t] is LEAF for t in d.targets)}")
             if d.targets:
                 assert 1 <= d.ttl and d.ttl + hops + 1 <= SOFT_TTL_LIMIT
             check_targets(router.route_query_targets(None, words, 1 + g % 4), None, words)
-        elif op[0] == "reply" and op[1] in live:
+        elif op[0] == "reply" and live:
+            _, pick, mtype, g = op
+            sender = sorted(live)[pick % len(live)]
             payload = {MSG_QUERYHIT: hit_payload(OTHER_SERVENT), MSG_PONG: PONG_PAYLOAD}.get(
-                op[2], push_payload(OTHER_SERVENT)
+                mtype, push_payload(OTHER_SERVENT)
             )
-            d = router.route(op[1], message(op[2], 3, 1, payload, guid(op[1] % 4)), now)
-            assert op[1] not in d.targets
+            d = router.route(sender, message(mtype, 3, 1, payload, guid(g)), now)
+            event(f"reply {d.action.name}")
+            assert sender not in d.targets
             for t in d.targets:
                 assert t in live
 
@@ -646,3 +668,24 @@ def test_real_qrp_tables_as_matchers():
 def test_query_terms_with_bad_extensions_keep_the_text_words():
     words = query_words(b"\x00\x80hello music\x00\xc3\xff\xff")
     assert words == ["hello", "music"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    body=st.binary(max_size=MAX_QUERY_RELAY - 2)
+    | st.lists(st.sampled_from([b"\x00", b"\x1c", b"\xc3", b"urn:sha1:", b"hello", b"\xff", b"\x82"])).map(
+        b"".join
+    ),
+    ttl=st.integers(0, 9),
+)
+def test_any_query_payload_gets_a_decision(body, ttl):
+    from gnut.qrp import QrpTable
+
+    table = QrpTable(12)
+    table.add_words(["hello"])
+    router = make_router("ultrapeer", {1: UP, 2: UP, 3: LEAF}, {2: WordSet("hello"), 3: table})
+    payload = (b"\x00\x80" + body)[:MAX_QUERY_RELAY]
+    d = router.route(1, message(MSG_QUERY, ttl, 0, payload), 0.0)
+    assert isinstance(d.action, Action)
+    assert 1 not in d.targets
+    assert isinstance(query_words(payload), list)
