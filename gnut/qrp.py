@@ -217,7 +217,7 @@ class QueryHashes:
         urn_slots: one slot per URN (any present suffices).
     """
 
-    __slots__ = ("bits", "word_slots", "urn_slots", "_word_codes", "_urn_codes")
+    __slots__ = ("bits", "word_slots", "urn_slots", "_word_codes", "_urn_codes", "_rescaled")
 
     def __init__(self, words: Iterable[str], bits: int, urns: Iterable[str] = ()) -> None:
         """Hash `words` (canonical query words) and `urns` ("urn:sha1:..." strings) for 2**bits slots.
@@ -238,13 +238,17 @@ class QueryHashes:
         self._urn_codes = urn_codes
         self.word_slots = tuple(c >> shift for c in word_codes)
         self.urn_slots = tuple(c >> shift for c in urn_codes)
+        self._rescaled: dict[int, QueryHashes] = {}
 
     def for_bits(self, bits: int) -> QueryHashes:
-        """Return the same query hashed for 2**bits slots, reusing the 32-bit codes."""
+        """Return the same query hashed for 2**bits slots, reusing the 32-bit codes (cached per size)."""
         if bits == self.bits:
             return self
-        other = QueryHashes.__new__(QueryHashes)
-        other._init(self._word_codes, self._urn_codes, bits)
+        other = self._rescaled.get(bits)
+        if other is None:
+            other = QueryHashes.__new__(QueryHashes)
+            other._init(self._word_codes, self._urn_codes, bits)
+            self._rescaled[bits] = other
         return other
 
     def __repr__(self) -> str:

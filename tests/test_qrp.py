@@ -194,6 +194,7 @@ def test_query_hashes_reused_across_sizes() -> None:
     assert query.word_slots == (qrp_hash("alpha", 16), qrp_hash("bravo", 16))
     assert query.for_bits(10).word_slots == (qrp_hash("alpha", 10), qrp_hash("bravo", 10))
     assert query.for_bits(16) is query
+    assert query.for_bits(10) is query.for_bits(10)  # rescaled once per size
     assert big.matches_hashes(query) and small.matches_hashes(query)
     assert small.matches(query) and not small.matches(QueryHashes(["charlie"], 10))
 
