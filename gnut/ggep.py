@@ -1,4 +1,4 @@
-"""GGEP (Gnutella Generic Extension Protocol 0.5) blocks: decode and encode, with COBS and deflate."""
+"""GGEP (Gnutella Generic Extension Protocol 0.5) blocks with COBS and deflate, and 0x1C extension areas."""
 
 # Strategy: a block is the magic byte 0xC3 followed by items; each item is
 #   flags (bit7 last, bit6 COBS, bit5 deflate, bit4 reserved = 0, bits 3-0 id length 1-15)
@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import zlib
 from dataclasses import dataclass
 
@@ -36,6 +38,14 @@ GGEP_MAX_LEN_BYTES = 3
 GGEP_MAX_DATA_LEN = (1 << (6 * GGEP_MAX_LEN_BYTES)) - 1
 # Deflate bomb guard: no item can usefully inflate past a whole message (64 KiB payload cap).
 GGEP_MAX_INFLATED = MAX_PAYLOAD
+# Extension areas (GGEP spec "peaceful co-existence", HUGE): items separated by 0x1C.
+EXT_SEP = 0x1C
+SHA1_LEN = 20
+URN_SHA1_PREFIX = "urn:sha1:"
+_URN_BITPRINT_PREFIX = "urn:bitprint:"
+_SHA1_B32_LEN = 32
+_GGEP_H_SHA1 = 0x01  # GGEP "H" hash types: 1 = SHA1, 2 = bitprint (SHA1 then Tiger)
+_GGEP_H_BITPRINT = 0x02
 # Real blocks carry at most a dozen items (gtk-gnutella pongs: VC, DU, UP, LOC...); 64 bounds the work.
 GGEP_MAX_ITEMS = 64
 
@@ -307,3 +317,123 @@ def decode_int(data: bytes, max_len: int = 8) -> int:
     if not 1 <= len(data) <= max_len:
         raise RemoteProtocolError(f"GGEP: integer of {len(data)} bytes (1-{max_len} allowed)")
     return int.from_bytes(data, "little")
+
+
+# --- extension areas: GGEP blocks beside HUGE urn text and other text, 0x1C between -------
+def sha1_urn(digest: bytes) -> str:
+    """Return the `urn:sha1:` text of a SHA1 digest.
+
+    Args:
+        digest: 20 bytes.
+
+    Returns:
+        "urn:sha1:" followed by 32 upper-case base32 characters.
+
+    Raises:
+        LocalProtocolError: the digest is not 20 bytes.
+    """
+    if len(digest) != SHA1_LEN:
+        raise LocalProtocolError(f"a SHA1 digest is {SHA1_LEN} bytes, got {len(digest)}")
+    return URN_SHA1_PREFIX + base64.b32encode(digest).decode("ascii")
+
+
+def urn_digest(urn: str) -> bytes | None:
+    """Return the SHA1 digest named by a `urn:sha1:` (or `urn:bitprint:`) urn.
+
+    Args:
+        urn: urn text, any case.
+
+    Returns:
+        The 20-byte digest, or None when `urn` is not a well-formed SHA1/bitprint urn.
+    """
+    low = urn.lower()
+    if low.startswith(URN_SHA1_PREFIX):
+        b32 = urn[len(URN_SHA1_PREFIX) :]
+    elif low.startswith(_URN_BITPRINT_PREFIX):
+        b32 = urn[len(_URN_BITPRINT_PREFIX) :].split(".", 1)[0]
+    else:
+        return None
+    if len(b32) != _SHA1_B32_LEN:
+        return None
+    try:
+        return base64.b32decode(b32.upper())
+    except (binascii.Error, ValueError):
+        return None
+
+
+def ggep_h_urn(ggep: tuple[GgepItem, ...]) -> str | None:
+    """The urn:sha1 of a GGEP "H" item (type 1 SHA1 or 2 bitprint), None when absent or unknown."""
+    data = find(ggep, "H")
+    if data and data[0] in (_GGEP_H_SHA1, _GGEP_H_BITPRINT) and len(data) >= 1 + SHA1_LEN:
+        return sha1_urn(data[1 : 1 + SHA1_LEN])
+    return None
+
+
+def parse_extensions(
+    buf: bytes, pos: int, stop_at_nul: bool, what: str
+) -> tuple[tuple[str, ...], tuple[bytes, ...], tuple[GgepItem, ...], int]:
+    """Parse a 0x1C-separated extension area (urn text, GGEP blocks, other text).
+
+    Returns (urns, extra, ggep, pos): with `stop_at_nul` the area ends at a NUL, which is
+    consumed (and must be present); otherwise it runs to the end of `buf` and NULs are
+    tolerated as separators (legacy "urn:\\0" queries).
+    """
+    urns: list[str] = []
+    extra: list[bytes] = []
+    ggep: list[GgepItem] = []
+    end = len(buf)
+    while True:
+        if pos >= end:
+            if stop_at_nul:
+                raise RemoteProtocolError(f"{what}: extension area not NUL-terminated")
+            break
+        byte = buf[pos]
+        if byte == 0 and stop_at_nul:
+            pos += 1
+            break
+        if byte in (0, EXT_SEP):
+            pos += 1
+        elif byte == GGEP_MAGIC:
+            items, pos = decode_ggep(buf, pos)
+            ggep += items
+        else:
+            stop = pos
+            while stop < end and buf[stop] not in (0, EXT_SEP):
+                stop += 1
+            raw = bytes(buf[pos:stop])
+            if raw[:4].lower() == b"urn:":
+                urns.append(raw.decode("latin-1"))
+            else:
+                extra.append(raw)
+            pos = stop
+    items_t = tuple(ggep)
+    h_urn = ggep_h_urn(items_t)
+    if h_urn is not None and h_urn not in urns:
+        urns.append(h_urn)
+    return tuple(urns), tuple(extra), items_t, pos
+
+
+def encode_extensions(
+    urns: tuple[str, ...], extra: tuple[bytes, ...], ggep: tuple[GgepItem, ...], what: str
+) -> bytes:
+    """Encode an extension area: urn texts, other texts, then one GGEP block (COBS, no NUL).
+
+    Raises:
+        LocalProtocolError: a urn or text that holds NUL/0x1C or could be mistaken for another kind.
+    """
+    parts: list[bytes] = []
+    for urn in urns:
+        try:
+            raw = urn.encode("latin-1")
+        except UnicodeEncodeError:
+            raise LocalProtocolError(f"{what}: urn {urn!r} is not Latin-1") from None
+        if not raw.lower().startswith(b"urn:") or 0 in raw or EXT_SEP in raw:
+            raise LocalProtocolError(f"{what}: bad urn {urn!r}")
+        parts.append(raw)
+    for raw in extra:
+        if not raw or 0 in raw or EXT_SEP in raw or raw[0] == GGEP_MAGIC or raw[:4].lower() == b"urn:":
+            raise LocalProtocolError(f"{what}: bad extension {raw!r}")
+        parts.append(bytes(raw))
+    if ggep:
+        parts.append(encode_ggep(ggep, cobs=True))
+    return bytes((EXT_SEP,)).join(parts)

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import struct
 from dataclasses import dataclass
@@ -37,7 +35,43 @@ from gnut.constants import (
     VENDOR_CODE,
 )
 from gnut.errors import LocalProtocolError, RemoteProtocolError
-from gnut.ggep import GGEP_MAGIC, GgepItem, decode_ggep, decode_int, encode_ggep, encode_int, find
+from gnut.ggep import (
+    EXT_SEP,
+    GGEP_MAGIC,
+    GgepItem,
+    decode_ggep,
+    decode_int,
+    encode_extensions,
+    encode_ggep,
+    encode_int,
+    find,
+    parse_extensions,
+    sha1_urn,
+    urn_digest,
+)
+
+# Re-exported: callers take the urn helpers and GGEP items from here with the messages.
+__all__ = [
+    "GgepItem",
+    "sha1_urn",
+    "urn_digest",
+    "encode_header",
+    "build",
+    "Ping",
+    "Pong",
+    "Query",
+    "HitResult",
+    "QueryHitResult",
+    "QueryHit",
+    "Push",
+    "Bye",
+    "QrpReset",
+    "QrpPatch",
+    "decode_qrp",
+    "Vendor",
+    "Message",
+    "decode",
+]
 
 # --- Limits ----------------------------------------------------------------------------
 # The result count is one byte on the wire.
@@ -54,7 +88,6 @@ PONG_LEN = 14  # port, IPv4, files, kbytes
 PUSH_LEN = 26  # servent GUID, index, IPv4, port
 BYE_MIN_LEN = 2  # the code
 VENDOR_HEADER_LEN = 8  # vendor code, selector, version
-SHA1_LEN = 20
 # 32-bit sizes cannot say "4 GiB or more": the GGEP "LF" item then carries the real size.
 MAX_SIZE32 = 0xFFFFFFFF
 
@@ -93,12 +126,6 @@ QRP_MAX_TABLE_SIZE = 1 << 21
 QRP_RESET_LEN = 6
 QRP_PATCH_HEADER_LEN = 5
 
-URN_SHA1_PREFIX = "urn:sha1:"
-_URN_BITPRINT_PREFIX = "urn:bitprint:"
-_SHA1_B32_LEN = 32
-_GGEP_H_SHA1 = 0x01  # GGEP "H" hash types: 1 = SHA1, 2 = bitprint (SHA1 then Tiger)
-_GGEP_H_BITPRINT = 0x02
-_EXT_SEP = 0x1C
 _WORD_RE = re.compile(r"[^\W_]+")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -155,119 +182,6 @@ def _ggep_tail(buf: bytes, pos: int, what: str) -> tuple[GgepItem, ...]:
 
 def _ggep_bytes(items: tuple[GgepItem, ...], cobs: bool = False) -> bytes:
     return encode_ggep(items, cobs=cobs) if items else b""
-
-
-def sha1_urn(digest: bytes) -> str:
-    """Return the `urn:sha1:` text of a SHA1 digest.
-
-    Args:
-        digest: 20 bytes.
-
-    Returns:
-        "urn:sha1:" followed by 32 upper-case base32 characters.
-
-    Raises:
-        LocalProtocolError: the digest is not 20 bytes.
-    """
-    if len(digest) != SHA1_LEN:
-        raise LocalProtocolError(f"a SHA1 digest is {SHA1_LEN} bytes, got {len(digest)}")
-    return URN_SHA1_PREFIX + base64.b32encode(digest).decode("ascii")
-
-
-def urn_digest(urn: str) -> bytes | None:
-    """Return the SHA1 digest named by a `urn:sha1:` (or `urn:bitprint:`) urn.
-
-    Args:
-        urn: urn text, any case.
-
-    Returns:
-        The 20-byte digest, or None when `urn` is not a well-formed SHA1/bitprint urn.
-    """
-    low = urn.lower()
-    if low.startswith(URN_SHA1_PREFIX):
-        b32 = urn[len(URN_SHA1_PREFIX) :]
-    elif low.startswith(_URN_BITPRINT_PREFIX):
-        b32 = urn[len(_URN_BITPRINT_PREFIX) :].split(".", 1)[0]
-    else:
-        return None
-    if len(b32) != _SHA1_B32_LEN:
-        return None
-    try:
-        return base64.b32decode(b32.upper())
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _ggep_h_urn(ggep: tuple[GgepItem, ...]) -> str | None:
-    data = find(ggep, "H")
-    if data and data[0] in (_GGEP_H_SHA1, _GGEP_H_BITPRINT) and len(data) >= 1 + SHA1_LEN:
-        return sha1_urn(data[1 : 1 + SHA1_LEN])
-    return None
-
-
-def _parse_extensions(
-    buf: bytes, pos: int, stop_at_nul: bool, what: str
-) -> tuple[tuple[str, ...], tuple[bytes, ...], tuple[GgepItem, ...], int]:
-    """Parse a 0x1C-separated extension area (urn text, GGEP blocks, other text).
-
-    Returns (urns, extra, ggep, pos): with `stop_at_nul` the area ends at a NUL, which is
-    consumed (and must be present); otherwise it runs to the end of `buf` and NULs are
-    tolerated as separators (legacy "urn:\\0" queries).
-    """
-    urns: list[str] = []
-    extra: list[bytes] = []
-    ggep: list[GgepItem] = []
-    end = len(buf)
-    while True:
-        if pos >= end:
-            if stop_at_nul:
-                raise RemoteProtocolError(f"{what}: extension area not NUL-terminated")
-            break
-        byte = buf[pos]
-        if byte == 0 and stop_at_nul:
-            pos += 1
-            break
-        if byte in (0, _EXT_SEP):
-            pos += 1
-        elif byte == GGEP_MAGIC:
-            items, pos = decode_ggep(buf, pos)
-            ggep += items
-        else:
-            stop = pos
-            while stop < end and buf[stop] not in (0, _EXT_SEP):
-                stop += 1
-            raw = bytes(buf[pos:stop])
-            if raw[:4].lower() == b"urn:":
-                urns.append(raw.decode("latin-1"))
-            else:
-                extra.append(raw)
-            pos = stop
-    items_t = tuple(ggep)
-    h_urn = _ggep_h_urn(items_t)
-    if h_urn is not None and h_urn not in urns:
-        urns.append(h_urn)
-    return tuple(urns), tuple(extra), items_t, pos
-
-
-def _encode_extensions(
-    urns: tuple[str, ...], extra: tuple[bytes, ...], ggep: tuple[GgepItem, ...], what: str
-) -> bytes:
-    parts: list[bytes] = []
-    for urn in urns:
-        try:
-            raw = urn.encode("ascii")
-        except UnicodeEncodeError:
-            raise LocalProtocolError(f"{what}: urn {urn!r} is not ASCII") from None
-        if not raw.lower().startswith(b"urn:") or 0 in raw or _EXT_SEP in raw:
-            raise LocalProtocolError(f"{what}: bad urn {urn!r}")
-        parts.append(raw)
-    for raw in extra:
-        if not raw or 0 in raw or _EXT_SEP in raw or raw[0] == GGEP_MAGIC or raw[:4].lower() == b"urn:":
-            raise LocalProtocolError(f"{what}: bad extension {raw!r}")
-        parts.append(bytes(raw))
-    if ggep:
-        parts.append(encode_ggep(ggep, cobs=True))
-    return bytes((_EXT_SEP,)).join(parts)
 
 
 # --- header --------------------------------------------------------------------------------
@@ -392,6 +306,11 @@ class Query:
         return bool(self.flags & QF_FLAGS_IN_USE)
 
     @property
+    def min_speed(self) -> int | None:
+        """The legacy minimum speed (kbit/s, little-endian word) when the flags bit is clear, else None."""
+        return None if self.flags_in_use else int.from_bytes(self.flags.to_bytes(2, "big"), "little")
+
+    @property
     def firewalled(self) -> bool:
         """True when the querier says it is firewalled (needs PUSH to download)."""
         return self.flags_in_use and bool(self.flags & QF_FIREWALLED)
@@ -400,10 +319,10 @@ class Query:
         """Return the payload bytes; LocalProtocolError for bad text, flags or size."""
         _check_range("query flags", self.flags, 0, 0xFFFF)
         raw = self.text.encode("utf-8")
-        if 0 in raw or _EXT_SEP in raw:
+        if 0 in raw or EXT_SEP in raw:
             raise LocalProtocolError("query text may not contain NUL or 0x1C")
         out = self.flags.to_bytes(2, "big") + raw + b"\0"
-        out += _encode_extensions(self.urns, self.extra, self.ggep, "QUERY")
+        out += encode_extensions(self.urns, self.extra, self.ggep, "QUERY")
         if len(out) > MAX_QUERY_PAYLOAD:
             raise LocalProtocolError(f"QUERY payload of {len(out)} bytes exceeds {MAX_QUERY_PAYLOAD}")
         return out
@@ -422,7 +341,7 @@ class Query:
         nul = payload.find(b"\0", 2)
         if nul < 0:
             raise RemoteProtocolError("QUERY search text is not NUL-terminated")
-        urns, extra, ggep, _ = _parse_extensions(payload, nul + 1, False, "QUERY")
+        urns, extra, ggep, _ = parse_extensions(payload, nul + 1, False, "QUERY")
         flags = (payload[0] << 8) | payload[1]
         return cls(_text(bytes(payload[2:nul])), flags, urns, ggep, extra)
 
@@ -458,7 +377,7 @@ class HitResult:
         name = self.name.encode("utf-8")
         if 0 in name:
             raise LocalProtocolError("file name may not contain NUL")
-        ext = _encode_extensions(self.urns, self.extra, ggep, "QUERYHIT result")
+        ext = encode_extensions(self.urns, self.extra, ggep, "QUERYHIT result")
         return _U32.pack(self.index) + _U32.pack(min(self.size, MAX_SIZE32)) + name + b"\0" + ext + b"\0"
 
     @classmethod
@@ -478,7 +397,7 @@ class HitResult:
         if nul < 0:
             raise RemoteProtocolError("QUERYHIT result name is not NUL-terminated")
         name = _text(bytes(buf[pos + 8 : nul]))
-        urns, extra, ggep, end = _parse_extensions(buf, nul + 1, True, "QUERYHIT result")
+        urns, extra, ggep, end = parse_extensions(buf, nul + 1, True, "QUERYHIT result")
         large = find(ggep, "LF")
         if large is not None:
             size = decode_int(large)

@@ -18,9 +18,13 @@ from gnut.ggep import (
     cobs_encode,
     decode_ggep,
     decode_int,
+    encode_extensions,
     encode_ggep,
     encode_int,
     find,
+    parse_extensions,
+    sha1_urn,
+    urn_digest,
 )
 
 # gtk-gnutella pong GGEP (vectors/gtk-gnutella/ultra_pong.bin): VC, UP, DU.
@@ -204,3 +208,48 @@ def test_fuzz_only_remote_errors(data):
         return
     assert end <= len(buf)
     assert all(isinstance(i, GgepItem) for i in items)
+
+
+# --- extension areas ---------------------------------------------------------------------------
+def test_parse_extensions_mixed_area_until_nul():
+    digest = bytes(range(20))
+    area = b"urn:sha1:" + sha1_urn(digest)[9:].encode() + b"\x1c<xml/>\x1c" + GTKG_PONG_GGEP + b"\x00rest"
+    urns, extra, items, end = parse_extensions(area, 0, True, "test")
+    assert urns == (sha1_urn(digest),) and extra == (b"<xml/>",) and list(items) == GTKG_PONG_ITEMS
+    assert area[end:] == b"rest"
+
+
+def test_parse_extensions_to_end_tolerates_nul_and_requires_nothing():
+    assert parse_extensions(b"urn:\x00", 0, False, "test") == (("urn:",), (), (), 5)
+    assert parse_extensions(b"", 0, False, "test") == ((), (), (), 0)
+    with pytest.raises(RemoteProtocolError, match="not NUL-terminated"):
+        parse_extensions(b"urn:", 0, True, "test")
+
+
+def test_ggep_h_adds_urn_once():
+    digest = bytes(20)
+    block = encode_ggep([GgepItem("H", b"\x01" + digest)], cobs=True)
+    assert parse_extensions(block, 0, False, "t")[0] == (sha1_urn(digest),)
+    both = sha1_urn(digest).encode() + b"\x1c" + block
+    assert parse_extensions(both, 0, False, "t")[0] == (sha1_urn(digest),)
+    unknown = encode_ggep([GgepItem("H", b"\x09abc")])
+    assert parse_extensions(unknown, 0, False, "t")[0] == ()
+
+
+def test_encode_extensions_rejects_ambiguous_parts():
+    assert encode_extensions(("urn:sha1:X",), (b"<x/>",), (), "t") == b"urn:sha1:X\x1c<x/>"
+    for urns, extra in (
+        ((b"nope",), ()),
+        ((), (b"urn:x",)),
+        ((), (b"\xc3x",)),
+        ((), (b"a\x1cb",)),
+        ((), (b"",)),
+    ):
+        with pytest.raises(LocalProtocolError):
+            encode_extensions(tuple(u.decode() for u in urns), extra, (), "t")
+
+
+def test_urn_digest_round_trip():
+    digest = bytes(range(20))
+    assert urn_digest(sha1_urn(digest)) == digest
+    assert urn_digest("urn:sha1:" + "0" * 32) is None

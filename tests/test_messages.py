@@ -342,7 +342,9 @@ def test_query_size_limits():
 
 def test_legacy_min_speed_query_is_not_flags():
     query = m.Query.decode(b"\x00\x00old\x00")
-    assert not query.flags_in_use and not query.firewalled
+    assert not query.flags_in_use and not query.firewalled and query.min_speed == 0
+    assert m.Query.decode(b"\x28\x00old\x00").min_speed == 40
+    assert m.Query("new").min_speed is None
 
 
 def _hit(**kwargs) -> m.QueryHit:
