@@ -67,6 +67,8 @@ DQ_TARGET_RESULTS = 3
 QUERY_GAP = 1.0
 # Safety margin added to every "wait for replies" timer, in link latencies.
 WAIT_MARGIN = 1
+# Ultrapeers hand a query whose TTL is spent to their QRP-matching leaves (see _on_query).
+LEAVES_ON_EXPIRED_TTL = True
 # Redraws of the querying node when the one drawn already holds the object.
 MAX_ORIGIN_DRAWS = 20
 # Fixed fields of every simulated QUERYHIT (loopback address, as all traffic here is local).
@@ -155,10 +157,11 @@ def complete(n: int) -> Topology:
     return _flat(f"complete{n}", n, ((a, b) for a in range(n) for b in range(a + 1, n)))
 
 
-def regular_tree(degree: int, depth: int) -> Topology:
+def regular_tree(degree: int, depth: int, role: int = FLOOD) -> Topology:
     """The tree where the root and every inner node have `degree` links, leaves at distance `depth`.
 
     Node 0 is the root; a flood from it with TTL <= depth follows horizon() exactly.
+    `role` (FLOOD or ULTRAPEER) is given to every node.
     """
     edges = []
     frontier = [0]
@@ -171,7 +174,9 @@ def regular_tree(degree: int, depth: int) -> Topology:
                 nxt.append(n)
                 n += 1
         frontier = nxt
-    return _flat(f"tree-d{degree}-h{depth}", n, edges)
+    topo = _flat(f"tree-d{degree}-h{depth}", n, edges)
+    topo.roles = bytearray([role]) * n
+    return topo
 
 
 def from_networkx(name: str, graph) -> Topology:
@@ -280,7 +285,9 @@ def place_content(
     rng = random.Random(seed)
     pool = list(range(n_nodes)) if eligible is None else list(eligible)
     q = [1.0 / (i + 1) ** alpha for i in range(n_objects)]
-    weights = {"uniform": [1.0] * n_objects, "proportional": q, "sqrt": [math.sqrt(x) for x in q]}[replication]
+    weights = {"uniform": [1.0] * n_objects, "proportional": q, "sqrt": [math.sqrt(x) for x in q]}[
+        replication
+    ]
     scale = mean_replicas * n_objects / sum(weights)
     holders = []
     node_objects: dict[int, set[int]] = {}
@@ -369,6 +376,7 @@ class QueryRecord:
     received: int = 0  # QUERY copies that reached a live node
     duplicates: int = 0  # ... at a node that had already received this query (any of its GUIDs)
     router_duplicates: int = 0  # ... that the receiving Router dropped as DUPLICATE
+    last_hop_visits: int = 0  # nodes first reached by a copy carrying TTL 1
     hits: int = 0  # QUERYHITs that reached the querier
     first_hit_hops: int | None = None
     first_hit_time: float | None = None
@@ -402,12 +410,14 @@ def summarize(records: list[QueryRecord], n_nodes: int) -> dict:
 
     Returns:
         queries, success_rate, msgs_per_query (and its query/hit/check parts),
-        msgs_per_node, dup_pct, router_dup_pct, visited, hops_first_hit, time_first_hit.
+        msgs_per_node, dup_pct, router_dup_pct, visited, last_hop_share, hops_first_hit,
+        time_first_hit.
     """
     q = max(1, len(records))
     received = sum(r.received for r in records)
     ok = [r for r in records if r.hits]
     msgs = sum(r.messages for r in records) / q
+    visited = sum(len(r.visited) - 1 for r in records)
     return {
         "queries": len(records),
         "success_rate": len(ok) / q,
@@ -418,7 +428,8 @@ def summarize(records: list[QueryRecord], n_nodes: int) -> dict:
         "msgs_per_node": msgs / max(1, n_nodes),
         "dup_pct": 100.0 * sum(r.duplicates for r in records) / received if received else 0.0,
         "router_dup_pct": 100.0 * sum(r.router_duplicates for r in records) / received if received else 0.0,
-        "visited": sum(len(r.visited) - 1 for r in records) / q,
+        "visited": visited / q,
+        "last_hop_share": sum(r.last_hop_visits for r in records) / visited if visited else 0.0,
         "hops_first_hit": _mean([r.first_hit_hops for r in ok]),
         "time_first_hit": _mean([r.first_hit_time - r.start for r in ok]),
     }
@@ -465,8 +476,13 @@ class Simulator:
     """
 
     def __init__(
-        self, topology: Topology, content: Content, *, seed: int = 0,
-        latency: float = DEFAULT_LATENCY, jitter: float = 0.0,
+        self,
+        topology: Topology,
+        content: Content,
+        *,
+        seed: int = 0,
+        latency: float = DEFAULT_LATENCY,
+        jitter: float = 0.0,
     ) -> None:
         self.topology = topology
         self.content = content
@@ -520,9 +536,13 @@ class Simulator:
 
     def _new_router(self, v: int) -> Router:
         return Router(
-            _ROLE_MODES[self.roles[v]], servent_guid=self.servent_guids[v],
-            seen_capacity=SIM_SEEN_CAPACITY, seen_max_age=SIM_MAX_AGE,
-            route_capacity=SIM_ROUTE_CAPACITY, route_max_age=SIM_MAX_AGE, seed=v,
+            _ROLE_MODES[self.roles[v]],
+            servent_guid=self.servent_guids[v],
+            seen_capacity=SIM_SEEN_CAPACITY,
+            seen_max_age=SIM_MAX_AGE,
+            route_capacity=SIM_ROUTE_CAPACITY,
+            route_max_age=SIM_MAX_AGE,
+            seed=v,
         )
 
     def _rebuild_up_table(self, v: int) -> None:
@@ -597,6 +617,8 @@ class Simulator:
             rec.duplicates += 1
         else:
             visited.add(dst)
+            if raw[17] == 1:
+                rec.last_hop_visits += 1
         if decision.reason is DropReason.DUPLICATE:
             rec.router_duplicates += 1
         walker = self._walkers.get(raw[:16])
@@ -614,6 +636,16 @@ class Simulator:
             for target in decision.targets:
                 self._send(t, dst, target, out)
             rec.query_msgs += len(decision.targets)
+        elif LEAVES_ON_EXPIRED_TTL and decision.local and self.roles[dst] == ULTRAPEER:
+            # The Router stops a query whose TTL is spent; an ultrapeer still hands it to
+            # its matching leaves (GUESS / last-hop QRP, gtk-gnutella).  Only runs while
+            # the Router leaves that out: once it returns those leaves, this finds none.
+            leaves = [p for p in router.route_query_targets(src, rec.words, 1) if self.roles[p] == LEAF]
+            if leaves:
+                out = _rewrite(raw, 1)
+                for leaf in leaves:
+                    self._send(t, dst, leaf, out)
+                rec.query_msgs += len(leaves)
 
     def _answer(self, t: float, node: int, src: int, msg, rec: QueryRecord) -> None:
         """A node holding the object answers with a real QUERYHIT, sent to the peer the query came from."""
@@ -775,7 +807,9 @@ class Simulator:
             ttl = DQ_MAX_TTL
         else:
             needed = (target - rec.dq_results) * rec.dq_hosts / rec.dq_results
-            ttl = next((x for x in range(1, DQ_MAX_TTL + 1) if branch_horizon(degree, x) >= needed), DQ_MAX_TTL)
+            ttl = next(
+                (x for x in range(1, DQ_MAX_TTL + 1) if branch_horizon(degree, x) >= needed), DQ_MAX_TTL
+            )
         if up in self.routers[node].route_query_targets(sender, rec.words, ttl):
             self._send(t, node, up, build(rec.guids[0], MSG_QUERY, ttl, hops, rec.payload))
             rec.query_msgs += 1
