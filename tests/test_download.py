@@ -63,7 +63,9 @@ class FileServer:
     first), status (answer every request with this status), close_each (Connection: close),
     ignore_range (always 200 with the whole file), extra_body (claim and send more bytes
     than asked), stall (send the head, then nothing), huge_header (a 20 KiB header line),
-    throttle (pause between 8 KiB pieces).
+    throttle (pause between 8 KiB pieces), dribble (every byte of every response in its own
+    write), junk (bytes after each body, outside Content-Length), range_shift (a Content-Range
+    that does not answer the request).
     """
 
     def __init__(self, data: bytes, **faults) -> None:
@@ -79,6 +81,9 @@ class FileServer:
         self.stall: bool = faults.pop("stall", False)
         self.huge_header: bool = faults.pop("huge_header", False)
         self.throttle: float = faults.pop("throttle", 0.0)
+        self.dribble: bool = faults.pop("dribble", False)
+        self.junk: bytes = faults.pop("junk", b"")
+        self.range_shift: int = faults.pop("range_shift", 0)
         assert not faults, faults
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.served: list[tuple[int, int]] = []
@@ -114,11 +119,11 @@ class FileServer:
             alive = False
         else:
             alive = True
-        step = 8192 if self.throttle else len(body) or 1
+        step = 1 if self.dribble else 8192 if self.throttle else len(body) or 1
         for i in range(0, len(body), step):
             writer.write(body[i : i + step])
             await writer.drain()
-            if self.throttle:
+            if self.throttle or self.dribble:
                 await asyncio.sleep(self.throttle)
         self.bytes_sent += len(body)
         self.served.append((start, start + len(body)))
@@ -160,17 +165,24 @@ class FileServer:
                 body += b"x" * self.extra_body
                 lines = ["HTTP/1.1 200 OK" if self.ignore_range else "HTTP/1.1 206 Partial Content"]
                 if not self.ignore_range:
-                    lines.append(f"Content-Range: bytes {start}-{end - 1}/{len(self.data)}")
+                    shifted = start + self.range_shift
+                    lines.append(f"Content-Range: bytes {shifted}-{end - 1}/{len(self.data)}")
                 lines.append(f"Content-Length: {len(body)}")
                 if self.close_each:
                     lines.append("Connection: close")
                 if self.huge_header:
                     lines.append("X-Padding: " + "p" * 20_000)
-                writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+                head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+                for i in range(0, len(head), 1 if self.dribble else len(head)):
+                    writer.write(head[i : i + (1 if self.dribble else len(head))])
+                    if self.dribble:
+                        await writer.drain()
+                        await asyncio.sleep(0)
                 if self.stall:
                     await asyncio.sleep(3600)
                 if not await self._send_body(writer, bytes(body), start) or self.close_each:
                     break
+                writer.write(self.junk)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -334,7 +346,7 @@ async def test_gone_status_drops_source_without_retry(tmp_path: Path, status: in
     assert len(srv.requests) == 1
 
 
-@pytest.mark.parametrize("fault", ["extra_body", "huge_header", "stall"])
+@pytest.mark.parametrize("fault", ["extra_body", "huge_header", "stall", "range_shift"])
 @aio
 async def test_misbehaving_source_dropped_other_source_finishes(tmp_path: Path, fault: str) -> None:
     data = make_data()
@@ -342,6 +354,7 @@ async def test_misbehaving_source_dropped_other_source_finishes(tmp_path: Path, 
         "extra_body": {"extra_body": 10},
         "huge_header": {"huge_header": True},
         "stall": {"stall": True},
+        "range_shift": {"range_shift": 1},
     }
     async with FileServer(data, **faults[fault]) as bad, FileServer(data) as good:
         bad_src = bad.source()
@@ -599,3 +612,21 @@ async def test_download_from_gnut_http_upload_server(tmp_path: Path, with_urn: b
         server.close()
     assert path == out / "song one.ogg" and path.read_bytes() == data
     assert ctx.stats["bytes_sent"] == SIZE
+
+
+@aio
+async def test_response_split_at_every_byte(tmp_path: Path) -> None:
+    data = make_data(3000)
+    async with FileServer(data, dribble=True) as srv:
+        path = await download(data, tmp_path, [srv.source()], chunk_size=1000).run()
+    assert path.read_bytes() == data and srv.connections == 1 and len(srv.requests) == 3
+
+
+@aio
+async def test_trailing_bytes_after_a_response_never_reach_the_file(tmp_path: Path) -> None:
+    data = make_data(40_000)
+    async with FileServer(data, junk=b"HTTP/1.1 999 junk\r\n\r\nxxxx") as srv:
+        d = download(data, tmp_path, [srv.source()], chunk_size=10_000, max_failures=10)
+        path = await d.run()
+    assert path.read_bytes() == data
+    assert srv.connections > 1  # the junk spoiled each kept-alive connection: redialed
