@@ -9,7 +9,9 @@
 #      is dropped LEAF_RELAY and costs the link (BYE 414).
 #   2. TTL sanity: TTL 0 is invalid on receipt (TTL_EXPIRED); TTL+hops above the hard
 #      limit 15 is abuse (HOP_LIMIT).  TTL+hops above the soft limit 7 is clamped for
-#      relaying (effective_ttl), and a copy is relayed only if it keeps TTL >= 1.
+#      relaying (effective_ttl), and a copy is relayed only if it keeps TTL >= 1
+#      (one exception: an ultrapeer hands a query spent at its node to matching
+#      leaves with TTL 1, as LimeWire does: leaves are inside their ultrapeer's horizon).
 #   3. Per type: broadcasts (PING, QUERY) are deduplicated by (GUID, type) and leave a
 #      reverse route GUID -> sender; replies (PONG, QUERYHIT) follow that route back;
 #      PUSH follows the servent-GUID route learned from QUERYHIT trailers; link-level
@@ -511,8 +513,14 @@ class Router:
         self._query_routes.put(guid, peer, self._peers[peer].gen, now)
         out_ttl = relay_ttl(ttl, hops)
         if out_ttl == 0:
-            return RouteDecision(Action.LOCAL, (), True)
-        targets = self._select_targets(peer, None, payload, out_ttl)
+            # Spent here, but an ultrapeer's leaves sit inside its horizon (LimeWire's
+            # forwardQueryToLeaves): matching leaves still get it, with TTL 1.
+            if self.mode != "ultrapeer" or not self._leaf_peers or effective_ttl(ttl, hops) < 1:
+                return RouteDecision(Action.LOCAL, (), True)
+            out_ttl = 1
+            targets = self._select_targets(peer, None, payload, out_ttl, leaves_only=True)
+        else:
+            targets = self._select_targets(peer, None, payload, out_ttl)
         if not targets:
             return RouteDecision(Action.LOCAL, (), True)
         self.forwarded[MSG_QUERY] += len(targets)
@@ -539,7 +547,12 @@ class Router:
         return self._select_targets(sender, words, None, hops_after)
 
     def _select_targets(
-        self, sender: int | None, words: list[str] | None, payload: bytes | None, out_ttl: int
+        self,
+        sender: int | None,
+        words: list[str] | None,
+        payload: bytes | None,
+        out_ttl: int,
+        leaves_only: bool = False,
     ) -> tuple[int, ...]:
         """Target selection shared by relays and our own queries.
 
@@ -553,7 +566,7 @@ class Router:
         view = None
         targets = []
         last_hop = out_ttl == 1 and self.mode == "ultrapeer"
-        for p in self._relay_peers:
+        for p in () if leaves_only else self._relay_peers:
             if p == sender:
                 continue
             if last_hop:

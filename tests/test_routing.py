@@ -186,7 +186,11 @@ QUERY_ROWS = [
     ("ultrapeer", 1, 2, 1, "foo", Action.FORWARD, (2, 3), None, 1),  # last hop: 5's table says no
     ("ultrapeer", 1, 2, 1, "bar", Action.FORWARD, (2, 5), None, 1),
     ("ultrapeer", 1, 2, 1, "foo bar", Action.FORWARD, (2,), None, 1),  # all words must match
-    ("ultrapeer", 1, 1, 3, "foo", Action.LOCAL, (), None, 0),
+    ("ultrapeer", 1, 1, 3, "foo", Action.FORWARD, (3,), None, 1),  # spent here: matching leaves only
+    ("ultrapeer", 1, 1, 3, "zzz", Action.LOCAL, (), None, 0),
+    ("ultrapeer", 1, 2, 6, "foo", Action.FORWARD, (3,), None, 1),  # clamped to 1 at hops 6
+    ("ultrapeer", 1, 3, 5, "foo", Action.FORWARD, (2, 3), None, 1),  # clamped to 2: last hop
+    ("ultrapeer", 1, 1, 7, "foo", Action.LOCAL, (), None, 0),  # beyond the soft horizon
     ("ultrapeer", 1, 7, 3, "zzz", Action.FORWARD, (2, 5), None, 3),  # clamped 7+3 -> 4
     ("ultrapeer", 1, 1, 14, "foo", Action.LOCAL, (), None, 0),
     ("ultrapeer", 1, 8, 8, "foo", Action.DROP, (), DropReason.HOP_LIMIT, 0),
@@ -610,7 +614,9 @@ def test_property_no_echo_and_leaves_only_on_match(mode, peers, script):
             check_targets(d.targets, sender, words)
             event(f"query {d.action.name} {d.reason} to leaves={any(live[t] is LEAF for t in d.targets)}")
             if d.targets:
-                assert 1 <= d.ttl and d.ttl + hops + 1 <= SOFT_TTL_LIMIT
+                # Only a query spent here goes on, to leaves alone, beyond the soft horizon.
+                leaves_only = all(live[t] is LEAF for t in d.targets)
+                assert 1 <= d.ttl and (d.ttl + hops + 1 <= SOFT_TTL_LIMIT or (leaves_only and d.ttl == 1))
             check_targets(router.route_query_targets(None, words, 1 + g % 4), None, words)
         elif op[0] == "reply" and live:
             _, pick, mtype, g = op
