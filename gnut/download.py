@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -475,6 +476,12 @@ class Download:
         self._served = set()
         exists = self.part_path.exists()
         self._fd = os.open(self.part_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # one Download per .part, across processes too (released when the fd closes)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._fd)
+            self._fd = -1
+            raise DownloadError(f"{self.urn} is already being downloaded into {self.out_dir}") from exc
         if exists:
             self._load_state()
         os.ftruncate(self._fd, self.size)

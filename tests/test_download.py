@@ -414,6 +414,18 @@ async def test_source_added_while_running_is_used(tmp_path: Path) -> None:
 
 
 @aio
+async def test_second_download_of_the_same_file_is_refused(tmp_path: Path) -> None:
+    data = make_data()
+    async with FileServer(data, throttle=0.01) as srv:
+        first = asyncio.ensure_future(download(data, tmp_path, [srv.source()]).run())
+        while srv.bytes_sent == 0:
+            await asyncio.sleep(0.01)
+        with pytest.raises(DownloadError, match="already being downloaded"):
+            await download(data, tmp_path, [srv.source()]).run()
+        assert (await first).read_bytes() == data
+
+
+@aio
 async def test_existing_name_gets_a_number(tmp_path: Path) -> None:
     data = make_data(2000)
     (tmp_path / "file.bin").write_bytes(b"mine")
