@@ -45,12 +45,14 @@ cdef extern from *:
 ctypedef uint64_t (*xxh3_seeded_fn)(const void *data, size_t length, uint64_t seed) noexcept nogil
 
 cdef enum:
+    DIST_BITS = 6  # probe distance kept in a slot; DIST_MAX means "this or more: rehash the record"
+    DIST_MAX = 63
     HDR = 23  # constants.HEADER_LEN, a compile-time constant for the C header array
     GLEN = 16  # constants.GUID_LEN
     LEN_OFFSET = 19  # offset of the 4-byte little-endian payload length inside the header
-# The seen cache packs (fingerprint, ring index + 1) into 32-bit table slots; above 2^26 entries
-# fewer than 5 fingerprint bits would remain and most probes would have to read a record.
-MAX_CACHE_CAPACITY = 1 << 26
+# The seen cache packs (fingerprint, probe distance, ring index + 1) into 32-bit table slots; at
+# 2^24 entries the index takes 25 bits and the 6-bit distance leaves a 1-bit fingerprint.
+MAX_CACHE_CAPACITY = 1 << 24
 # Largest seed XXH3 accepts (its seed is an unsigned 64-bit integer).
 cdef object _MAX_SEED = (1 << 64) - 1
 
@@ -475,17 +477,18 @@ cdef class GuidCache:
 
     Layout: a FIFO ring of fixed-size Records (oldest at the tail, newest at the head) and an
     open-addressing hash table of 32-bit slots (linear probing, backward-shift deletion, load at
-    most 2/3). A slot holds (fingerprint << index_bits) | (ring index + 1), 0 meaning empty; the
-    fingerprint (low hash bits) spares reading a record on most probes. The bucket is XXH3-64 of
-    the GUID seeded with (seed ^ kind), mapped by multiply-shift. Expiry and eviction pop the ring's
-    tail and delete its slot, so every operation is amortised O(1).
+    most 2/3). A slot holds fingerprint | probe distance | (ring index + 1), 0 meaning empty. The
+    fingerprint (low hash bits) spares reading a record on most probes; the distance from the home
+    bucket lets a deletion shift the cluster back without reading or rehashing the records it
+    moves. The bucket is XXH3-64 of the GUID seeded with (seed ^ kind), mapped by multiply-shift.
+    Expiry and eviction pop the ring's tail and delete its slot: every operation is amortised O(1).
     """
 
     cdef Record *_ring
     cdef uint32_t *_slots
     cdef Py_ssize_t _capacity, _tsize, _head, _count
-    cdef int _ibits
-    cdef uint32_t _imask
+    cdef int _ibits  # bits of (ring index + 1); the distance sits above them, the fingerprint on top
+    cdef uint32_t _imask, _fmask
     cdef uint64_t _seed
     cdef double _max_age, _now
     cdef object _seed_obj
@@ -519,6 +522,7 @@ cdef class GuidCache:
         self._tsize = capacity + capacity // 2 + 1  # load factor <= 2/3, always an empty slot
         self._ibits = (<object>capacity).bit_length()
         self._imask = (1u << self._ibits) - 1
+        self._fmask = ~((1u << (self._ibits + DIST_BITS)) - 1)
         self._seed = seed
         self._seed_obj = seed
         self._max_age = max_age
@@ -563,10 +567,24 @@ cdef class GuidCache:
         return <Py_ssize_t>gnut_fastrange(h, <uint64_t>self._tsize)
 
     cdef inline uint32_t _fp(self, uint64_t h) noexcept nogil:
-        return <uint32_t>(h & ((<uint64_t>1 << (32 - self._ibits)) - 1)) << self._ibits
+        return <uint32_t>(h << (self._ibits + DIST_BITS))
+
+    cdef inline uint32_t _dist_bits(self, Py_ssize_t d) noexcept nogil:
+        return <uint32_t>(d if d < DIST_MAX else DIST_MAX) << self._ibits
+
+    cdef inline Py_ssize_t _dist(self, uint32_t s, Py_ssize_t j) noexcept nogil:
+        """Probe distance of slot value s found at position j (rehashing its record if saturated)."""
+        cdef Py_ssize_t d = (s >> self._ibits) & DIST_MAX
+        cdef Record *r
+        if d == DIST_MAX:
+            r = &self._ring[(s & self._imask) - 1]
+            d = j - self._home(self._hash(r.guid, r.kind))
+            if d < 0:
+                d += self._tsize
+        return d
 
     cdef void _delete_tail(self) noexcept nogil:
-        """Drop the oldest record: find its slot, then backward-shift the cluster after it."""
+        """Drop the oldest record: find its slot, then shift the cluster after it back."""
         cdef Py_ssize_t tail = self._head - self._count
         if tail < 0:
             tail += self._capacity
@@ -577,11 +595,10 @@ cdef class GuidCache:
             i += 1
             if i == self._tsize:
                 i = 0
-        # Backward shift: walk the cluster after the hole; an entry moves into the hole unless its
-        # home bucket lies cyclically in (hole, its position], where it would become unreachable.
-        cdef Py_ssize_t j = i, k
+        # Backward shift: walk the cluster after the hole; an entry at distance d from its home
+        # moves into the hole when the hole is no farther back than its home (gap <= d).
+        cdef Py_ssize_t j = i, d, gap
         cdef uint32_t s
-        cdef Record *rj
         while True:
             j += 1
             if j == self._tsize:
@@ -589,11 +606,13 @@ cdef class GuidCache:
             s = self._slots[j]
             if s == 0:
                 break
-            rj = &self._ring[(s & self._imask) - 1]
-            k = self._home(self._hash(rj.guid, rj.kind))
-            if (i <= j and i < k <= j) or (i > j and (k > i or k <= j)):
+            d = self._dist(s, j)
+            gap = j - i
+            if gap < 0:
+                gap += self._tsize
+            if d < gap:
                 continue
-            self._slots[i] = s
+            self._slots[i] = (s & (self._fmask | self._imask)) | self._dist_bits(d - gap)
             i = j
         self._slots[i] = 0
         self._count -= 1
@@ -614,8 +633,9 @@ cdef class GuidCache:
                 break
         cdef uint64_t h = self._hash(guid, kind)
         cdef uint32_t fp = self._fp(h)
-        cdef uint32_t fmask = ~self._imask
-        cdef Py_ssize_t i = self._home(h)
+        cdef uint32_t fmask = self._fmask
+        cdef Py_ssize_t home = self._home(h)
+        cdef Py_ssize_t i = home
         cdef uint32_t s
         while True:
             s = self._slots[i]
@@ -631,7 +651,7 @@ cdef class GuidCache:
         if self._count == self._capacity:
             self._delete_tail()
             # The shift may have moved entries: find the (now first) empty slot again.
-            i = self._home(h)
+            i = home
             while self._slots[i] != 0:
                 i += 1
                 if i == self._tsize:
@@ -640,7 +660,10 @@ cdef class GuidCache:
         memcpy(r.guid, guid, GLEN)
         r.t = now
         r.kind = kind
-        self._slots[i] = fp | <uint32_t>(self._head + 1)
+        cdef Py_ssize_t d = i - home
+        if d < 0:
+            d += self._tsize
+        self._slots[i] = fp | self._dist_bits(d) | <uint32_t>(self._head + 1)
         self._head += 1
         if self._head == self._capacity:
             self._head = 0

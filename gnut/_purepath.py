@@ -25,9 +25,9 @@ HEADER_LEN = constants.HEADER_LEN
 GUID_LEN = constants.GUID_LEN
 # Offset of the 4-byte little-endian payload length inside the header.
 _LEN_OFFSET = 19
-# The seen cache packs (fingerprint, ring index + 1) into 32-bit table slots; above 2^26 entries
-# fewer than 5 fingerprint bits would remain (see _fastpath.pyx). Both twins refuse the same sizes.
-MAX_CACHE_CAPACITY = 1 << 26
+# The Cython seen cache packs (fingerprint, probe distance, ring index + 1) into 32-bit slots, which
+# caps it at 2^24 entries (see _fastpath.pyx). Both twins refuse the same sizes.
+MAX_CACHE_CAPACITY = 1 << 24
 # Largest seed XXH3 accepts (its seed is an unsigned 64-bit integer).
 _MAX_SEED = (1 << 64) - 1
 
