@@ -341,6 +341,8 @@ class Query:
         nul = payload.find(b"\0", 2)
         if nul < 0:
             raise RemoteProtocolError("QUERY search text is not NUL-terminated")
+        if EXT_SEP in payload[2:nul]:
+            raise RemoteProtocolError("QUERY search text contains the 0x1C extension separator")
         urns, extra, ggep, _ = parse_extensions(payload, nul + 1, False, "QUERY")
         flags = (payload[0] << 8) | payload[1]
         return cls(_text(bytes(payload[2:nul])), flags, urns, ggep, extra)
