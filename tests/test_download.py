@@ -35,11 +35,23 @@ TEST_DEADLINE = 60.0  # no single test may hang the suite
 
 
 def aio(fn):
-    """Run an async test on a fresh event loop (the suite uses no asyncio plugin)."""
+    """Run an async test on a fresh asyncio event loop (the suite uses no asyncio plugin)."""
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
         return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), TEST_DEADLINE))
+
+    return run
+
+
+def on_uvloop(fn):
+    """Run an async test on uvloop, the node's production loop."""
+    uvloop = pytest.importorskip("uvloop")
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(asyncio.wait_for(fn(*args, **kwargs), TEST_DEADLINE))
 
     return run
 
@@ -224,6 +236,28 @@ async def test_single_source_full_download_verified(tmp_path: Path) -> None:
     assert first["user-agent"].startswith("gnut/") and "x-features" in first and "host" in first
     assert seen[-1].state == "complete" and seen[-1].done == seen[-1].total == SIZE
     assert not partial(tmp_path, data, ".part").exists() and not partial(tmp_path, data, ".state").exists()
+
+
+@on_uvloop
+async def test_swarm_with_push_and_failures_on_uvloop(tmp_path: Path) -> None:
+    data = make_data()
+    async with (
+        FileServer(data) as direct,
+        FileServer(data, close_each=True) as fw,
+        FileServer(data, die_after=1) as dead,
+    ):
+        pushes = []
+
+        async def push(source: Source) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            pushes.append(source)
+            return await asyncio.open_connection("127.0.0.1", fw.port)
+
+        srcs = [direct.source(), fw.source(firewalled=True), dead.source()]
+        path = await download(data, tmp_path, srcs, push=push, chunk_size=SMALL_CHUNK, max_failures=2).run()
+    assert path.read_bytes() == data
+    assert direct.bytes_sent > 0 and fw.bytes_sent > 0
+    assert len(pushes) == fw.connections  # close_each: one PUSH per chunk fetched from it
+    assert direct.bytes_sent + fw.bytes_sent + dead.bytes_sent == SIZE
 
 
 @aio
