@@ -94,7 +94,16 @@ class HttpContext:
     active_uploads: int = 0
     stats: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
-            ("requests", "uploads_started", "uploads_finished", "uploads_refused", "bytes_sent", "browses", "givs"), 0
+            (
+                "requests",
+                "uploads_started",
+                "uploads_finished",
+                "uploads_refused",
+                "bytes_sent",
+                "browses",
+                "givs",
+            ),
+            0,
         )
     )
 
@@ -199,7 +208,12 @@ def _lookup(target: bytes, share: ShareIndex) -> SharedFile | None:
 
 def _open_checked(sf: SharedFile):
     """Open the indexed file read-only if it is still the file we scanned; None otherwise."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = (
+        os.O_RDONLY
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_NONBLOCK", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+    )
     try:
         fd = os.open(sf.path, flags)
     except OSError:
@@ -379,8 +393,12 @@ class _Upload:
             if ranges:
                 span = parse_range(ranges, sf.size)
                 if span is None:
-                    await self._simple(416, "Range Not Satisfiable", [("Content-Range", f"bytes */{sf.size}"), *urn],
-                                       close=last)
+                    await self._simple(
+                        416,
+                        "Range Not Satisfiable",
+                        [("Content-Range", f"bytes */{sf.size}"), *urn],
+                        close=last,
+                    )
                     return
                 status, reason = 206, "Partial Content"
                 extra = [("Content-Range", f"bytes {span[0]}-{span[1]}/{sf.size}")]
@@ -404,7 +422,9 @@ class _Upload:
             ]
             if last:
                 headers.append(("Connection", "close"))
-            head = self.conn.send(h11.Response(status_code=status, reason=reason, headers=self._headers(headers)))
+            head = self.conn.send(
+                h11.Response(status_code=status, reason=reason, headers=self._headers(headers))
+            )
             await self._write(head)
             if request.method == b"GET" and count:
                 ctx.stats["uploads_started"] += 1

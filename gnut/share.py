@@ -246,8 +246,10 @@ class ShareIndex:
                 except (OSError, RuntimeError):
                     skipped += 1
                     continue
-                # A symlink (or a path through one) that leaves every share root is not shared.
-                if not any(real == r or real.is_relative_to(r) for r in roots):
+                # A symlink (or a path through one) that leaves every share root is not shared,
+                # nor one that leads into a hidden file or folder inside a root.
+                root = next((r for r in roots if real == r or real.is_relative_to(r)), None)
+                if root is None or any(part.startswith(".") for part in real.relative_to(root).parts):
                     skipped += 1
                     continue
                 if stat.S_ISDIR(st.st_mode):
@@ -458,7 +460,15 @@ def build_hits(
 
     def flush() -> None:
         hit = QueryHit(
-            port, ip, speed, tuple(batch), servent_guid, vendor=VENDOR_CODE, push=push, busy=busy, ggep=trailer_ggep
+            port,
+            ip,
+            speed,
+            tuple(batch),
+            servent_guid,
+            vendor=VENDOR_CODE,
+            push=push,
+            busy=busy,
+            ggep=trailer_ggep,
         )
         out.append(hit.encode())
         batch.clear()

@@ -1,4 +1,4 @@
-"""Tests for gnut.http: real files, real loopback sockets, asyncio and uvloop, replayed real-servent requests."""
+"""Tests for gnut.http: real files and loopback sockets on asyncio and uvloop, real servents' requests."""
 
 from __future__ import annotations
 
@@ -356,7 +356,10 @@ def test_path_traversal_never_serves_outside(run, share: ShareIndex) -> None:
         async with Server(HttpContext(share=share)) as srv:
             for target in TRAVERSALS:
                 out.append(await request(srv, get(target)))
-            for raw in (b"GET /get/1/a\x00b HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /get/1/a b HTTP/1.1\r\nHost: x\r\n\r\n"):
+            for raw in (
+                b"GET /get/1/a\x00b HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /get/1/a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            ):
                 out.append(await request(srv, raw))
         return out
 
@@ -457,8 +460,14 @@ def test_client_disconnect_mid_upload_releases_slot(run, share: ShareIndex) -> N
 def _browse_ctx(share: ShareIndex) -> HttpContext:
     def hits() -> list[bytes]:
         payloads = build_hits(
-            share.files, servent_guid=SERVENT_GUID, ip="127.0.0.1", port=6346, push=False, busy=False,
-            ggep_h=True, per_message=2,
+            share.files,
+            servent_guid=SERVENT_GUID,
+            ip="127.0.0.1",
+            port=6346,
+            push=False,
+            busy=False,
+            ggep_h=True,
+            per_message=2,
         )
         return [messages.build(bytes(16), MSG_QUERYHIT, 1, 0, p) for p in payloads]
 
@@ -540,7 +549,9 @@ def _vector(name: str) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["gtk-gnutella/leaf_http_req_from_gtkg.bin", "gtk-gnutella/ultra_http_req_from_gtkg.bin"])
+@pytest.mark.parametrize(
+    "name", ["gtk-gnutella/leaf_http_req_from_gtkg.bin", "gtk-gnutella/ultra_http_req_from_gtkg.bin"]
+)
 def test_gtkg_request_replayed(run, share: ShareIndex, name: str) -> None:
     raw = _vector(name)
     sf = file_named(share, "big file.bin")
@@ -577,3 +588,38 @@ def test_response_head_matches_real_servents(run, share: ShareIndex) -> None:
     _, headers, _ = run(_one(share, get(f"/get/{sf.index}/{quote(sf.name)}")))
     must = {"server", "content-length", "content-type", "x-gnutella-content-urn"}
     assert must <= ref_names and must <= set(headers)
+
+
+# --- parsers never raise anything but RemoteProtocolError -------------------------------------------
+def test_parsers_on_arbitrary_bytes() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=80), st.integers(min_value=0, max_value=1 << 40))
+    def check(raw: bytes, size: int) -> None:
+        span = parse_range(raw, size)
+        assert span is None or 0 <= span[0] <= span[1] < size
+        for block in (raw, b"GIV " + raw, b"GIV 1:" + SERVENT_GUID.hex().encode() + b"/" + raw):
+            try:
+                index, guid, name = parse_giv(block)
+            except RemoteProtocolError:
+                continue
+            assert index >= 0 and len(guid) == 16 and isinstance(name, str)
+
+    check()
+
+
+def test_parse_giv_prefixes_and_trailing_bytes() -> None:
+    block = b"GIV 12:" + SERVENT_GUID.hex().encode() + b"/some file.mp3\n\n"
+    assert parse_giv(block + b"GET /get/12/some%20file.mp3 HTTP/1.1\r\n") == (
+        12,
+        SERVENT_GUID,
+        "some file.mp3",
+    )
+    for cut in range(len(block)):
+        try:
+            parse_giv(block[:cut])
+        except RemoteProtocolError:
+            continue
+        assert cut > block.index(b"/")  # only a truncated name can still parse

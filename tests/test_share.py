@@ -67,6 +67,8 @@ def test_hidden_files_and_dirs_are_skipped(tmp_path: Path) -> None:
     _write(root / "visible.txt", b"v")
     _write(root / ".hidden.txt", b"h")
     _write(root / ".git" / "config", b"c")
+    os.symlink(root / ".git", root / "git_alias")  # a visible link into a hidden folder
+    os.symlink(root / ".hidden.txt", root / "alias.txt")
     idx = ShareIndex([root])
     idx.scan()
     assert [sf.name for sf in idx] == ["visible.txt"]
@@ -207,7 +209,9 @@ def test_build_hits_decode_back(share_dir: Path) -> None:
     idx = ShareIndex([share_dir])
     idx.scan()
     files = idx.files
-    payloads = build_hits(files, servent_guid=GUID, ip="10.1.2.3", port=6346, push=True, busy=False, ggep_h=True)
+    payloads = build_hits(
+        files, servent_guid=GUID, ip="10.1.2.3", port=6346, push=True, busy=False, ggep_h=True
+    )
     assert len(payloads) == 1
     hit = QueryHit.decode(payloads[0])
     assert (hit.ip, hit.port, hit.servent_guid, hit.vendor) == ("10.1.2.3", 6346, GUID, VENDOR_CODE)
@@ -220,8 +224,9 @@ def test_build_hits_decode_back(share_dir: Path) -> None:
         assert find(r.ggep, "H") == b"\x01" + f.sha1
 
     plain = QueryHit.decode(
-        build_hits(files, servent_guid=GUID, ip="10.1.2.3", port=1, push=False, busy=True, ggep_h=False,
-                   browse=False)[0]
+        build_hits(
+            files, servent_guid=GUID, ip="10.1.2.3", port=1, push=False, busy=True, ggep_h=False, browse=False
+        )[0]
     )
     assert plain.busy and not plain.push and find(plain.ggep, "BH") is None
     assert all(find(r.ggep, "H") is None and r.urns for r in plain.results)
@@ -236,19 +241,30 @@ def test_build_hits_batches_and_size_cap(tmp_path: Path) -> None:
     from gnut.share import SharedFile, build_hits
 
     files = [
-        SharedFile(i, tmp_path / str(i), f"n{i:03d}" + "x" * 240, i, bytes(20), sha1_to_urn(bytes(20)),
-                   frozenset(), 0)
+        SharedFile(
+            i,
+            tmp_path / str(i),
+            f"n{i:03d}" + "x" * 240,
+            i,
+            bytes(20),
+            sha1_to_urn(bytes(20)),
+            frozenset(),
+            0,
+        )
         for i in range(1, 601)
     ]
-    payloads = build_hits(files, servent_guid=GUID, ip="1.2.3.4", port=1, push=False, busy=False, ggep_h=True,
-                          per_message=3)
+    payloads = build_hits(
+        files, servent_guid=GUID, ip="1.2.3.4", port=1, push=False, busy=False, ggep_h=True, per_message=3
+    )
     assert len(payloads) == 200
-    payloads = build_hits(files, servent_guid=GUID, ip="1.2.3.4", port=1, push=False, busy=False, ggep_h=True,
-                          per_message=255)
+    payloads = build_hits(
+        files, servent_guid=GUID, ip="1.2.3.4", port=1, push=False, busy=False, ggep_h=True, per_message=255
+    )
     decoded = [QueryHit.decode(p) for p in payloads]
     assert all(len(p) <= MAX_PAYLOAD for p in payloads)
     assert len(decoded[0].results) < 255  # cut short by size, not by count
     assert [r.index for d in decoded for r in d.results] == list(range(1, 601))
     with pytest.raises(LocalProtocolError):
-        build_hits(files, servent_guid=GUID, ip="1.2.3.4", port=1, push=False, busy=False, ggep_h=True,
-                   per_message=0)
+        build_hits(
+            files, servent_guid=GUID, ip="1.2.3.4", port=1, push=False, busy=False, ggep_h=True, per_message=0
+        )
