@@ -676,3 +676,43 @@ async def test_trailing_bytes_after_a_response_never_reach_the_file(tmp_path: Pa
         path = await d.run()
     assert path.read_bytes() == data
     assert srv.connections > 1  # the junk spoiled each kept-alive connection: redialed
+
+
+GARBAGE_RESPONSES = [
+    b"garbage\r\n\r\n",
+    b"HTTP/1.1 206 X\r\nContent-Length: abc\r\n\r\n",
+    b"HTTP/1.1 206 X\r\nContent-Range: bytes 9-0/10\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 206 X\r\nContent-Range: bytes 0-9/99999999999999999999999\r\nContent-Length: 10\r\n\r\n0123456789",
+    b"HTTP/1.1 206 X\r\nContent-Range: bytes 0-9/11\r\nContent-Length: 10\r\n\r\n0123456789",
+    b"HTTP/1.1 206 X\r\nTransfer-Encoding: chunked\r\nContent-Range: bytes 0-9/10\r\n\r\nzz\r\n",
+    b"HTTP/1.1 206 X\r\nContent-Range: bytes 0-9/10\r\n\r\n0123",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n12345",
+    b"HTTP/1.1 200 OK\r\n\r\n" + b"y" * 20,
+    b"HTTP/1.1 302 Moved\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"\xff\xfe\x00" * 100,
+    b"",
+] + [random.Random(seed).randbytes(random.Random(seed).randint(1, 400)) for seed in range(8)]
+
+
+@pytest.mark.parametrize("blob", GARBAGE_RESPONSES)
+@aio
+async def test_garbage_responses_fail_cleanly(tmp_path: Path, blob: bytes) -> None:
+    """Whatever a source answers, the download ends in DownloadError, never another exception."""
+    data = b"0123456789"
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(blob)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    src = Source("127.0.0.1", port, 1, "f", 10, urn_of(data), new_guid(), False)
+    try:
+        with pytest.raises(DownloadError):
+            await download(data, tmp_path, [src], max_failures=2, timeout=1.0).run()
+    finally:
+        server.close()
+    assert visible_files(tmp_path) == []
