@@ -773,6 +773,10 @@ class Download:
             retry = headers.get("retry-after", "")
             delay = min(float(retry), RETRY_AFTER_CAP) if _DIGITS.fullmatch(retry) else None
             raise _SourceFailure("HTTP 503 busy", delay=delay)
+        announced = [u.strip() for u in headers.get("x-gnutella-content-urn", "").split(",")]
+        sha1_urns = [u for u in announced if u[:9].lower() == "urn:sha1:"]
+        if sha1_urns and not any(u.upper() == self.urn.upper() for u in sha1_urns):
+            raise _SourceFailure(f"source serves {sha1_urns[0][:50]}, not {self.urn}", drop=True)
         length = headers.get("content-length")
         if status == 200:
             if start != 0:

@@ -77,7 +77,7 @@ class FileServer:
     than asked), stall (send the head, then nothing), huge_header (a 20 KiB header line),
     throttle (pause between 8 KiB pieces), dribble (every byte of every response in its own
     write), junk (bytes after each body, outside Content-Length), range_shift (a Content-Range
-    that does not answer the request).
+    that does not answer the request), content_urn (an X-Gnutella-Content-URN header).
     """
 
     def __init__(self, data: bytes, **faults) -> None:
@@ -96,6 +96,7 @@ class FileServer:
         self.dribble: bool = faults.pop("dribble", False)
         self.junk: bytes = faults.pop("junk", b"")
         self.range_shift: int = faults.pop("range_shift", 0)
+        self.content_urn: str | None = faults.pop("content_urn", None)
         assert not faults, faults
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.served: list[tuple[int, int]] = []
@@ -180,6 +181,8 @@ class FileServer:
                     shifted = start + self.range_shift
                     lines.append(f"Content-Range: bytes {shifted}-{end - 1}/{len(self.data)}")
                 lines.append(f"Content-Length: {len(body)}")
+                if self.content_urn:
+                    lines.append(f"X-Gnutella-Content-URN: {self.content_urn}")
                 if self.close_each:
                     lines.append("Connection: close")
                 if self.huge_header:
@@ -258,6 +261,18 @@ async def test_swarm_with_push_and_failures_on_uvloop(tmp_path: Path) -> None:
     assert direct.bytes_sent > 0 and fw.bytes_sent > 0
     assert len(pushes) == fw.connections  # close_each: one PUSH per chunk fetched from it
     assert direct.bytes_sent + fw.bytes_sent + dead.bytes_sent == SIZE
+
+
+@aio
+async def test_source_announcing_another_urn_is_dropped(tmp_path: Path) -> None:
+    data = make_data(50_000)
+    async with FileServer(data, content_urn=urn_of(b"other")) as wrong, FileServer(data) as good:
+        d = download(data, tmp_path, [wrong.source(), good.source()], max_parallel=1)
+        path = await d.run()
+    assert path.read_bytes() == data and len(wrong.requests) == 1
+    async with FileServer(data, content_urn=urn_of(data).lower()) as same:
+        out = tmp_path / "again"
+        assert (await download(data, out, [same.source()]).run()).read_bytes() == data
 
 
 @aio
