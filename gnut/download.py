@@ -482,6 +482,8 @@ class Download:
             os.close(self._fd)
             self._fd = -1
             raise DownloadError(f"{self.urn} is already being downloaded into {self.out_dir}") from exc
+        for stale in self.partial_dir.glob(f".{self.state_path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)  # a sidecar write cut short by kill -9
         if exists:
             self._load_state()
         os.ftruncate(self._fd, self.size)

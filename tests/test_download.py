@@ -538,9 +538,11 @@ async def test_kill_9_leaves_a_readable_sidecar_that_resumes(tmp_path: Path, kil
         assert part[start:end] == data[start:end]
     claimed = sum(end - start for start, end in done)
     assert claimed < SIZE
+    (sidecar.parent / f".{sidecar.name}.cut.tmp").write_text("{")  # as if killed mid-write
     async with FileServer(data) as fresh:
         path = await download(data, tmp_path, [fresh.source()]).run()
     assert path.read_bytes() == data and fresh.bytes_sent == SIZE - claimed
+    assert list((tmp_path / PARTIAL_DIR).iterdir()) == []
 
 
 def test_foreign_or_broken_sidecar_is_ignored(tmp_path: Path) -> None:
