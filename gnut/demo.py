@@ -18,7 +18,10 @@ SUBJECTS = ["jazz", "sunset", "mountain", "ocean", "river", "city", "forest", "d
             "lecture", "recipe", "garden", "winter", "summer", "harbor", "comet", "galaxy", "robot", "dragon"]
 KINDS = ["live", "photo", "notes", "mix", "demo", "album", "report", "sketch", "map", "tutorial"]
 EXTS = [".mp3", ".jpg", ".txt", ".ogg", ".png", ".pdf", ".flac", ".md"]
-QUERIES = ["jazz", "sunset photo", "galaxy", "piano live", "dragon map", "nonexistentword"]
+# Searches: a few words drawn from the generated names (so some match several files) and one
+# word that no file has (its query is answered by nobody: the cost of a miss).
+N_QUERIES = 5
+MISS_QUERY = "nonexistentword"
 # One in this many nodes is an ultrapeer; the rest are leaves under two ultrapeers each.
 LEAVES_PER_ULTRAPEER = 4
 # Seconds each demo search listens for hits.
@@ -82,8 +85,12 @@ async def run_demo(n_nodes: int = 20, seed: int = 7, out=print) -> int:
         out(f"gnut demo: {n_nodes} nodes ({n_ups} ultrapeers, {len(leaves)} leaves), {links} links, "
             f"{total_files} files shared; up in {time.monotonic() - t0:.1f} s")
 
+        words = sorted({w for n in nodes for f in n.share.files for w in f.name.split()[:2]})
+        queries = rng.sample(words, min(N_QUERIES - 1, len(words)))
+        queries.insert(2, " ".join(nodes[-1].share.files[0].name.split()[:2]))
+        queries.append(MISS_QUERY)
         found_any = None
-        for k, text in enumerate(QUERIES):
+        for k, text in enumerate(queries):
             searcher = leaves[k % len(leaves)] if leaves else ups[0]
             started = time.monotonic()
             first = None
@@ -105,7 +112,8 @@ async def run_demo(n_nodes: int = 20, seed: int = 7, out=print) -> int:
         ok = found_any is not None
         if found_any is not None:
             searcher, hit = found_any
-            downloader = leaves[-1] if leaves and leaves[-1] is not searcher else ups[-1]
+            # Someone who does not have the file yet fetches it from the network.
+            downloader = next(n for n in reversed(nodes) if n.share.by_urn(hit.urn) is None)
             dest = root / "downloads"
             started = time.monotonic()
             try:

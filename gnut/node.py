@@ -446,6 +446,8 @@ class Node:
         """Our shares' words, merged with our leaves' tables when we are an ultrapeer."""
         table = qrp.QrpTable()
         table.add_words(self.share.all_words())
+        # URNs too, so urn:sha1 queries (source searches of downloads) reach us through QRP.
+        table.add_words(sf.urn for sf in self.share.files)
         if self.cfg.mode == "ultrapeer":
             for p in self.peers.values():
                 if p.role == rt.PeerRole.LEAF and p.qrp is not None and p.qrp.table is not None:

@@ -530,7 +530,9 @@ class Router:
         route = table.get(guid, now)
         return route is not None and route[0] == LOCAL_PEER
 
-    def route_query_targets(self, sender: int | None, words: list[str], hops_after: int) -> tuple[int, ...]:
+    def route_query_targets(
+        self, sender: int | None, words: list[str] | None, hops_after: int, payload: bytes | None = None
+    ) -> tuple[int, ...]:
         """Return the peers a QUERY copy goes to.
 
         Args:
@@ -538,13 +540,15 @@ class Router:
             words: the query's normalised search words (for QRP matching).
             hops_after: the TTL the copy carries when sent, i.e. how many hops it may
                 still travel; 1 means last hop (ultrapeers filter it by their QRP table).
+            payload: the QUERY payload instead of `words`: its words and URNs are both
+                matched against QRP tables (URN-only queries need this).
 
         Returns:
             Target peer ids.  A leaf-mode router sends only its own queries, to its ultrapeers.
         """
         if self.mode == "leaf":
             return self._relay_peers if sender is None else ()
-        return self._select_targets(sender, words, None, hops_after)
+        return self._select_targets(sender, None if payload is not None else words, payload, hops_after)
 
     def _select_targets(
         self,

@@ -106,11 +106,9 @@ class SearchManager:
         node.router.register_own(guid, MSG_QUERY, now)
         q = messages.Query(text=text, urns=tuple(urns))
         ttl = ttl or node.cfg.query_ttl
-        raw = messages.build(guid, MSG_QUERY, ttl, 0, q.encode())
-        if node.cfg.mode == "leaf":
-            targets = [p.id for p in node.peers.values() if p.established]
-        else:
-            targets = node.router.route_query_targets(None, q.words, 1)
+        payload = q.encode()
+        raw = messages.build(guid, MSG_QUERY, ttl, 0, payload)
+        targets = node.router.route_query_targets(None, None, ttl, payload=payload)
         for pid in targets:
             p = node.peers.get(pid)
             if p is not None and p.enqueue(raw):
