@@ -877,28 +877,34 @@ class Simulator:
 
     # --- workloads -------------------------------------------------------------------------
 
-    def draw_origin(self, obj: int) -> int:
+    def draw_origin(self, obj: int, rng: random.Random | None = None) -> int:
         """A random online querier that does not itself hold `obj` (when one can be found)."""
+        rng = rng or self.rng
         holders = self.content.node_objects
-        v = self._pick_online(self.rng, None)
+        v = self._pick_online(rng, None)
         for _ in range(MAX_ORIGIN_DRAWS):
             if obj not in holders.get(v, ()):
                 break
-            v = self._pick_online(self.rng, None)
+            v = self._pick_online(rng, None)
         return v
 
-    def run_queries(self, spec: SearchSpec, count: int) -> list[QueryRecord]:
+    def run_queries(
+        self, spec: SearchSpec, count: int, workload_seed: int | None = None
+    ) -> list[QueryRecord]:
         """Run `count` queries one after another: Zipf-drawn object, random online querier.
 
         Args:
             spec: the search algorithm.
             count: number of queries.
+            workload_seed: when given, objects and queriers are drawn from their own RNG
+                seeded with it, so several algorithms can be compared on the same queries.
 
         Returns:
             One QueryRecord per query.
         """
+        draw_rng = self.rng if workload_seed is None else random.Random(workload_seed)
         out = []
         for _ in range(count):
-            obj = self.content.draw(self.rng)
-            out.append(self.query(spec, obj, self.draw_origin(obj)))
+            obj = self.content.draw(draw_rng)
+            out.append(self.query(spec, obj, self.draw_origin(obj, draw_rng)))
         return out
