@@ -54,6 +54,8 @@ TRY_HOSTS_OFFERED = 10
 HOSTS_SAVE_EVERY = 30.0
 # Parallel outgoing dials while filling link slots.
 MAX_PARALLEL_DIALS = 4
+# Listening on these means "every interface": the address we advertise must come from elsewhere.
+WILDCARDS = ("0.0.0.0", "::")
 
 
 class Node:
@@ -86,6 +88,12 @@ class Node:
         self.address: tuple[str, int] = (cfg.listen_host, cfg.listen_port)
         self.handshake_config = self._handshake_config()
         self.stopping = False
+        self.wildcard = False
+        # Keep-alive and handshake deadlines (constants; tests shorten them on an instance).
+        self.idle_ping_after = IDLE_PING_AFTER
+        self.idle_close_after = IDLE_CLOSE_AFTER
+        self.handshake_timeout = HANDSHAKE_TIMEOUT
+        self.tick_interval = TICK
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
@@ -104,7 +112,10 @@ class Node:
             lambda: Peer(self, outgoing=False), self.cfg.listen_host, self.cfg.listen_port, reuse_address=True
         )
         sock = self._server.sockets[0].getsockname()
-        self.address = (sock[0], sock[1])
+        # What we advertise (pongs, hits, PUSH, Listen-IP). A wildcard bind has no address of
+        # its own: loopback until a peer tells us how it sees us (Remote-IP).
+        self.wildcard = sock[0] in WILDCARDS
+        self.address = ("127.0.0.1" if self.wildcard else sock[0], sock[1])
         self.handshake_config = self._handshake_config()
         log.info("listening on %s:%d as %s (%d files shared)", *self.address, self.cfg.mode, len(self.share))
         self.spawn(self._housekeeping())
@@ -266,6 +277,7 @@ class Node:
             return
         peer.peer_headers = ev.headers
         peer.user_agent = ev.user_agent or ""
+        self._learn_own_ip(ev.headers.get("Remote-IP"))
         if ev.peer_listen:
             peer.listen_addr = ev.peer_listen
             self.hosts.add(ev.peer_listen[0], ev.peer_listen[1], "handshake", time.time())
@@ -280,6 +292,22 @@ class Node:
         self.send_qrp(peer)
         # A first ping learns the neighbourhood (answered from the peer's pong cache).
         self.send_ping(peer, ttl=2 if self.cfg.mode != "leaf" else 1)
+
+    def _learn_own_ip(self, remote_ip: str | None) -> None:
+        """Behind a wildcard bind, advertise the address the first peer says it sees."""
+        if not self.wildcard or not remote_ip:
+            return
+        import ipaddress
+
+        try:
+            ip = ipaddress.ip_address(remote_ip.strip())
+        except ValueError:
+            return
+        if ip.version == 4 and not ip.is_unspecified:
+            self.wildcard = False
+            self.address = (str(ip), self.address[1])
+            self.handshake_config = self._handshake_config()
+            log.info("advertising %s:%d (as seen by our peers)", *self.address)
 
     def on_refused(self, peer: Peer, ev) -> None:
         self.events["refused_by_peer"] += 1
@@ -471,7 +499,7 @@ class Node:
     # --- housekeeping --------------------------------------------------------------------------
     async def _housekeeping(self) -> None:
         while True:
-            await asyncio.sleep(TICK)
+            await asyncio.sleep(self.tick_interval)
             try:
                 self.tick(time.monotonic())
             except Exception:  # a bug here must not stop keep-alives for good
@@ -482,17 +510,19 @@ class Node:
             if p.closed:
                 continue
             if not p.established:
-                if now - p.started > HANDSHAKE_TIMEOUT:
+                if now - p.started > self.handshake_timeout:
                     self.events["handshake_timeouts"] += 1
                     p.close("handshake timeout")
                 continue
             silent = now - p.last_rx
-            if silent > IDLE_CLOSE_AFTER and p.ping_sent_at:
+            if silent > self.idle_close_after and p.ping_sent_at:
+                self.events["idle_closed"] += 1
                 p.send_bye(406, "Ping unanswered")
-            elif silent > IDLE_PING_AFTER and (not p.ping_sent_at or now - p.ping_sent_at > IDLE_PING_AFTER):
+            elif silent > self.idle_ping_after and (not p.ping_sent_at or now - p.ping_sent_at > self.idle_ping_after):
                 p.ping_sent_at = now
+                self.events["keepalive_pings"] += 1
                 self.send_ping(p, 1)
-            elif silent < IDLE_PING_AFTER:
+            elif silent < self.idle_ping_after:
                 p.ping_sent_at = 0.0
         if self._qrp_dirty:
             self._qrp_dirty = False

@@ -175,3 +175,61 @@ def test_deflate_and_plain_links_mixed(run, tmp_path):
             await stop_all(a, b, c)
 
     run(go)
+
+
+def test_keepalive_ping_then_bye_406_for_silent_peer(run, tmp_path):
+    from gnut.constants import MSG_BYE, MSG_PING
+
+    async def go():
+        a = await start_node(tmp_path, "a")
+        b = await start_node(tmp_path, "b")
+        for n in (a, b):
+            n.tick_interval, n.idle_ping_after, n.idle_close_after = 0.05, 0.3, 0.8
+        try:
+            await link(a, b)  # both answer pings: this link must survive
+            p = RawPeer()  # answers nothing
+            await p.connect(a)
+            await wait_for(lambda: p.of_type(MSG_BYE), timeout=5, what="BYE 406 to the silent peer")
+            assert any(m.ttl == 1 for m in p.of_type(MSG_PING)), "a keep-alive ping came first"
+            bye = messages.Bye.decode(p.of_type(MSG_BYE)[0].payload)
+            assert bye.code == 406
+            await wait_for(lambda: p.closed, what="link closed after BYE")
+            assert a.events["idle_closed"] == 1
+            assert established(a) == 1 and established(b) == 1  # the answering link stays
+        finally:
+            await stop_all(a, b)
+
+    run(go)
+
+
+def test_stop_sends_bye_200_to_every_peer(run, tmp_path):
+    from gnut.constants import MSG_BYE
+
+    async def go():
+        a = await start_node(tmp_path, "a")
+        peers = [RawPeer() for _ in range(3)]
+        for p in peers:
+            await p.connect(a)
+        await a.stop()
+        for p in peers:
+            await wait_for(lambda p=p: p.of_type(MSG_BYE) and p.closed, what="BYE then close")
+            assert messages.Bye.decode(p.of_type(MSG_BYE)[0].payload).code == 200
+
+    run(go)
+
+
+def test_refusal_offers_x_try_ultrapeers_and_dialer_learns_them(run, tmp_path):
+    async def go():
+        full = await start_node(tmp_path, "full", mode="ultrapeer", max_peers=1)
+        other = await start_node(tmp_path, "other", mode="ultrapeer")
+        c = await start_node(tmp_path, "c", mode="ultrapeer")
+        try:
+            await link(other, full)  # takes full's only ultrapeer slot
+            c.dial(*full.address)
+            await wait_for(lambda: c.events["refused_by_peer"] == 1, what="503 refusal")
+            assert full.events["refused"] == 1
+            assert other.address in c.hosts  # learned from X-Try-Ultrapeers
+        finally:
+            await stop_all(full, other, c)
+
+    run(go)
