@@ -48,6 +48,13 @@ PONG_CACHE_SIZE = 64
 PONG_REPLY_MAX = 6
 # Connection storms: more accepts than this per minute from one IP are closed at once.
 ACCEPTS_PER_IP_PER_MINUTE = 120
+# Duplicate floods: a peer that sends the same broadcast GUID twice on its own link more than
+# this many times within DUP_WINDOW seconds is replaying traffic; it gets BYE_DUPLICATES.
+# Honest servents deduplicate before relaying, so the count of an honest link stays at 0.
+DUP_RESENT_MAX = 50
+DUP_WINDOW = 60.0
+# BYE code for a duplicate flooder (4xx: the peer misbehaved).
+BYE_DUPLICATES = 401
 # X-Try-Ultrapeers entries offered with a refusal.
 TRY_HOSTS_OFFERED = 10
 # Save the host cache at most this often.
@@ -65,7 +72,8 @@ class Node:
         self.cfg = cfg
         self.servent_guid = new_guid()
         self.rng = random.Random()
-        self.router = rt.Router(cfg.mode, servent_guid=self.servent_guid)
+        self.router = rt.Router(cfg.mode, servent_guid=self.servent_guid, seen_capacity=cfg.seen_cache_size,
+                                route_capacity=cfg.route_table_size)
         self.peers: dict[int, Peer] = {}
         self._next_id = 0
         self._dirty: list[Peer] = []
@@ -93,6 +101,7 @@ class Node:
         self.idle_ping_after = IDLE_PING_AFTER
         self.idle_close_after = IDLE_CLOSE_AFTER
         self.handshake_timeout = HANDSHAKE_TIMEOUT
+        self.accepts_per_ip_per_minute = ACCEPTS_PER_IP_PER_MINUTE
         self.tick_interval = TICK
 
     # --- lifecycle ------------------------------------------------------------------
@@ -199,7 +208,7 @@ class Node:
                 loop.create_connection(lambda: Peer(self, outgoing=True, addr=(host, port)), host, port),
                 DIAL_TIMEOUT,
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             log.info("dial %s:%d failed: %s", host, port, exc or "timeout")
             self.hosts.failed(host, port, time.time())
             self.events["dial_failed"] += 1
@@ -212,11 +221,11 @@ class Node:
             q = self._accepts.setdefault(peer.addr[0], collections.deque())
             while q and now - q[0] > 60.0:
                 q.popleft()
-            q.append(now)
-            if len(q) > ACCEPTS_PER_IP_PER_MINUTE:
+            if len(q) >= self.accepts_per_ip_per_minute:  # refused accepts are not stored: q stays bounded
                 self.events["refused_storm"] += 1
                 peer.transport.abort()
                 return
+            q.append(now)
         self.peers[peer.id] = peer
 
     def peer_closed(self, peer: Peer) -> None:
@@ -352,6 +361,8 @@ class Node:
                 if dec.disconnect:
                     peer.send_bye(dec.bye_code or 400, dec.reason.name.replace("_", " ").lower())
                     return
+                if dec.reason is rt.DropReason.DUPLICATE and self._duplicate_abuse(peer, msg, now):
+                    return
                 continue
             if dec.targets:
                 if dec.ttl == msg.ttl - 1:
@@ -377,6 +388,22 @@ class Node:
                     log.debug("malformed %s from %s: %s", TYPE_NAMES.get(msg.type), peer.describe(), exc)
             if peer.closed:
                 return
+
+    def _duplicate_abuse(self, peer: Peer, msg, now: float) -> bool:
+        """Count a duplicate from `peer`; BYE it (True) when it replays its own broadcasts too often."""
+        peer.dups += 1
+        if self.router.first_sender(msg.guid, msg.type, now) != peer.id:
+            return False  # first seen from another link: normal in a meshed network
+        if now - peer.dup_window_start > DUP_WINDOW:
+            peer.dup_window_start = now
+            peer.dups_resent = 0
+        peer.dups_resent += 1
+        if peer.dups_resent <= DUP_RESENT_MAX:
+            return False
+        self.events["bye_duplicates"] += 1
+        log.info("%s resent %d broadcasts within %.0f s: BYE", peer.describe(), peer.dups_resent, DUP_WINDOW)
+        peer.send_bye(BYE_DUPLICATES, "Too many duplicates")
+        return True
 
     # --- messages for us -------------------------------------------------------------------
     def _local(self, peer: Peer, msg) -> None:
@@ -506,6 +533,9 @@ class Node:
                 log.exception("housekeeping failed")
 
     def tick(self, now: float) -> None:
+        # Forget addresses that stopped connecting: the storm table holds only the last minute.
+        for ip in [ip for ip, q in self._accepts.items() if not q or now - q[-1] > 60.0]:
+            del self._accepts[ip]
         for p in list(self.peers.values()):
             if p.closed:
                 continue
