@@ -41,10 +41,12 @@ from gnut.fastpath import Message
 from gnut.messages import QF_FLAGS_IN_USE, HitResult, Query, QueryHit, build
 from gnut.routing import Action, DropReason, PeerRole, Router
 
-# Per-node seen-GUID cache and route tables: a run issues a few thousand GUIDs at most,
-# and 100,000 routers must fit in memory (the real default is 1M entries each).
-SIM_SEEN_CAPACITY = 4096
-SIM_ROUTE_CAPACITY = 4096
+# Per-node seen-GUID cache and route tables, far below the real 1M: 100,000 routers must
+# fit in memory (the Cython GuidCache preallocates ~31 bytes a slot: 256 slots = 8 KB a
+# node, 4096 slots would be 12 GB at 100k nodes).  Queries run one at a time, so only the
+# GUIDs of the query in flight (at most a few dozen walkers) must stay; older ones may go.
+SIM_SEEN_CAPACITY = 256
+SIM_ROUTE_CAPACITY = 256
 # Entries are kept as long as the real servent keeps them (virtual seconds).
 SIM_MAX_AGE = 600.0
 # QRP tables as the network uses them (GnutellaBun: 65536 slots); stored sparsely, see SlotMatcher.
