@@ -14,7 +14,12 @@
 # are complete, before any payload is buffered.
 
 cimport cython
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_CheckExact, PyByteArray_GET_SIZE, PyByteArray_Resize
+from cpython.bytearray cimport (
+    PyByteArray_AS_STRING,
+    PyByteArray_CheckExact,
+    PyByteArray_GET_SIZE,
+    PyByteArray_Resize,
+)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -406,7 +411,9 @@ cdef bytes _relay_source(object raw, Py_ssize_t *off, Py_ssize_t *n):
             raise LocalProtocolError(f"message of {n[0]} bytes is shorter than the {HDR}-byte header")
         declared = _read_len(<const uint8_t *>PyBytes_AS_STRING(b))
         if declared != <uint64_t>(n[0] - HDR):
-            raise LocalProtocolError(f"header declares a {declared}-byte payload but {n[0] - HDR} bytes follow")
+            raise LocalProtocolError(
+                f"header declares a {declared}-byte payload but {n[0] - HDR} bytes follow"
+            )
     cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(b) + off[0]
     if p[17] == 0:
         raise LocalProtocolError("cannot relay a message whose TTL is 0")
