@@ -18,5 +18,19 @@ FrameReader = _impl.FrameReader
 GuidCache = _impl.GuidCache
 Message = _impl.Message
 relay_rewrite = _impl.relay_rewrite
+relay_rewrite_into = _impl.relay_rewrite_into
+count_frames = _impl.count_frames
+hash_guid = _impl.hash_guid
+MAX_CACHE_CAPACITY = _impl.MAX_CACHE_CAPACITY
 
-__all__ = ["IMPLEMENTATION", "FrameReader", "GuidCache", "Message", "relay_rewrite"]
+__all__ = [
+    "IMPLEMENTATION",
+    "FrameReader",
+    "GuidCache",
+    "Message",
+    "relay_rewrite",
+    "relay_rewrite_into",
+    "count_frames",
+    "hash_guid",
+    "MAX_CACHE_CAPACITY",
+]
