@@ -29,6 +29,7 @@ from gnut.constants import (
     SOFT_TTL_LIMIT,
     TYPE_NAMES,
 )
+from gnut.dynquery import DqDriver
 from gnut.errors import ProtocolError, RemoteProtocolError
 from gnut.fastpath import relay_rewrite
 from gnut.guid import new_guid
@@ -80,6 +81,7 @@ class Node:
         self.hosts = HostCache(cfg.hosts_path if cfg.save_hosts else None)
         self.pong_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self.searches = SearchManager(self)
+        self.dq = DqDriver(self)
         self.sent: collections.Counter[int] = collections.Counter()
         self.events: collections.Counter[str] = collections.Counter()
         self._accepts: dict[str, collections.deque] = {}
@@ -351,7 +353,10 @@ class Node:
         route = self.router.route
         peers = self.peers
         sent = self.sent
-        verbose = self.cfg.verbose > 1
+        verbose = self.cfg.verbose > 0  # -v: one log line per message
+        # Dynamic querying: an ultrapeer's leaves' queries reach other ultrapeers step by step.
+        dq = self.dq if self.dq.enabled else None
+        dq_leaf = dq is not None and peer.role == rt.PeerRole.LEAF
         for msg in msgs:
             dec = route(peer.id, msg, now)
             if verbose:
@@ -364,6 +369,11 @@ class Node:
                 if dec.reason is rt.DropReason.DUPLICATE and self._duplicate_abuse(peer, msg, now):
                     return
                 continue
+            if dq is not None:
+                if msg.type == MSG_QUERYHIT:
+                    dq.on_hit(msg)
+                elif dq_leaf and msg.type == MSG_QUERY and dec.targets:
+                    dec = dq.on_leaf_query(peer, msg, dec)
             if dec.targets:
                 if dec.ttl == msg.ttl - 1:
                     out = relay_rewrite(msg.raw)
@@ -424,7 +434,8 @@ class Node:
         elif t == MSG_QRP:
             self._on_qrp(peer, msg)
         elif t in (MSG_VENDOR, MSG_VENDOR_STD):
-            self.events["vendor_ignored"] += 1
+            if not self.dq.on_vendor(peer, msg):
+                self.events["vendor_ignored"] += 1
 
     def send_to(self, peer: Peer, mtype: int, payload: bytes, ttl: int, guid: bytes | None = None) -> bytes:
         raw = messages.build(guid or new_guid(), mtype, ttl, 0, payload)
@@ -606,6 +617,7 @@ class Node:
             "sent": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(self.sent.items())},
             "drops": {k.name.lower(): v for k, v in r.drops.items() if v},
             "events": dict(self.events),
+            "dynamic_queries": self.dq.stats(),
             "hosts_known": len(self.hosts),
             "shared_files": len(self.share) if self.share is not None else 0,
             "transfers": self.transfers.stats() if self.transfers is not None else {},
