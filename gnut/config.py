@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from gnut.constants import DEFAULT_PORT, DEFAULT_TTL
+from gnut.constants import DEFAULT_PORT, DEFAULT_TTL, GUID_CACHE_CAPACITY, ROUTE_TABLE_CAPACITY
 
 MODES = ("ultrapeer", "leaf", "flood")
 
@@ -70,6 +70,9 @@ class NodeConfig:
     save_hosts: bool = True
     # Offer and use deflate on links (gtk-gnutella ultrapeers refuse leaves that do not).
     deflate: bool = True
+    # Seen-GUID cache and reverse-route table sizes: the memory bound under a flood of unique GUIDs.
+    seen_cache_size: int = GUID_CACHE_CAPACITY
+    route_table_size: int = ROUTE_TABLE_CAPACITY
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

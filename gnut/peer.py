@@ -63,6 +63,9 @@ class Peer(asyncio.Protocol):
         self.msgs_in = 0
         self.msgs_out = 0
         self.shed = 0
+        self.dups = 0  # duplicate broadcasts received on this link
+        self.dups_resent = 0  # ... of which this very link had already sent (see Node.on_frames)
+        self.dup_window_start = self.started
         self.qrp = None  # QrpReceiver of this peer's table
         self.peer_headers = None
         self._sniff = bytearray()
@@ -163,7 +166,8 @@ class Peer(asyncio.Protocol):
 
     def flush(self) -> None:
         """Hand the queued messages to the Connection (one deflate flush) and the socket."""
-        if self.outbuf and not self.closed:
+        # After a protocol violation the Connection is closed for output too: drop, never raise.
+        if self.outbuf and not self.closed and self.conn.state is cx.State.OPEN:
             data = bytes(self.outbuf)
             self.outbuf.clear()
             self.conn.send_raw(data)
@@ -182,7 +186,7 @@ class Peer(asyncio.Protocol):
 
     def send_bye(self, code: int, reason: str) -> None:
         """Send BYE (when the link is up) and close after it is written."""
-        if self.established and not self.closed:
+        if self.established and not self.closed and self.conn.state is cx.State.OPEN:
             from gnut import messages
 
             raw = messages.build(self.node.new_guid(), MSG_BYE, 1, 0, messages.Bye(code, reason).encode())

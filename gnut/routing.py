@@ -431,6 +431,15 @@ class Router:
             raise LocalProtocolError(f"register_own takes MSG_PING or MSG_QUERY, got {kind:#x}")
         self._seen.seen(guid, kind, now)
 
+    def first_sender(self, guid: bytes, mtype: int, now: float) -> int | None:
+        """Return the live peer a broadcast (PING or QUERY) with `guid` was first taken from, or None.
+
+        A duplicate whose first copy came from the same peer was sent twice on one link: no
+        honest servent does that (it deduplicates before relaying), so the node counts it.
+        """
+        table = self._query_routes if mtype == MSG_QUERY else self._ping_routes if mtype == MSG_PING else None
+        return None if table is None else self._live(table.get(guid, now))
+
     def push_route(self, servent_guid: bytes, now: float) -> int | None:
         """Return the live peer a PUSH for `servent_guid` should go to (learned from hits), or None."""
         return self._live(self._push_routes.get(servent_guid, now))
