@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gnut import download as dl
+from gnut.errors import LocalProtocolError
 from gnut.search import Hit
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ async def search_stream(node: Node, text: str, timeout: float, max_results: int,
                 return
             try:
                 hit = await asyncio.wait_for(q.get(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             count += 1
             yield hit
@@ -66,7 +67,10 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
     Raises:
         FetchError: no source answered, the download failed or did not verify.
     """
-    urn, m_name, m_size = dl.parse_magnet(target)
+    try:
+        urn, m_name, m_size = dl.parse_magnet(target)
+    except LocalProtocolError as exc:
+        raise FetchError(str(exc)) from None
     if urn is None:
         raise FetchError(f"not a urn:sha1 or magnet link with one: {target!r}")
     name = name or m_name
@@ -84,7 +88,7 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
                 break
             try:
                 h = await asyncio.wait_for(q.get(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if h.urn and h.urn.lower() == urn.lower():
                 sources[(h.host, h.port, h.index)] = h
@@ -98,5 +102,8 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
     try:
         return await node.transfers.download(urn, size or any_hit.size, name or any_hit.name,
                                              [hit_source(h) for h in sources.values()], out, progress, left)
-    except (dl.DownloadError, OSError, asyncio.TimeoutError) as exc:
+    except TimeoutError:
+        raise FetchError(f"download of {urn} timed out after {timeout:.0f} s "
+                         f"(the partial file is kept; run the command again to resume)") from None
+    except (dl.DownloadError, OSError) as exc:
         raise FetchError(f"download of {urn} failed: {exc}") from exc

@@ -13,6 +13,11 @@ from gnut.config import MODES, NodeConfig, default_home, load_config_file, parse
 from gnut.constants import DEFAULT_PORT
 from gnut.loops import LOOP_CHOICES, loop_name
 
+# NodeConfig.verbose from this level on logs every routed message (node.py's "gnut.flow" logger).
+FLOW_VERBOSITY = 2
+# Exit status after Ctrl-C in a client command (128 + SIGINT, the shell convention).
+EXIT_INTERRUPTED = 130
+
 
 def version_text() -> str:
     from gnut.fastpath import IMPLEMENTATION
@@ -20,22 +25,38 @@ def version_text() -> str:
     return f"gnut {gnut.__version__} (fastpath: {IMPLEMENTATION}, loop: {loop_name('auto')})"
 
 
-def _hostport(text: str) -> tuple[str, int]:
+def _address(text: str, lowest_port: int) -> tuple[str, int]:
     try:
-        return parse_hostport(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        host, port = parse_hostport(text)
+    except ValueError:
+        host, port = "", -1
+    if not host or not lowest_port <= port < 65536:
+        raise argparse.ArgumentTypeError(f"bad address {text!r}: expected HOST:PORT with a port in "
+                                         f"{lowest_port}..65535")
+    return host, port
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    """A peer address for --connect (port 1..65535)."""
+    return _address(text, 1)
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    """An address for --listen (port 0 lets the system pick a free one)."""
+    return _address(text, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gnut", description="A Gnutella 0.6 servent.")
     p.add_argument("--version", action="version", version=version_text())
     p.add_argument("--home", type=Path, default=None, help="state folder (default $GNUT_HOME or ~/.gnut)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="-v: connections and searches; -vv: message flow")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="node: -v logs every message routed (connections and departures are always logged); "
+                        "clients: -v logs their connections")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     n = sub.add_parser("node", help="run a servent")
-    n.add_argument("--listen", type=_hostport, default=None, metavar="HOST:PORT",
+    n.add_argument("--listen", type=_listen_address, default=None, metavar="HOST:PORT",
                    help=f"address to listen on (default 127.0.0.1:{DEFAULT_PORT})")
     n.add_argument("--connect", type=_hostport, action="append", default=[], metavar="HOST:PORT",
                    help="peer to connect to (repeatable)")
@@ -49,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--download-dir", type=Path, default=None, metavar="DIR")
     n.add_argument("--no-control", action="store_true", help="do not serve the local control API")
     n.add_argument("--config", type=Path, default=None, metavar="FILE", help="TOML file with the same settings")
-    n.add_argument("-v", "--verbose", action="count", default=0, dest="node_verbose")
+    n.add_argument("-v", "--verbose", action="count", default=0, dest="node_verbose",
+                   help="log every message routed (its type, peer, TTL/hops and the decision)")
 
     s = sub.add_parser("search", help="search the network")
     s.add_argument("term")
@@ -93,18 +115,33 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     if args.no_control:
         kw["control"] = False
     kw["home"] = args.home or kw.get("home") or default_home()
-    kw["verbose"] = args.verbose + args.node_verbose
+    count = args.verbose + args.node_verbose
+    kw["verbose"] = FLOW_VERBOSITY + count - 1 if count else int(kw.get("verbose", 0))
     if kw.get("mode") == "leaf" and "out_links" not in kw:
         kw["out_links"] = 3
     return NodeConfig(**kw)
 
 
 def setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO
+    """Log to stderr: INFO (connections, departures and their reasons), DEBUG from FLOW_VERBOSITY on."""
+    level = logging.DEBUG if verbose >= FLOW_VERBOSITY else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `gnut` command line.
+
+    Returns:
+        The exit status: 0 success, 1 the operation failed, 2 bad usage, 130 interrupted.
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("gnut: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help()
@@ -117,10 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, OSError) as exc:
             print(f"gnut node: {exc}", file=sys.stderr)
             return 2
-        setup_logging(cfg.verbose + 1)
+        setup_logging(cfg.verbose)
         from gnut.node import run_node
 
-        return loops.run(run_node(cfg), cfg.loop)
+        try:
+            return loops.run(run_node(cfg), cfg.loop)
+        except OSError as exc:
+            print(f"gnut node: {exc}", file=sys.stderr)  # e.g. the listen address is in use
+            return 1
     home = args.home or default_home()
     if args.verbose:
         setup_logging(args.verbose)

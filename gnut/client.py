@@ -12,9 +12,13 @@ from pathlib import Path
 
 from gnut import actions, control
 from gnut.config import NodeConfig
+from gnut.download import parse_magnet
+from gnut.errors import LocalProtocolError
 
 # How long a stand-alone client waits for its first peer before giving up on it.
 JOIN_TIMEOUT = 10.0
+# Pause after joining so the ultrapeer installs our QRP table before our first query reaches it.
+QRP_SETTLE = 0.2
 
 
 async def _running_node(home: Path) -> bool:
@@ -24,9 +28,25 @@ async def _running_node(home: Path) -> bool:
     return await control._alive(path)
 
 
+def _nothing_left_to_try(node) -> bool:
+    """No link up or in handshake, no dial under way, and the host cache has no host ready."""
+    if node.peers or node._dialing:
+        return False
+    return not node.hosts.pick(1, time.time(), set(), node.rng)
+
+
 @contextlib.asynccontextmanager
 async def ephemeral_node(home: Path, connect: list[tuple[str, int]], timeout: float):
-    """A leaf node on a free loopback port for one command; yields it once a peer is up."""
+    """A leaf node on a free loopback port for one command; yields it once a peer is up.
+
+    Args:
+        home: state folder (its host cache is read and updated).
+        connect: peers to dial; the host cache is used when empty.
+        timeout: the command's time budget; joining takes at most min(timeout, JOIN_TIMEOUT).
+
+    Raises:
+        ConnectionError: no peer known, or none answered in time.
+    """
     from gnut.node import Node
 
     cfg = NodeConfig(listen_host="127.0.0.1", listen_port=0, connect=list(connect), mode="leaf", home=home,
@@ -35,14 +55,21 @@ async def ephemeral_node(home: Path, connect: list[tuple[str, int]], timeout: fl
     node = Node(cfg)
     await node.start()
     try:
+        if not connect:
+            if not len(node.hosts):
+                raise ConnectionError(f"no peers known (host cache {cfg.hosts_path} is empty): "
+                                      "give --connect HOST:PORT or start `gnut node`")
+            for host, port in node.hosts.pick(cfg.out_links, time.time(), set(), node.rng):
+                node.dial(host, port)
         deadline = time.monotonic() + min(timeout, JOIN_TIMEOUT)
         while not any(p.established for p in node.peers.values()):
-            if time.monotonic() > deadline:
-                raise ConnectionError("could not join the network: no peer answered "
-                                      "(give --connect HOST:PORT or start `gnut node`)")
+            if time.monotonic() > deadline or _nothing_left_to_try(node):
+                tried = ", ".join(f"{h}:{p}" for h, p in connect) or "hosts from the host cache"
+                raise ConnectionError(f"could not join the network: no peer answered ({tried}); "
+                                      "give --connect HOST:PORT or start `gnut node`")
             await asyncio.sleep(0.05)
         # Give the ultrapeer a moment to install our (empty) QRP table before we query.
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(QRP_SETTLE)
         yield node
     finally:
         await node.stop()
@@ -73,18 +100,34 @@ class _Printer:
 
 
 async def search(args: argparse.Namespace, home: Path) -> int:
+    """`gnut search`: print hits live, through the running node or a short-lived leaf.
+
+    Returns:
+        0 after the search window (even with no hits), 1 when the network cannot be reached,
+        2 for a bad argument.
+    """
+    if not args.term.strip():
+        print("gnut search: the search text is empty", file=sys.stderr)
+        return 2
+    if args.timeout <= 0 or args.max_results < 1:
+        print("gnut search: --timeout must be > 0 and --max-results >= 1", file=sys.stderr)
+        return 2
     out = _Printer(args.json)
     if await _running_node(home):
-        for host, port in args.connect:
-            async for _ in control.request(home / "control.sock", {"op": "connect", "host": host, "port": port}):
-                pass
-        req = {"op": "search", "text": args.term, "timeout": args.timeout, "max_results": args.max_results}
-        async for line in control.request(home / "control.sock", req):
-            if "hit" in line:
-                out.hit(line["hit"])
-            elif "error" in line:
-                print(f"gnut search: {line['error']}", file=sys.stderr)
-                return 1
+        try:
+            for host, port in args.connect:
+                async for _ in control.request(home / "control.sock", {"op": "connect", "host": host, "port": port}):
+                    pass
+            req = {"op": "search", "text": args.term, "timeout": args.timeout, "max_results": args.max_results}
+            async for line in control.request(home / "control.sock", req):
+                if "hit" in line:
+                    out.hit(line["hit"])
+                elif "error" in line:
+                    print(f"gnut search: {line['error']}", file=sys.stderr)
+                    return 1
+        except (OSError, ValueError) as exc:
+            print(f"gnut search: lost the running node's control socket: {exc}", file=sys.stderr)
+            return 1
         out.done()
         return 0
     try:
@@ -123,17 +166,37 @@ class _Progress:
 
 
 async def get(args: argparse.Namespace, home: Path) -> int:
+    """`gnut get`: find sources, download, verify.
+
+    Returns:
+        0 only when the file is complete and its SHA-1 verified; 1 when it is not;
+        2 when the target is not a urn:sha1 or a magnet link carrying one.
+    """
+    try:
+        urn, _, _ = parse_magnet(args.target)
+    except LocalProtocolError as exc:
+        urn, why = None, str(exc)
+    else:
+        why = "the magnet link carries no urn:sha1 (exact topic xt=urn:sha1:...)"
+    if urn is None:
+        print(f"gnut get: {why}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": why}), flush=True)
+        return 2
     progress = _Progress(args.json)
     out = args.out.resolve()
     if await _running_node(home):
         req = {"op": "get", "urn": args.target, "out": str(out), "timeout": args.timeout}
-        async for line in control.request(home / "control.sock", req):
-            if "progress" in line:
-                progress(line["progress"])
-            elif "error" in line:
-                return _failed(args, line["error"])
-            elif line.get("done"):
-                return _finished(args, line["path"])
+        try:
+            async for line in control.request(home / "control.sock", req):
+                if "progress" in line:
+                    progress(line["progress"])
+                elif "error" in line:
+                    return _failed(args, line["error"])
+                elif line.get("done"):
+                    return _finished(args, line["path"])
+        except (OSError, ValueError) as exc:
+            return _failed(args, f"lost the running node's control socket: {exc}")
         return _failed(args, "the node closed the control connection")
     try:
         async with ephemeral_node(home, args.connect, args.timeout) as node:
@@ -147,11 +210,15 @@ def _finished(args, path: str) -> int:
     if args.json:
         print(json.dumps({"done": True, "path": path}), flush=True)
     else:
-        print(f"\ncomplete and verified: {path}" if sys.stderr.isatty() else f"complete and verified: {path}")
+        if sys.stderr.isatty():
+            print(file=sys.stderr)  # end the progress bar's line
+        print(f"complete and verified: {path}", flush=True)
     return 0
 
 
 def _failed(args, msg: str) -> int:
+    if sys.stderr.isatty() and not args.json:
+        print(file=sys.stderr)  # end the progress bar's line
     if args.json:
         print(json.dumps({"error": msg}), flush=True)
     print(f"gnut get: {msg}", file=sys.stderr)
@@ -159,6 +226,11 @@ def _failed(args, msg: str) -> int:
 
 
 async def status(args: argparse.Namespace, home: Path) -> int:
+    """`gnut status`: peers, traffic, drops and transfers of the node running in `home`.
+
+    Returns:
+        0 when a node answered, 1 when none runs there.
+    """
     if not await _running_node(home):
         print(f"gnut status: no running node (no control socket in {home})", file=sys.stderr)
         return 1

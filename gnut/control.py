@@ -74,7 +74,7 @@ class ControlServer:
             if not isinstance(req, dict):
                 raise ValueError("request must be a JSON object")
             await self.dispatch(req, send, write)
-        except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ValueError, TypeError, asyncio.LimitOverrunError) as exc:
             try:
                 await send({"error": f"bad request: {exc}"})
             except ConnectionError:
@@ -92,7 +92,10 @@ class ControlServer:
         elif op == "peers":
             await send({"done": True, "peers": node.stats()["peers"]})
         elif op == "connect":
-            node.dial(str(req["host"]), int(req["port"]))
+            host, port = req.get("host"), req.get("port")
+            if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ValueError("connect needs a host string and a port in 1..65535")
+            node.dial(host, port)
             await send({"done": True})
         elif op == "search":
             count = 0
@@ -102,6 +105,8 @@ class ControlServer:
                 await send({"hit": hit.as_dict()})
             await send({"done": True, "count": count})
         elif op == "get":
+            if not isinstance(req.get("urn"), str):
+                raise ValueError("get needs a urn (or magnet) string")
             started = time.monotonic()
 
             def progress(p) -> None:
@@ -123,7 +128,7 @@ class ControlServer:
 async def _alive(path: Path) -> bool:
     try:
         _, w = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     w.close()
     return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -121,7 +122,7 @@ class Transfers:
     async def _giv(self, push, name: str) -> None:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(push.ip, push.port), 10.0)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             log.info("push callback to %s:%d failed: %s", push.ip, push.port, exc)
             self._push_callbacks -= 1
             return
@@ -170,7 +171,8 @@ class Transfers:
         """Download `urn` from `sources` (Source objects), verify it, return the final path."""
         out = Path(out_dir or self.node.cfg.download_dir)
         out.mkdir(parents=True, exist_ok=True)
-        state = {"urn": urn, "name": name, "size": size, "done": 0, "state": "running", "sources": len(sources)}
+        state = {"urn": urn, "name": name, "size": size, "done": 0, "state": "running", "sources": len(sources),
+                 "out": str(out)}
         self.downloads[urn] = state
 
         def on_progress(p) -> None:
@@ -186,6 +188,11 @@ class Transfers:
             state["state"] = f"failed: {exc}"
             raise
         state.update(state="complete", done=size, path=str(path))
+        if not any(d is not state and d.get("out") == str(out)
+                   and not str(d["state"]).startswith(("complete", "failed"))
+                   for d in self.downloads.values()):
+            with contextlib.suppress(OSError):  # rmdir: only when no other partial file is in there
+                (out / dl.PARTIAL_DIR).rmdir()
         return path
 
     def stats(self) -> dict:
