@@ -66,6 +66,10 @@ class NodeConfig:
     query_ttl: int = DEFAULT_TTL
     # Dynamic querying: results wanted before an ultrapeer stops widening (spec default 150).
     dq_target_results: int = 150
+    # Ultrapeer: run leaves' and own queries as dynamic queries (False: flood them to all ultrapeers).
+    dynamic_query: bool = True
+    # Dynamic querying waits this long per hop before widening (LimeWire: 2.4 s; tests use less).
+    dq_hop_wait: float = 2.4
     verbose: int = 0
     save_hosts: bool = True
     # Offer and use deflate on links (gtk-gnutella ultrapeers refuse leaves that do not).

@@ -1,5 +1,12 @@
 """Our own searches: send the QUERY, collect QUERYHITs by GUID, hand results to whoever waits."""
 
+# Strategy: a flood node or a leaf sends the query to the peers the Router picks, at once.
+# An ultrapeer sends it at once only to its QRP-matching leaves and hands its ultrapeer
+# links to a dynamic query (gnut.dynquery), which widens step by step until enough
+# results came back.  A leaf marks its queries leaf-guided (flag 0x1000): it answers its
+# ultrapeers' Query Status Requests with the number of results it kept, and tells them to
+# stop (count 0xFFFF) when the search is stopped.
+
 from __future__ import annotations
 
 import asyncio
@@ -8,9 +15,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from gnut import messages
+from gnut import dynquery, messages
 from gnut import routing as rt
-from gnut.constants import MSG_QUERY
+from gnut.constants import MSG_QUERY, MSG_VENDOR
 from gnut.guid import new_guid
 
 if TYPE_CHECKING:
@@ -59,7 +66,13 @@ class Search:
         self.last_used = now
         self.results: list[Hit] = []
         self.listeners: list[asyncio.Queue] = []
-        self.messages_sent = 0
+        self.direct_sent = 0
+        self.dq: dynquery.DqRecord | None = None
+
+    @property
+    def messages_sent(self) -> int:
+        """QUERY copies sent so far: at once, plus the dynamic query's steps (ultrapeer)."""
+        return self.direct_sent + (self.dq.sent if self.dq is not None else 0)
 
     def listen(self) -> asyncio.Queue:
         """A queue that receives every Hit from now on (and the ones already in)."""
@@ -104,18 +117,29 @@ class SearchManager:
         search = Search(guid, text, tuple(urns), now)
         self.active[guid] = search
         node.router.register_own(guid, MSG_QUERY, now)
-        q = messages.Query(text=text, urns=tuple(urns))
+        flags = messages.QF_DEFAULT | (messages.QF_LEAF_GUIDED if node.cfg.mode == "leaf" else 0)
+        q = messages.Query(text=text, flags=flags, urns=tuple(urns))
         ttl = ttl or node.cfg.query_ttl
         payload = q.encode()
         raw = messages.build(guid, MSG_QUERY, ttl, 0, payload)
         targets = node.router.route_query_targets(None, None, ttl, payload=payload)
+        dynamic = node.dq.enabled
+        ups = 0
         for pid in targets:
             p = node.peers.get(pid)
-            if p is not None and p.enqueue(raw):
-                search.messages_sent += 1
+            if p is None:
+                continue
+            if dynamic and p.role != rt.PeerRole.LEAF:
+                ups += 1  # reached by the dynamic query below
+            elif p.enqueue(raw):
+                search.direct_sent += 1
                 node.sent[MSG_QUERY] += 1
         node.flush()
-        log.info("search %r sent to %d peers (guid %s)", text, search.messages_sent, guid.hex())
+        if ups:
+            search.dq = node.dq.start(guid, payload, hops=0, origin=None, max_ttl=ttl,
+                                      target=node.dq.target_for(payload, leaf=False))
+        log.info("search %r sent to %d peers%s (guid %s)", text, search.direct_sent,
+                 f", {ups} ultrapeers by dynamic query" if ups else "", guid.hex())
         return search
 
     def on_hit(self, peer: Peer, msg) -> None:
@@ -138,7 +162,25 @@ class SearchManager:
         return self.active.get(guid)
 
     def stop(self, search: Search) -> None:
-        self.active.pop(search.guid, None)
+        """Forget a search: its dynamic query ends, a leaf tells its ultrapeers to stop it."""
+        if self.active.pop(search.guid, None) is None:
+            return
+        node = self.node
+        node.dq.cancel(search.guid)
+        if node.cfg.mode == "leaf":
+            for p in list(node.peers.values()):
+                if p.established and p.role == rt.PeerRole.ULTRAPEER:
+                    node.send_to(p, MSG_VENDOR, dynquery.status_response(dynquery.QSTAT_STOP), 1, guid=search.guid)
+            node.flush()
+
+    def on_status_request(self, peer: Peer, guid: bytes) -> None:
+        """An ultrapeer asks how many results of our query `guid` we kept (BEAR/11): answer BEAR/12.
+
+        A query we no longer run gets 0xFFFF, which tells the ultrapeer to stop it.
+        """
+        search = self.active.get(guid)
+        kept = dynquery.QSTAT_STOP if search is None else len(search.results)
+        self.node.send_to(peer, MSG_VENDOR, dynquery.status_response(kept), 1, guid=guid)
 
     def tick(self, now: float) -> None:
         for guid, s in list(self.active.items()):
