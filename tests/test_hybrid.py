@@ -21,6 +21,9 @@ from gnut.routing import DropReason, PeerRole
 VECTORS = Path("/work/shared/vectors")
 # Per-hop wait of the dynamic queries in these tests: loopback answers within milliseconds.
 HOP = 0.1
+# A test network sees a few hundred GUIDs: small seen/route tables start 40 nodes in a blink
+# (the default 1M-entry cache costs ~0.1 s per node to allocate).
+SMALL = {"seen_cache_size": 1 << 12, "route_table_size": 1 << 12}
 
 
 def run(coro_fn):
@@ -217,11 +220,13 @@ async def build(tmp: Path, tag: str, n_ups: int, up_edges: list[tuple[int, int]]
     net = Net()
     try:
         for i in range(n_ups):
-            net.ups.append(await start_node(tmp, f"{tag}-up{i}", mode="ultrapeer", dq_hop_wait=HOP, **up_kw))
+            net.ups.append(await start_node(tmp, f"{tag}-up{i}", mode="ultrapeer", dq_hop_wait=HOP, **SMALL,
+                                            **up_kw))
         for a, b in up_edges:
             await link(net.ups[a], net.ups[b])
         for name, ups, files in leaves:
-            node = await start_node(tmp, f"{tag}-{name}", mode="leaf", files={f: f.encode() * 50 for f in files})
+            node = await start_node(tmp, f"{tag}-{name}", mode="leaf", files={f: f.encode() * 50 for f in files},
+                                    **SMALL)
             net.leaves[name] = node
             net.shares[name] = files
             for u in ups:
