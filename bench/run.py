@@ -111,13 +111,27 @@ def main(argv: list[str] | None = None) -> int:
     """
     names = available()
     parser = argparse.ArgumentParser(description="gnut benchmarks (not timed tests)")
-    parser.add_argument("name", choices=names, help="which benchmark (bench/bench_<name>.py)")
+    parser.add_argument("name", choices=[*names, "all"], help="which benchmark (bench/bench_<name>.py), or all")
     parser.add_argument("--quick", action="store_true", help="smaller inputs and fewer repeats")
     parser.add_argument(
         "--json", type=Path, help="where to write the JSON record (default bench/out/<name>.json)"
     )
+    parser.add_argument("--plot", type=Path, help="write a PNG plot (benchmarks that define plot())")
     args = parser.parse_args(argv)
+    if args.name == "all":
+        status = 0
+        for name in names:
+            sub = [name] + (["--quick"] if args.quick else [])
+            if args.json:
+                sub += ["--json", str(args.json.with_name(f"{args.json.stem}-{name}.json"))]
+            if args.plot and hasattr(importlib.import_module(f"bench_{name}"), "plot"):
+                sub += ["--plot", str(args.plot.with_name(f"{args.plot.stem}-{name}.png"))]
+            status |= main(sub)
+            print()
+        return status
     module = importlib.import_module(f"bench_{args.name}")
+    if args.plot and not hasattr(module, "plot"):
+        parser.error(f"benchmark {args.name!r} has no plot")
     result = module.run(args.quick)
     record = {"benchmark": args.name, "quick": args.quick, "machine": machine_info(), "result": result}
     info = record["machine"]
@@ -127,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nJSON written to {path}")
+    if args.plot:
+        module.plot(result, str(args.plot))
+        print(f"plot written to {args.plot}")
     return 0
 
 
