@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import fcntl
 import hashlib
 import ipaddress
 import json
 import os
 import re
-import unicodedata
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 import h11
 
@@ -24,6 +22,7 @@ from gnut import __version__
 from gnut.constants import USER_AGENT_PRODUCT
 from gnut.errors import LocalProtocolError, RemoteProtocolError
 from gnut.fsutil import atomic_write_bytes
+from gnut.magnet import DIGITS, MAX_NAME_BYTES, normalize_urn, parse_magnet, safe_name  # noqa: F401 (re-exported)
 
 # Strategy: the file is cut into chunks of the bytes still missing; one worker per source
 # (at most `max_parallel`) keeps one keep-alive HTTP connection and takes chunks from a
@@ -46,21 +45,12 @@ MAX_RESTARTS = 1  # after a SHA-1 mismatch, start over once with the sources tha
 STATE_FLUSH_INTERVAL = 1.0  # seconds between sidecar writes on success (failures flush at once)
 PROGRESS_INTERVAL = 0.25  # seconds between progress callbacks of the same state
 HASH_BLOCK = 1 << 20  # read size while hashing the finished file
-MAX_NAME_BYTES = 255  # file name limit of ext4/xfs/btrfs
 MAX_NAME_COLLISIONS = 10_000  # "name (n).ext" candidates tried before giving up
-MAX_MAGNET_LEN = 8192  # a magnet is a pasted URI; longer input is not one
 STATE_VERSION = 1  # sidecar format version; another version is ignored (fresh start)
 PARTIAL_DIR = ".gnut-partial"  # folder under out_dir holding .part, .state and .corrupt-n files
 X_FEATURES = "browse/1.0"  # what our servent offers back (gtk-gnutella sends the same token)
-SHA1_B32_LEN = 32  # base32 text of a 20-byte SHA-1
 
-_WINDOWS_RESERVED = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"COM{i}" for i in range(1, 10)] + [f"LPT{i}" for i in range(1, 10)]
-)
-_UNSAFE_CHARS = frozenset('/\\<>:"|?*')
-_DROPPED_CATEGORIES = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))  # controls, bidi overrides, surrogates
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)", re.ASCII | re.IGNORECASE)
-_DIGITS = re.compile(r"\d{1,20}", re.ASCII)
 
 
 class DownloadError(Exception):
@@ -122,106 +112,6 @@ def needs_push(source: Source, *, assume_private_firewalled: bool = True) -> boo
     if ip.is_unspecified:
         return True
     return assume_private_firewalled and (ip.is_private or ip.is_loopback or ip.is_link_local)
-
-
-def normalize_urn(urn: str) -> str:
-    """Return `urn` as ``urn:sha1:<BASE32>`` (also accepts 40 hex digits after the prefix).
-
-    Raises:
-        LocalProtocolError: not a urn:sha1 with a valid 20-byte digest.
-    """
-    if urn[:9].lower() != "urn:sha1:":
-        raise LocalProtocolError(f"not a urn:sha1: {urn[:60]!r}")
-    body = urn[9:].strip()
-    try:
-        if len(body) == 40:
-            digest = bytes.fromhex(body)
-        elif len(body) == SHA1_B32_LEN:
-            digest = base64.b32decode(body.upper())
-        else:
-            raise ValueError("wrong length")
-    except (ValueError, binascii.Error) as exc:
-        raise LocalProtocolError(f"bad sha1 in urn {urn[:60]!r}: {exc}") from exc
-    return "urn:sha1:" + base64.b32encode(digest).decode("ascii")
-
-
-def parse_magnet(uri: str) -> tuple[str | None, str | None, int | None]:
-    """Parse ``magnet:?xt=urn:sha1:...&dn=...&xl=...`` or a bare ``urn:sha1:...``.
-
-    Args:
-        uri: the text the user gave.
-
-    Returns:
-        (urn, name, size), each None when the magnet does not carry it. ``urn:bitprint``
-        topics yield their SHA-1 half; other hash kinds are ignored.
-
-    Raises:
-        LocalProtocolError: not a magnet, a malformed sha1, a non-numeric xl, or neither
-            a usable xt nor a dn.
-    """
-    text = uri.strip()
-    if len(text) > MAX_MAGNET_LEN:
-        raise LocalProtocolError(f"magnet longer than {MAX_MAGNET_LEN} characters")
-    if text[:9].lower() == "urn:sha1:":
-        return normalize_urn(text), None, None
-    if text[:8].lower() != "magnet:?":
-        raise LocalProtocolError(f"not a magnet URI: {text[:60]!r}")
-    urn: str | None = None
-    name: str | None = None
-    size: int | None = None
-    for key, value in parse_qsl(text[8:], keep_blank_values=True):
-        base = key.split(".", 1)[0].lower()  # numbered forms: xt.1, dn.1
-        if base == "xt" and urn is None:
-            low = value.lower()
-            if low.startswith("urn:sha1:"):
-                urn = normalize_urn(value)
-            elif low.startswith("urn:bitprint:"):
-                urn = normalize_urn("urn:sha1:" + value[13:].split(".", 1)[0])
-        elif base == "dn" and name is None:
-            name = value or None
-        elif base == "xl" and size is None:
-            if not _DIGITS.fullmatch(value):
-                raise LocalProtocolError(f"magnet xl is not a byte count: {value[:30]!r}")
-            size = int(value)
-    if urn is None and name is None:
-        raise LocalProtocolError("magnet carries neither a urn:sha1 nor a dn")
-    return urn, name, size
-
-
-def safe_name(name: str, fallback: str = "download") -> str:
-    """Turn a peer-supplied file name into one safe to create inside the download folder.
-
-    Path separators and characters Windows forbids become "_", control/format characters
-    are removed, leading dots and surrounding spaces go, Windows device names get a "_"
-    prefix, and the result is cut to MAX_NAME_BYTES of UTF-8 keeping the extension.
-
-    Args:
-        name: the name from the hit or magnet.
-        fallback: used when nothing is left.
-
-    Returns:
-        A non-empty name with no directory part.
-    """
-    chars = []
-    for ch in unicodedata.normalize("NFC", name):
-        if ch in _UNSAFE_CHARS:
-            chars.append("_")
-        elif unicodedata.category(ch) not in _DROPPED_CATEGORIES:
-            chars.append(ch)
-    clean = "".join(chars).strip().lstrip(".").strip().rstrip(". ")
-    if not clean:
-        clean = fallback
-    if clean.split(".", 1)[0].strip().upper() in _WINDOWS_RESERVED:
-        clean = "_" + clean
-    if len(clean.encode("utf-8")) > MAX_NAME_BYTES:
-        stem, dot, ext = clean.rpartition(".")
-        if not dot or not stem or len(ext) > 16:
-            stem, ext = clean, ""
-        suffix = "." + ext if ext else ""
-        room = MAX_NAME_BYTES - len(suffix.encode("utf-8"))
-        stem = stem.encode("utf-8")[:room].decode("utf-8", "ignore")
-        clean = stem + suffix
-    return clean
 
 
 class _Ranges:
@@ -773,7 +663,7 @@ class Download:
             raise _SourceFailure(f"HTTP {status}", drop=True)
         if status == 503:
             retry = headers.get("retry-after", "")
-            delay = min(float(retry), RETRY_AFTER_CAP) if _DIGITS.fullmatch(retry) else None
+            delay = min(float(retry), RETRY_AFTER_CAP) if DIGITS.fullmatch(retry) else None
             raise _SourceFailure("HTTP 503 busy", delay=delay)
         announced = [u.strip() for u in headers.get("x-gnutella-content-urn", "").split(",")]
         sha1_urns = [u for u in announced if u[:9].lower() == "urn:sha1:"]
