@@ -173,3 +173,67 @@ def test_fifty_nodes_thirty_percent_killed_during_searches(tmp_path, loop_name):
         await wait_for(lambda: open_fds() <= fds_before, timeout=5, what=f"fds back to {fds_before}")
 
     loops.run(go(), loop_name)
+
+
+# --- kill -9 while the node's state files are being written ------------------------------------------
+
+_WRITER = r"""
+import os, sys, time
+from pathlib import Path
+from gnut.hostcache import HostCache
+from gnut.share import ShareIndex
+
+home = Path(sys.argv[1])
+share = home / "share"
+share.mkdir(exist_ok=True)
+hosts = HostCache(home / "hosts.json")
+index = ShareIndex([share], cache_path=home / "sha1-cache.json")
+i = len(hosts)
+while True:
+    hosts.add(f"10.{i // 62500 % 250}.{i // 250 % 250}.{i % 250 + 1}", 6346, "test", time.time())
+    hosts.save()
+    (share / f"f{i % 40}.bin").write_bytes(os.urandom(3000))
+    index.scan()
+    i += 1
+    if i % 5 == 0:
+        print(i, flush=True)
+"""
+
+
+def test_kill_9_at_random_moments_leaves_state_files_readable(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gnut.hostcache import HostCache
+    from gnut.share import ShareIndex
+
+    home = tmp_path / "home"
+    home.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    rng = random.Random(9)
+    env = dict(os.environ, PYTHONPATH=str(root))
+    known = 0
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(home)], stdout=subprocess.PIPE, env=env)
+        proc.stdout.readline()  # it is writing
+        time.sleep(rng.uniform(0.0, 0.15))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        # Both files parse as complete JSON documents, and the caches load from them.
+        json.loads((home / "hosts.json").read_bytes())
+        cache = json.loads((home / "sha1-cache.json").read_bytes())
+        assert cache["files"], "the SHA-1 cache lost its entries"
+        hosts = HostCache(home / "hosts.json")
+        assert len(hosts) >= known, "hosts saved before the kill were lost"
+        known = len(hosts)
+        index = ShareIndex([home / "share"], cache_path=home / "sha1-cache.json")
+        report = index.scan()
+        on_disk = len(list((home / "share").iterdir()))
+        assert len(index) == on_disk and report.rehashed <= on_disk
+    assert known >= 6 * 5
+    # A kill inside atomic_write_bytes can leave its temp file behind (never read, at most one per kill).
+    assert len(list(home.glob(".*.tmp"))) <= 6
