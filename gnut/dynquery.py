@@ -394,6 +394,7 @@ class DqDriver:
         self.active: dict[bytes, DqRecord] = {}
         self.recent: collections.deque[DqRecord] = collections.deque(maxlen=DQ_RECENT_KEPT)
         self.finished: collections.Counter[DoneReason] = collections.Counter()
+        self._per_leaf: collections.Counter[int] = collections.Counter()
         self.refused = 0
         self.messages_sent = 0
 
@@ -426,8 +427,8 @@ class DqDriver:
         leaves = tuple(t for t in dec.targets if (p := peers.get(t)) is not None and p.role == rt.PeerRole.LEAF)
         if len(leaves) == len(dec.targets):
             return dec
-        per_leaf = sum(1 for r in self.active.values() if r.origin == peer.id)
-        if len(self.active) >= DQ_MAX_ACTIVE or per_leaf >= DQ_MAX_PER_LEAF or msg.guid in self.active:
+        if (len(self.active) >= DQ_MAX_ACTIVE or self._per_leaf[peer.id] >= DQ_MAX_PER_LEAF
+                or msg.guid in self.active):
             self.refused += 1
             self.node.events["dq_refused"] += 1
         else:
@@ -460,6 +461,8 @@ class DqDriver:
         rec = DqRecord(guid, payload, hops, origin, plan, hashes)
         self._sync_links(rec)
         self.active[guid] = rec
+        if origin is not None:
+            self._per_leaf[origin] += 1
         self.node.spawn(self._drive(rec))
         log.debug("DQ %s started for %s: target %d over %d links", guid.hex(),
                   "us" if origin is None else f"leaf #{origin}", target, len(plan.pending))
@@ -543,6 +546,10 @@ class DqDriver:
         finally:
             if self.active.get(rec.guid) is rec:
                 del self.active[rec.guid]
+                if rec.origin is not None:
+                    self._per_leaf[rec.origin] -= 1
+                    if not self._per_leaf[rec.origin]:
+                        del self._per_leaf[rec.origin]
             rec.reason = rec.reason or DoneReason.STOPPED
             self.finished[rec.reason] += 1
             self.recent.append(rec)

@@ -489,6 +489,35 @@ def test_leaf_guidance_stops_the_dynamic_query(tmp_path):
     run(go)
 
 
+def test_dynamic_queries_are_bounded_per_leaf_and_end_with_their_leaf(tmp_path):
+    async def go():
+        net = await build(tmp_path, "lim", 4, [(0, 1), (0, 2), (0, 3)], [])
+        try:
+            a = net.ups[0]
+            leaf = RawPeer(mode="leaf")
+            await leaf.connect(a)
+            for i in range(dq.DQ_MAX_PER_LEAF + 1):
+                leaf.send(messages.build(new_guid(), MSG_QUERY, 3, 0, messages.Query(text=f"nowhere{i}").encode()))
+            await wait_for(lambda: a.events["dq_refused"] == 1, what="the query over the limit")
+            assert len(a.dq.active) == dq.DQ_MAX_PER_LEAF
+            # The leaf goes away: its queries stop widening at their next step.
+            await leaf.close()
+            await wait_for(lambda: not a.dq.active, what="queries of a gone leaf ended", timeout=3)
+            assert a.dq.finished == {DoneReason.STOPPED: dq.DQ_MAX_PER_LEAF}
+            assert all(r.sent == 1 for r in a.dq.recent)
+            assert not a.dq._per_leaf
+            # Our own search, stopped by its user, stops its dynamic query too.
+            search = a.searches.start("nowhere at all")
+            assert search.dq is not None
+            a.searches.stop(search)
+            await wait_for(lambda: search.dq.reason is DoneReason.STOPPED, what="own query stopped", timeout=3)
+            assert search.messages_sent == 0  # stopped before its first step ran
+        finally:
+            await net.stop()
+
+    run(go)
+
+
 def test_gnut_leaf_answers_status_requests_and_says_stop(tmp_path):
     async def go():
         leaf = await start_node(tmp_path, "leaf", mode="leaf")
