@@ -396,6 +396,8 @@ def parse_extensions(
         elif byte == GGEP_MAGIC:
             items, pos = decode_ggep(buf, pos)
             ggep += items
+            if len(ggep) > GGEP_MAX_ITEMS:  # several blocks together: same cap as one block (encodable)
+                raise RemoteProtocolError(f"{what}: more than {GGEP_MAX_ITEMS} GGEP items in the extension area")
         else:
             stop = pos
             while stop < end and buf[stop] not in (0, EXT_SEP):
