@@ -121,6 +121,7 @@ async def scenario_guids(tmp: Path, count: int, seen: int | None, routes: int | 
             "route_capacity": node.router._query_routes.capacity,
             "stages": stages,
             "relayed_to_neighbour": sink.messages.n,
+            "drops": {k.name.lower(): v for k, v in node.router.drops.items() if v},
             "flooder_still_linked": not raw.closed,
             "honest_search_seconds": await honest(node),
         }
