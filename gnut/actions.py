@@ -38,7 +38,8 @@ async def search_stream(node: Node, text: str, timeout: float, max_results: int,
             if left <= 0:
                 return
             try:
-                hit = await asyncio.wait_for(q.get(), left)
+                async with asyncio.timeout(left):  # not wait_for: 3.11's can swallow a Ctrl-C cancel
+                    hit = await q.get()
             except TimeoutError:
                 return
             count += 1
@@ -87,7 +88,8 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
             if wait <= 0:
                 break
             try:
-                h = await asyncio.wait_for(q.get(), wait)
+                async with asyncio.timeout(wait):
+                    h = await q.get()
             except TimeoutError:
                 break
             if h.urn and h.urn.lower() == urn.lower():

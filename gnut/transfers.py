@@ -161,7 +161,8 @@ class Transfers:
         node.flush()
         node.events["push_sent"] += 1
         try:
-            return await asyncio.wait_for(fut, PUSH_WAIT)
+            async with asyncio.timeout(PUSH_WAIT):  # not wait_for: 3.11's can swallow a cancel
+                return await fut
         finally:
             self._giv_waiters.pop(key, None)
 
@@ -183,7 +184,8 @@ class Transfers:
         d = dl.Download(urn, size, name, out, sources=sources, push=self.push_connect,
                         progress=on_progress, assume_private_firewalled=self.node.cfg.private_means_firewalled)
         try:
-            path = await asyncio.wait_for(d.run(), timeout)
+            async with asyncio.timeout(timeout):
+                path = await d.run()
         except BaseException as exc:
             state["state"] = f"failed: {exc}"
             raise

@@ -367,6 +367,22 @@ def test_sigint_and_sigterm_exit_0_after_bye_200(net, tmp_path):
         a.wait_log(rf"left #\d+ 127\.0\.0\.1:{x.port}: peer said BYE 200 ")
 
 
+def test_ctrl_c_ends_a_search_quietly(net, tmp_path):
+    home = tmp_path / "s"
+    home.mkdir()
+    proc = subprocess.Popen([*GNUT, "search", "quokka", "--connect", net["a"].addr, "--timeout", "30", "--json"],
+                            env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "quokka" in json.loads(proc.stdout.readline())["name"]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=STOP_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+
+
 def test_demo_exits_0(tmp_path):
     res = cli(tmp_path, "demo", "--nodes", "12", timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
