@@ -59,7 +59,8 @@ async def ephemeral_node(home: Path, connect: list[tuple[str, int]], timeout: fl
             if not len(node.hosts):
                 raise ConnectionError(f"no peers known (host cache {cfg.hosts_path} is empty): "
                                       "give --connect HOST:PORT or start `gnut node`")
-            for host, port in node.hosts.pick(cfg.out_links, time.time(), set(), node.rng):
+            # The user asked now: try the freshest cached hosts even if an old failure backs them off.
+            for host, port in node.hosts.pick(cfg.out_links, float("inf"), set(), node.rng):
                 node.dial(host, port)
         deadline = time.monotonic() + min(timeout, JOIN_TIMEOUT)
         while not any(p.established for p in node.peers.values()):

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,24 @@ def test_client_search_and_get_standalone(tmp_path, capsys):
             assert rc == 0
             assert (tmp_path / "dl" / "orchid lantern.bin").read_bytes() == data
             assert json.loads(capsys.readouterr().out.splitlines()[-1])["done"] is True
+        finally:
+            await up.stop()
+
+    loops.run(go(), "asyncio")
+
+
+def test_client_joins_through_the_host_cache(tmp_path, capsys):
+    from gnut.hostcache import HostCache
+
+    async def go():
+        up = await start_node(tmp_path, "up", "ultrapeer", files={"plover dawn.bin": b"p" * 5000})
+        try:
+            cache = HostCache(tmp_path / "c" / "hosts.json")
+            cache.add(*up.address, "pong", time.time())
+            cache.failed(*up.address, time.time())  # backed off by an old failure: still tried now
+            cache.save()
+            rc = await client.search(ns(term="plover", max_results=1), tmp_path / "c")
+            assert rc == 0 and json.loads(capsys.readouterr().out)["name"] == "plover dawn.bin"
         finally:
             await up.stop()
 
