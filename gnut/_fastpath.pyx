@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Cython hot path: message framing, the xxhash-keyed seen-GUID cache and the relay rewrite."""
+"""Cython hot path: message framing, the xxhash-keyed seen-GUID cache, the relay rewrite and relay core."""
 
 # Strategy: the names, behaviour and errors are exactly those of gnut/_purepath.py (the
 # differential tests hold them together); only the machinery differs.
@@ -65,9 +65,15 @@ cdef object _MAX_SEED = (1 << 64) - 1
 
 __all__ = [
     "MAX_CACHE_CAPACITY",
+    "MAX_ROUTE_CAPACITY",
+    "STOP_END",
+    "STOP_LOCAL",
+    "STOP_ROUTE",
     "FrameReader",
     "GuidCache",
     "Message",
+    "RelayCore",
+    "RouteMap",
     "count_frames",
     "hash_guid",
     "relay_rewrite",
@@ -719,3 +725,6 @@ cdef class GuidCache:
         if kind < 0 or kind > 255:
             raise LocalProtocolError(f"kind {kind} is outside 0..255")
         return self._seen(<const uint8_t *>PyBytes_AS_STRING(g), <uint8_t>kind, now)
+
+
+include "_relay.pxi"

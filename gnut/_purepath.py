@@ -1,4 +1,4 @@
-"""Pure-Python twin of gnut._fastpath: framing, seen-GUID cache and relay rewrite, same names and errors."""
+"""Pure-Python twin of gnut._fastpath: framing, seen cache, relay rewrite and relay core, same names and errors."""
 
 # Strategy: everything here mirrors gnut/_fastpath.pyx name for name and error for error; the
 # differential tests in tests/test_fastpath.py hold the two together.
@@ -33,9 +33,15 @@ _MAX_SEED = (1 << 64) - 1
 
 __all__ = [
     "MAX_CACHE_CAPACITY",
+    "MAX_ROUTE_CAPACITY",
+    "STOP_END",
+    "STOP_LOCAL",
+    "STOP_ROUTE",
     "FrameReader",
     "GuidCache",
     "Message",
+    "RelayCore",
+    "RouteMap",
     "count_frames",
     "hash_guid",
     "relay_rewrite",
@@ -450,3 +456,15 @@ class GuidCache:
         n = len(self._times)
         per_entry = sys.getsizeof(b"x" * (GUID_LEN + 1)) + sys.getsizeof((0.0, b"")) + sys.getsizeof(0.0)
         return sys.getsizeof(self._times) + sys.getsizeof(self._order) + n * per_entry
+
+
+
+# The relay core's twin lives in its own module (it needs GuidCache and Message, defined above).
+from gnut._purerelay import (  # noqa: E402
+    MAX_ROUTE_CAPACITY,
+    STOP_END,
+    STOP_LOCAL,
+    STOP_ROUTE,
+    RelayCore,
+    RouteMap,
+)

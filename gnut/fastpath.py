@@ -22,6 +22,12 @@ relay_rewrite_into = _impl.relay_rewrite_into
 count_frames = _impl.count_frames
 hash_guid = _impl.hash_guid
 MAX_CACHE_CAPACITY = _impl.MAX_CACHE_CAPACITY
+RouteMap = _impl.RouteMap
+RelayCore = _impl.RelayCore
+MAX_ROUTE_CAPACITY = _impl.MAX_ROUTE_CAPACITY
+STOP_END = _impl.STOP_END
+STOP_ROUTE = _impl.STOP_ROUTE
+STOP_LOCAL = _impl.STOP_LOCAL
 
 __all__ = [
     "IMPLEMENTATION",
@@ -33,4 +39,10 @@ __all__ = [
     "count_frames",
     "hash_guid",
     "MAX_CACHE_CAPACITY",
+    "RouteMap",
+    "RelayCore",
+    "MAX_ROUTE_CAPACITY",
+    "STOP_END",
+    "STOP_ROUTE",
+    "STOP_LOCAL",
 ]

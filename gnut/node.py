@@ -31,10 +31,10 @@ from gnut.constants import (
 )
 from gnut.dynquery import DqDriver
 from gnut.errors import ProtocolError, RemoteProtocolError
-from gnut.fastpath import relay_rewrite
+from gnut.fastpath import STOP_END, STOP_LOCAL, relay_rewrite
 from gnut.guid import new_guid
 from gnut.hostcache import HostCache
-from gnut.peer import PRIO_KEEP, Peer, shed_priority
+from gnut.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
 from gnut.search import SearchManager
 
 log = logging.getLogger("gnut.node")
@@ -348,56 +348,115 @@ class Node:
                 p.flush()
 
     def on_frames(self, peer: Peer, msgs: list) -> None:
-        """Route a chunk's messages and queue the relayed copies per target."""
+        """Route a chunk's messages and queue the relayed copies per target.
+
+        Strategy: the Router's RelayCore settles runs of common relayed QUERYs in C, appending
+        copies straight into the targets' output buffers (flow control as Peer.enqueue); it
+        stops at each message Python must see, which goes through Router.route (STOP_ROUTE) or,
+        already relayed, only to local delivery (STOP_LOCAL). Per-peer counts are folded in once
+        per chunk. `-v` (one log line per message) routes everything through Router.route.
+        """
         now = time.monotonic()
-        route = self.router.route
+        router = self.router
+        route = router.route
         peers = self.peers
         sent = self.sent
         verbose = self.cfg.verbose > 0  # -v: one log line per message
         # Dynamic querying: an ultrapeer's leaves' queries reach other ultrapeers step by step.
         dq = self.dq if self.dq.enabled else None
         dq_leaf = dq is not None and peer.role == rt.PeerRole.LEAF
-        for msg in msgs:
-            dec = route(peer.id, msg, now)
-            if verbose:
-                flow.debug("%s from %s ttl=%d hops=%d -> %s %s", TYPE_NAMES.get(msg.type, hex(msg.type)),
-                           peer.describe(), msg.ttl, msg.hops, dec.action.name, dec.reason.name if dec.reason else "")
-            if dec.action == rt.Action.DROP:
-                if dec.disconnect:
-                    peer.send_bye(dec.bye_code or 400, dec.reason.name.replace("_", " ").lower())
-                    return
-                if dec.reason is rt.DropReason.DUPLICATE and self._duplicate_abuse(peer, msg, now):
-                    return
-                continue
-            if dq is not None:
-                if msg.type == MSG_QUERYHIT:
-                    dq.on_hit(msg)
-                elif dq_leaf and msg.type == MSG_QUERY and dec.targets:
-                    dec = dq.on_leaf_query(peer, msg, dec)
-            if dec.targets:
-                if dec.ttl == msg.ttl - 1:
-                    out = relay_rewrite(msg.raw)
+        core = router.core if router.use_core and not verbose and router.core.active else None
+        if core is not None:
+            router.set_local_words(self.share.all_words() if self.share is not None else None)
+            targets, bufs, bases = [], [], []
+            for pid in core.relay_ids:
+                p = peers.get(pid)
+                targets.append(p)
+                if p is None:
+                    bufs.append(bytearray())
+                    bases.append(-2)
                 else:
-                    raw = msg.raw
-                    out = raw[:17] + bytes((dec.ttl, msg.hops + 1)) + raw[19:]
-                prio = shed_priority(msg.type, msg.hops)
-                n = 0
-                for t in dec.targets:
-                    p = peers.get(t)
-                    if p is not None:
-                        if p.enqueue(out, prio):
-                            n += 1
-                        else:
-                            self.router.drops[rt.DropReason.FLOW_CONTROL] += 1
-                sent[msg.type] += n
-            if dec.local:
-                try:
-                    self._local(peer, msg)
-                except RemoteProtocolError as exc:
-                    self.router.drops[rt.DropReason.MALFORMED] += 1
-                    log.debug("malformed %s from %s: %s", TYPE_NAMES.get(msg.type), peer.describe(), exc)
-            if peer.closed:
-                return
+                    bufs.append(p.outbuf)
+                    t = p.transport
+                    bases.append(-1 if p.closed else t.get_write_buffer_size() if t is not None else 0)
+        n_msgs = len(msgs)
+        i = 0
+        try:
+            while i < n_msgs:
+                if core is not None:
+                    i, kind = core.relay(peer.id, msgs, i, now, bufs, bases, LOW_WATER, HIGH_WATER)
+                    if kind == STOP_END:
+                        break
+                    msg = msgs[i]
+                    i += 1
+                    if kind == STOP_LOCAL:
+                        try:
+                            self._local(peer, msg)
+                        except RemoteProtocolError as exc:
+                            router.drops[rt.DropReason.MALFORMED] += 1
+                            log.debug("malformed QUERY from %s: %s", peer.describe(), exc)
+                        if peer.closed:
+                            return
+                        continue
+                else:
+                    msg = msgs[i]
+                    i += 1
+                dec = route(peer.id, msg, now)
+                if verbose:
+                    flow.debug("%s from %s ttl=%d hops=%d -> %s %s", TYPE_NAMES.get(msg.type, hex(msg.type)),
+                               peer.describe(), msg.ttl, msg.hops, dec.action.name,
+                               dec.reason.name if dec.reason else "")
+                if dec.action == rt.Action.DROP:
+                    if dec.disconnect:
+                        peer.send_bye(dec.bye_code or 400, dec.reason.name.replace("_", " ").lower())
+                        return
+                    if dec.reason is rt.DropReason.DUPLICATE and self._duplicate_abuse(peer, msg, now):
+                        return
+                    continue
+                if dq is not None:
+                    if msg.type == MSG_QUERYHIT:
+                        dq.on_hit(msg)
+                    elif dq_leaf and msg.type == MSG_QUERY and dec.targets:
+                        dec = dq.on_leaf_query(peer, msg, dec)
+                if dec.targets:
+                    if dec.ttl == msg.ttl - 1:
+                        out = relay_rewrite(msg.raw)
+                    else:
+                        raw = msg.raw
+                        out = raw[:17] + bytes((dec.ttl, msg.hops + 1)) + raw[19:]
+                    prio = shed_priority(msg.type, msg.hops)
+                    n = 0
+                    for t in dec.targets:
+                        p = peers.get(t)
+                        if p is not None:
+                            if p.enqueue(out, prio):
+                                n += 1
+                            else:
+                                router.drops[rt.DropReason.FLOW_CONTROL] += 1
+                    sent[msg.type] += n
+                if dec.local:
+                    try:
+                        self._local(peer, msg)
+                    except RemoteProtocolError as exc:
+                        router.drops[rt.DropReason.MALFORMED] += 1
+                        log.debug("malformed %s from %s: %s", TYPE_NAMES.get(msg.type), peer.describe(), exc)
+                if peer.closed:
+                    return
+        finally:
+            if core is not None:
+                copies, dups, unseen, rows = core.end_chunk()
+                if copies:
+                    sent[MSG_QUERY] += copies
+                if dups:
+                    peer.dups += dups
+                if unseen:  # relayed queries that cannot match our shares: seen, not decoded
+                    self.events["queries_seen"] += unseen
+                for k, appended, shed, filled in rows:
+                    p = targets[k]
+                    p.msgs_out += appended
+                    p.shed += shed
+                    if filled:
+                        self.mark_dirty(p)
 
     def _duplicate_abuse(self, peer: Peer, msg, now: float) -> bool:
         """Count a duplicate from `peer`; BYE it (True) when it replays its own broadcasts too often."""

@@ -55,9 +55,9 @@ from gnut.constants import (
     SOFT_TTL_LIMIT,
 )
 from gnut.errors import LocalProtocolError, ProtocolError
-from gnut.fastpath import GuidCache
+from gnut.fastpath import GuidCache, RelayCore, RouteMap
 from gnut.messages import Query
-from gnut.qrp import QrpTable, QueryHashes
+from gnut.qrp import QRP_MIN_WORD_LENGTH, QrpTable, QueryHashes, qrp_hashcode
 from gnut.qrp import query_words as qrp_query_words
 
 # BYE code sent to a leaf that relayed a message (gtk-gnutella, INTEROP.md).
@@ -74,6 +74,12 @@ MIN_PUSH_PAYLOAD = 26
 LOCAL_PEER = -1
 # Router modes accepted by Router(mode=...).
 MODES = ("flood", "ultrapeer", "leaf")
+
+# Local filter of RelayCore: table slots per shared-word prefix (a 16x sparse table leaves a query
+# word a ~6% chance of a false "may match"), within 2^10 .. 2^24 slots (1 KiB .. 16 MiB).
+LOCAL_FILTER_SPARSITY = 16
+LOCAL_FILTER_MIN_BITS = 10
+LOCAL_FILTER_MAX_BITS = 24
 
 # Types that are link-level only: never relayed, valid only straight from the neighbour.
 _LINK_TYPES = frozenset((MSG_BYE, MSG_QRP, MSG_VENDOR, MSG_VENDOR_STD))
@@ -318,6 +324,10 @@ class Router:
     Counters: `drops` (Counter[DropReason]), `received`, `forwarded` (copies sent,
     relays and route-backs) and `local` (Counter by message type), and `qrp_skips`
     (query copies not sent to a peer because its QRP table did not match).
+
+    `core` (fastpath.RelayCore) shares the seen cache and the QUERY reverse routes and settles
+    the common relay case over whole chunks (node.on_frames); its counts are folded into the
+    Counters above whenever they are read.
     """
 
     def __init__(
@@ -349,18 +359,86 @@ class Router:
         self.servent_guid = bytes(servent_guid)
         self._seen = GuidCache(seen_capacity, seen_max_age, seed)
         self._ping_routes = RouteTable(route_capacity, route_max_age)
-        self._query_routes = RouteTable(route_capacity, route_max_age)
+        self._query_routes = RouteMap(route_capacity, route_max_age)
         self._push_routes = RouteTable(route_capacity, route_max_age)
         self._peers: dict[int, _Peer] = {}
         self._next_gen = 0
         # Target lists rebuilt when peers change (tens of peers), read on every query.
         self._relay_peers: tuple[int, ...] = ()  # ULTRAPEER and FLOOD peers
         self._leaf_peers: tuple[int, ...] = ()
-        self.drops: Counter[DropReason] = collections.Counter()
-        self.received: Counter[int] = collections.Counter()
-        self.forwarded: Counter[int] = collections.Counter()
-        self.local: Counter[int] = collections.Counter()
+        self._drops: Counter[DropReason] = collections.Counter()
+        self._received: Counter[int] = collections.Counter()
+        self._forwarded: Counter[int] = collections.Counter()
+        self._local_counts: Counter[int] = collections.Counter()
         self.qrp_skips = 0
+        self.core = RelayCore(mode, self._seen, self._query_routes)
+        # The runtime settles whole chunks through `core` while this is True (a switch for
+        # benchmarks and debugging: False routes every message through route()).
+        self.use_core = True
+        self._local_words: object = None  # what set_local_words() last built the filter from
+
+    # --- counters (the core's C counts folded in on read) --------------------------------
+
+    def _sync(self) -> None:
+        received, forwarded, local, dup, own, flow = self.core.take_counts()
+        if not received and not flow:
+            return
+        for counter, key, value in (
+            (self._received, MSG_QUERY, received), (self._forwarded, MSG_QUERY, forwarded),
+            (self._local_counts, MSG_QUERY, local), (self._drops, DropReason.DUPLICATE, dup),
+            (self._drops, DropReason.OWN_MESSAGE, own), (self._drops, DropReason.FLOW_CONTROL, flow),
+        ):
+            if value:
+                counter[key] += value
+
+    @property
+    def drops(self) -> Counter[DropReason]:
+        """Drops by reason."""
+        self._sync()
+        return self._drops
+
+    @property
+    def received(self) -> Counter[int]:
+        """Messages routed, by type."""
+        self._sync()
+        return self._received
+
+    @property
+    def forwarded(self) -> Counter[int]:
+        """Copies relayed or routed back, by type."""
+        self._sync()
+        return self._forwarded
+
+    @property
+    def local(self) -> Counter[int]:
+        """Messages for this node, by type."""
+        self._sync()
+        return self._local_counts
+
+    def set_local_words(self, words: Iterable[str] | None) -> None:
+        """Give the core the words our shares are matched on (None: hand every query over).
+
+        A query is answered only when each of its words prefixes a word of a shared name
+        (share.ShareIndex.match), so the filter holds the QRP hash of every prefix of 3+
+        characters of every word. Calling again with the same object does nothing.
+
+        Args:
+            words: share.ShareIndex.all_words() (a new object whenever the shares change).
+        """
+        if words is self._local_words:
+            return
+        self._local_words = words
+        if words is None:
+            self.core.set_local(None)
+            return
+        prefixes = {w[:i] for w in words for i in range(QRP_MIN_WORD_LENGTH, len(w) + 1)}
+        bits = (len(prefixes) * LOCAL_FILTER_SPARSITY).bit_length()
+        bits = max(LOCAL_FILTER_MIN_BITS, min(LOCAL_FILTER_MAX_BITS, bits))
+        table = bytearray(1 << bits)
+        shift = 32 - bits
+        for p in prefixes:
+            table[qrp_hashcode(p) >> shift] = 1
+        self.core.set_local(table, bits)
 
     # --- peers ---------------------------------------------------------------------
 
@@ -376,11 +454,13 @@ class Router:
             raise LocalProtocolError(f"peer {peer_id} already registered")
         self._next_gen += 1
         self._peers[peer_id] = _Peer(PeerRole(role), self._next_gen)
+        self.core.add_peer(peer_id, self._next_gen, role != PeerRole.LEAF)
         self._rebuild_targets()
 
     def remove_peer(self, peer_id: int) -> None:
         """Forget a neighbour; its reverse routes become stale without a scan. Unknown ids are ignored."""
         if self._peers.pop(peer_id, None) is not None:
+            self.core.remove_peer(peer_id)
             self._rebuild_targets()
 
     def set_qrp(self, peer_id: int, matcher: QrpMatcher | None) -> None:
@@ -393,6 +473,7 @@ class Router:
         if peer is None:
             raise LocalProtocolError(f"set_qrp on unknown peer {peer_id}")
         peer.matcher = matcher
+        self.core.set_qrp(peer_id, matcher is not None)
 
     def peer_role(self, peer_id: int) -> PeerRole | None:
         """Return the role of a live peer, or None."""
@@ -446,7 +527,7 @@ class Router:
 
     def count_drop(self, reason: DropReason) -> None:
         """Count a drop decided outside the router (e.g. FLOW_CONTROL in the runtime)."""
-        self.drops[reason] += 1
+        self._drops[reason] += 1
 
     # --- routing -------------------------------------------------------------------
 
@@ -454,13 +535,13 @@ class Router:
         self, reason: DropReason, *, disconnect: bool = False, bye_code: int = 0, local: bool = False
     ) -> RouteDecision:
         """Count a drop; with `local` only the relay is dropped and the node still handles it."""
-        self.drops[reason] += 1
+        self._drops[reason] += 1
         if local:
             return RouteDecision(Action.LOCAL, (), True, reason)
         return RouteDecision(Action.DROP, (), False, reason, disconnect, bye_code)
 
     def _local(self, mtype: int) -> RouteDecision:
-        self.local[mtype] += 1
+        self._local_counts[mtype] += 1
         return RouteDecision(Action.LOCAL, (), True)
 
     def route(self, peer: int, msg, now: float) -> RouteDecision:
@@ -482,7 +563,7 @@ class Router:
             raise LocalProtocolError(f"route() from unknown peer {peer}")
         mtype = msg.type
         hops = msg.hops
-        self.received[mtype] += 1
+        self._received[mtype] += 1
         if hops > 0 and sender.role == PeerRole.LEAF:
             return self._drop(DropReason.LEAF_RELAY, disconnect=True, bye_code=BYE_LEAF_RELAYED)
         ttl = msg.ttl
@@ -515,7 +596,7 @@ class Router:
             return self._drop(DropReason.OWN_MESSAGE)
         if self._seen.seen(guid, MSG_QUERY, now):
             return self._drop(DropReason.DUPLICATE)
-        self.local[MSG_QUERY] += 1
+        self._local_counts[MSG_QUERY] += 1
         if self.mode == "leaf":
             # A leaf answers from its shares straight to `peer` and never relays.
             return RouteDecision(Action.LOCAL, (), True)
@@ -532,7 +613,7 @@ class Router:
             targets = self._select_targets(peer, None, payload, out_ttl)
         if not targets:
             return RouteDecision(Action.LOCAL, (), True)
-        self.forwarded[MSG_QUERY] += len(targets)
+        self._forwarded[MSG_QUERY] += len(targets)
         return RouteDecision(Action.FORWARD, targets, True, ttl=out_ttl)
 
     def _is_own(self, table: RouteTable, guid: bytes, now: float) -> bool:
@@ -608,7 +689,7 @@ class Router:
     ) -> RouteDecision:
         """Route a reply/PUSH from `peer` back to `to_peer` (None: no live route)."""
         if local:
-            self.local[mtype] += 1
+            self._local_counts[mtype] += 1
         if to_peer is None or self.mode == "leaf":
             # A leaf never relays, so it keeps no routes for others: only its own replies arrive.
             return self._drop(DropReason.NO_ROUTE, local=local)
@@ -617,7 +698,7 @@ class Router:
         out_ttl = relay_ttl(ttl, hops)
         if out_ttl == 0:
             return self._drop(DropReason.TTL_EXPIRED, local=local)
-        self.forwarded[mtype] += 1
+        self._forwarded[mtype] += 1
         return RouteDecision(Action.ROUTE_BACK, (to_peer,), local, ttl=out_ttl)
 
     def _route_hit(self, peer: int, sender: _Peer, msg, ttl: int, hops: int, now: float) -> RouteDecision:

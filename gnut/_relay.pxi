@@ -1,0 +1,663 @@
+# Included by _fastpath.pyx: the reverse-route table (RouteMap) and the whole-chunk QUERY relay
+# (RelayCore). Same names, semantics and errors as the pure twin in _purepath.py.
+#
+# Strategy (DESIGN.md "The path of one QUERY", steps 2-4 in C): RelayCore.relay() walks a chunk's
+# Messages and settles the common case without building a Python object per message: a QUERY from
+# a relay peer (flood peer, or ultrapeer when no QRP table has a say), well-formed, not a duplicate,
+# not our own, is recorded (seen cache + reverse route), its relayed copy (TTL clamped and
+# decremented, hops + 1) is appended straight into the output bytearray of every other relay peer
+# (subject to the same flow-control test as Peer.enqueue), and the counters are C integers that
+# the Router folds into its Counters when they are read. Duplicates and echoes of our own queries
+# are counted and dropped. The walk stops at the first message Python must see (anything else:
+# other types, leaves, odd TTLs, sizes, QRP, a duplicate resent on its own link) and at a relayed
+# query that may match our shares (the local filter below); the caller handles that one message
+# and calls again from the next. Messages are thus handled in order on every link, exactly as
+# Router.route would handle them one by one (tests/test_relaycore.py holds the two together).
+#
+# Local filter: a query can only be answered when each of its words is a prefix of a word of a
+# shared name (ShareIndex.match). set_local() installs a presence table of every such prefix,
+# hashed with the QRP hash; a plain-ASCII query (text up to NUL, no extensions) whose words, split
+# as qrp.query_words splits ASCII text, are not all present cannot match and is not handed over.
+# Anything else that may match (non-ASCII text, extensions, no table installed) is handed over.
+
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport calloc, realloc
+
+# Peer ids and generations live in 32-bit fields of the route records.
+cdef object _MIN_PEER = -(1 << 31)
+cdef object _MAX_PEER = (1 << 31) - 1
+cdef object _MAX_GEN = (1 << 32) - 1
+# The route table's record index sits in 32 bits of a slot; 2^24 routes is ~1 GB of records.
+MAX_ROUTE_CAPACITY = 1 << 24
+
+cdef enum:
+    ROUTE_FIRST_POOL = 64  # records allocated at first use; the pool doubles up to the capacity
+    MODE_FLOOD = 0
+    MODE_ULTRAPEER = 1
+    MODE_LEAF = 2
+    LOCAL_ALL = 0  # no filter installed: every new query is handed over for local delivery
+    LOCAL_NONE = 1  # the table is empty (nothing shared): no query can match
+    LOCAL_TABLE = 2
+    MSG_QUERY_T = 0x80  # constants.MSG_QUERY
+    QRP_MULT = 0x4F1BBCDC  # qrp.QRP_HASH_MULTIPLIER
+    QRP_MIN_WORD = 3  # qrp.QRP_MIN_WORD_LENGTH
+    EXT_SEP_B = 0x1C  # messages.EXT_SEP
+    HARD_TTL = 15  # constants.HARD_TTL_LIMIT
+    SOFT_TTL = 7  # constants.SOFT_TTL_LIMIT
+    QUERY_RELAY_MAX = 256  # constants.MAX_QUERY_RELAY: also bounds a query word on the C stack
+
+# What relay() stopped on: the end of the chunk, a message for Router.route, a relayed query for
+# local delivery only.
+STOP_END = 0
+STOP_ROUTE = 1
+STOP_LOCAL = 2
+_MODES = {"flood": MODE_FLOOD, "ultrapeer": MODE_ULTRAPEER, "leaf": MODE_LEAF}
+if (constants.HARD_TTL_LIMIT, constants.SOFT_TTL_LIMIT, constants.MAX_QUERY_RELAY, constants.MSG_QUERY) != (
+        HARD_TTL, SOFT_TTL, QUERY_RELAY_MAX, MSG_QUERY_T):
+    raise ImportError("gnut._fastpath: relay constants disagree with gnut.constants (rebuild)")
+
+
+# --- RouteMap ---------------------------------------------------------------------------------
+cdef packed struct RouteRec:
+    uint8_t guid[GLEN]
+    double t
+    int32_t peer
+    uint32_t gen
+    int32_t prev  # insertion order (oldest first), -1 at the ends; `prev` also links free records
+    int32_t next
+
+
+@cython.final
+cdef class RouteMap:
+    """Bounded, aged map GUID -> (peer id, peer generation), the C twin of routing.RouteTable.
+
+    Eviction policy, in plain words: entries are kept in insertion order (re-putting a GUID moves it
+    to the newest end). Putting evicts the oldest entries while the map is full and drops the oldest
+    ones whose age reached max_age; a lookup treats an entry aged max_age or more as absent (and
+    deletes it).
+
+    Layout: records in a pool that starts small and doubles up to the capacity (memory follows use),
+    chained oldest -> newest, and an open-addressing table of 64-bit slots (linear probing,
+    backward-shift deletion, load at most 1/2): hash bits << 32 | (record index + 1), 0 = empty.
+    The hash is XXH3-64 of the GUID with a per-map seed; its high 32 bits give the home bucket.
+    """
+
+    cdef RouteRec *_recs
+    cdef uint64_t *_slots
+    cdef Py_ssize_t _capacity, _pool, _used, _count
+    cdef int32_t _head, _tail, _free
+    cdef uint64_t _mask, _seed
+    cdef double _max_age
+
+    def __cinit__(self):
+        self._recs = NULL
+        self._slots = NULL
+
+    def __init__(self, capacity, max_age, seed=None):
+        """Create an empty map.
+
+        Args:
+            capacity: most entries held, 1 .. MAX_ROUTE_CAPACITY.
+            max_age: seconds an entry stays valid (> 0).
+            seed: hash seed (0 .. 2^64-1); random per map when None.
+
+        Raises:
+            LocalProtocolError: an argument is out of range.
+        """
+        if not 1 <= capacity <= MAX_ROUTE_CAPACITY or not max_age > 0:
+            raise LocalProtocolError(f"bad route table bounds capacity={capacity} max_age={max_age}")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        if not 0 <= seed <= _MAX_SEED:
+            raise LocalProtocolError(f"seed {seed} is outside 0..2^64-1")
+        if self._slots != NULL:
+            raise LocalProtocolError("RouteMap is already initialised")
+        self._capacity = capacity
+        self._max_age = max_age
+        self._seed = seed
+        self._head = self._tail = self._free = -1
+        self._pool = self._used = self._count = 0
+        self._grow()
+
+    def __dealloc__(self):
+        free(self._recs)
+        free(self._slots)
+
+    @property
+    def capacity(self):
+        """Most entries held."""
+        return self._capacity
+
+    @property
+    def max_age(self):
+        """Seconds an entry stays valid."""
+        return self._max_age
+
+    def __len__(self):
+        return self._count
+
+    def memory_bytes(self):
+        """Bytes of the record pool and the slot table as allocated now."""
+        return sizeof(RouteRec) * self._pool + sizeof(uint64_t) * (self._mask + 1)
+
+    cdef int _grow(self) except -1:
+        """Double the record pool (up to the capacity) and rebuild the slot table for it."""
+        cdef Py_ssize_t pool = ROUTE_FIRST_POOL if self._pool == 0 else 2 * self._pool
+        if pool > self._capacity:
+            pool = self._capacity
+        cdef RouteRec *recs = <RouteRec *>realloc(self._recs, sizeof(RouteRec) * pool)
+        if recs == NULL:
+            raise MemoryError()
+        self._recs = recs
+        self._pool = pool
+        cdef uint64_t size = 4
+        while size < <uint64_t>(2 * pool):
+            size <<= 1
+        cdef uint64_t *slots = <uint64_t *>calloc(size, sizeof(uint64_t))
+        if slots == NULL:
+            raise MemoryError()
+        free(self._slots)
+        self._slots = slots
+        self._mask = size - 1
+        cdef int32_t r = self._head
+        while r != -1:
+            self._insert_slot(r, self._hash(self._recs[r].guid))
+            r = self._recs[r].next
+        return 0
+
+    cdef inline uint64_t _hash(self, const uint8_t *guid) noexcept nogil:
+        return _xxh3(guid, GLEN, self._seed) >> 32
+
+    cdef inline void _insert_slot(self, int32_t r, uint64_t h) noexcept nogil:
+        cdef uint64_t i = h & self._mask
+        while self._slots[i] != 0:
+            i = (i + 1) & self._mask
+        self._slots[i] = (h << 32) | <uint64_t>(r + 1)
+
+    cdef int64_t _find(self, const uint8_t *guid, uint64_t h) noexcept nogil:
+        """Slot position of guid, or -1."""
+        cdef uint64_t i = h & self._mask, s
+        cdef int32_t r
+        while True:
+            s = self._slots[i]
+            if s == 0:
+                return -1
+            if (s >> 32) == h:
+                r = <int32_t>(<uint32_t>s) - 1
+                if memcmp(self._recs[r].guid, guid, GLEN) == 0:
+                    return <int64_t>i
+            i = (i + 1) & self._mask
+
+    cdef void _remove(self, int64_t pos) noexcept nogil:
+        """Delete the entry in slot pos: unlink its record, free it, shift the cluster back."""
+        cdef uint64_t mask = self._mask
+        cdef uint64_t i = <uint64_t>pos, j = i, home, s
+        cdef int32_t r = <int32_t>(<uint32_t>self._slots[i]) - 1
+        cdef RouteRec *rec = &self._recs[r]
+        if rec.prev == -1:
+            self._head = rec.next
+        else:
+            self._recs[rec.prev].next = rec.next
+        if rec.next == -1:
+            self._tail = rec.prev
+        else:
+            self._recs[rec.next].prev = rec.prev
+        rec.prev = self._free
+        self._free = r
+        self._count -= 1
+        while True:
+            j = (j + 1) & mask
+            s = self._slots[j]
+            if s == 0:
+                break
+            home = (s >> 32) & mask
+            # The entry at j stays when its home lies cyclically in (i, j].
+            if (i < j and i < home <= j) or (j < i and (home > i or home <= j)):
+                continue
+            self._slots[i] = s
+            i = j
+        self._slots[i] = 0
+
+    cdef inline void _remove_oldest(self) noexcept nogil:
+        cdef const uint8_t *g = self._recs[self._head].guid
+        self._remove(self._find(g, self._hash(g)))
+
+    cdef int _put(self, const uint8_t *guid, int32_t peer, uint32_t gen, double now) except -1:
+        cdef uint64_t h = self._hash(guid)
+        cdef int64_t pos = self._find(guid, h)
+        if pos >= 0:
+            self._remove(pos)
+        while self._count >= self._capacity:
+            self._remove_oldest()
+        cdef double horizon = now - self._max_age
+        while self._count and not self._recs[self._head].t > horizon:
+            self._remove_oldest()
+        cdef int32_t r
+        if self._free != -1:
+            r = self._free
+            self._free = self._recs[r].prev
+        else:
+            if self._used == self._pool:
+                self._grow()
+            r = <int32_t>self._used
+            self._used += 1
+        cdef RouteRec *rec = &self._recs[r]
+        memcpy(rec.guid, guid, GLEN)
+        rec.t = now
+        rec.peer = peer
+        rec.gen = gen
+        rec.next = -1
+        rec.prev = self._tail
+        if self._tail == -1:
+            self._head = r
+        else:
+            self._recs[self._tail].next = r
+        self._tail = r
+        self._insert_slot(r, h)
+        self._count += 1
+        return 0
+
+    cdef RouteRec *_get(self, const uint8_t *guid, double now) noexcept nogil:
+        """The live record of guid, or NULL (an aged entry is deleted)."""
+        cdef int64_t pos = self._find(guid, self._hash(guid))
+        if pos < 0:
+            return NULL
+        cdef RouteRec *rec = &self._recs[<int32_t>(<uint32_t>self._slots[pos]) - 1]
+        if now - rec.t >= self._max_age:
+            self._remove(pos)
+            return NULL
+        return rec
+
+    def put(self, guid, peer, gen, double now):
+        """Record that replies for `guid` go to `peer` (generation `gen`) from time `now`.
+
+        Raises:
+            LocalProtocolError: guid is not 16 bytes, peer outside -2^31..2^31-1, gen outside 0..2^32-1.
+        """
+        cdef bytes g = _guid_bytes(guid)
+        if not _MIN_PEER <= peer <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
+            raise LocalProtocolError(f"route peer {peer} / generation {gen} out of range")
+        self._put(<const uint8_t *>PyBytes_AS_STRING(g), <int32_t>peer, <uint32_t>gen, now)
+
+    def get(self, guid, double now):
+        """Return (peer, generation) for `guid`, or None if unknown or aged out.
+
+        Raises:
+            LocalProtocolError: guid is not 16 bytes.
+        """
+        cdef bytes g = _guid_bytes(guid)
+        cdef RouteRec *rec = self._get(<const uint8_t *>PyBytes_AS_STRING(g), now)
+        if rec == NULL:
+            return None
+        return rec.peer, rec.gen
+
+
+cdef bytes _guid_bytes(object guid):
+    cdef bytes g = guid if PyBytes_CheckExact(guid) else bytes(guid)
+    if PyBytes_GET_SIZE(g) != GLEN:
+        raise LocalProtocolError(f"guid must be {GLEN} bytes, got {PyBytes_GET_SIZE(g)}")
+    return g
+
+
+# --- RelayCore --------------------------------------------------------------------------------
+cdef inline uint32_t _qrp_code(const uint8_t *w, Py_ssize_t n) noexcept nogil:
+    """qrp.qrp_hashcode of a lower-case ASCII word: XOR of 4-byte little-endian groups times QRP_MULT."""
+    cdef uint32_t x = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        x ^= <uint32_t>w[i] << (8 * (i & 3))
+    return x * <uint32_t>QRP_MULT
+
+
+cdef inline bint _ascii_alnum(uint8_t c) noexcept nogil:
+    return (c >= 0x30 and c <= 0x39) or (c >= 0x61 and c <= 0x7A) or (c >= 0x41 and c <= 0x5A)
+
+
+@cython.final
+cdef class RelayCore:
+    """The whole-chunk QUERY relay of one Router: seen cache, query reverse routes, relay peers in C.
+
+    Counters (received, forwarded, local queries, duplicates, own echoes, flow-control drops) are
+    kept in C and handed over, and zeroed, by take_counts(); per-chunk figures for the runtime
+    (copies appended and shed per relay slot, duplicates, queries not handed over) by end_chunk().
+    """
+
+    cdef GuidCache _seen
+    cdef RouteMap _routes
+    cdef int _mode
+    cdef dict _peers  # peer id -> [generation, is relay peer, has a QRP table]
+    cdef tuple _relay_ids  # relay peers (flood, ultrapeer) in the order they were added
+    cdef int64_t *_rid
+    cdef Py_ssize_t *_base  # per relay slot, this call: queued bytes beside the bytearray, <0 = none
+    cdef uint32_t *_app
+    cdef uint32_t *_shed
+    cdef uint8_t *_filled
+    cdef Py_ssize_t _nslots, _alloc
+    cdef Py_ssize_t _leaf_qrp, _relay_qrp
+    cdef int _local_mode, _local_shift
+    cdef bytes _local_table
+    cdef const uint8_t *_local_ptr  # points into _local_table
+    cdef uint64_t _n_received, _n_forwarded, _n_local, _n_dup, _n_own, _n_flow
+    cdef uint64_t _c_sent, _c_dups, _c_unseen
+
+    def __cinit__(self):
+        self._rid = NULL
+        self._base = NULL
+        self._app = NULL
+        self._shed = NULL
+        self._filled = NULL
+
+    def __init__(self, mode, GuidCache seen not None, RouteMap routes not None):
+        """Create a core over the Router's seen cache and QUERY reverse-route table.
+
+        Args:
+            mode: "flood", "ultrapeer" or "leaf" (a leaf never relays: relay() hands everything over).
+            seen: the duplicate cache, shared with Router.route.
+            routes: the QUERY reverse routes, shared with Router.route.
+
+        Raises:
+            LocalProtocolError: unknown mode.
+        """
+        if mode not in _MODES:
+            raise LocalProtocolError(f"unknown router mode {mode!r}")
+        self._mode = _MODES[mode]
+        self._seen = seen
+        self._routes = routes
+        self._peers = {}
+        self._relay_ids = ()
+        self._nslots = self._alloc = 0
+        self._leaf_qrp = self._relay_qrp = 0
+        self._local_mode = LOCAL_ALL
+        self._local_table = b""
+        self._local_shift = 32
+
+    def __dealloc__(self):
+        free(self._rid)
+        free(self._base)
+        free(self._app)
+        free(self._shed)
+        free(self._filled)
+
+    @property
+    def active(self):
+        """Whether relay() can settle anything (False in leaf mode)."""
+        return self._mode != MODE_LEAF
+
+    @property
+    def relay_ids(self):
+        """The relay peers' ids in slot order: relay()'s `bufs` and `bases` follow this order."""
+        return self._relay_ids
+
+    # --- peers -------------------------------------------------------------------------
+    def add_peer(self, peer_id, gen, relay):
+        """Register a live peer (its generation tells reused ids apart); `relay` False for a leaf.
+
+        Raises:
+            LocalProtocolError: peer_id already registered or out of range, gen out of range.
+        """
+        if peer_id in self._peers:
+            raise LocalProtocolError(f"peer {peer_id} already registered")
+        if not 0 <= peer_id <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
+            raise LocalProtocolError(f"peer {peer_id} / generation {gen} out of range")
+        self._peers[peer_id] = [gen, bool(relay), False]
+        if relay:
+            self._set_slots(self._relay_ids + (peer_id,))
+
+    def remove_peer(self, peer_id):
+        """Forget a peer (unknown ids are ignored)."""
+        st = self._peers.pop(peer_id, None)
+        if st is None:
+            return
+        if st[2]:
+            self._set_qrp_flag(st, False)
+        if st[1]:
+            self._set_slots(tuple(p for p in self._relay_ids if p != peer_id))
+
+    def set_qrp(self, peer_id, has_table):
+        """Say whether a peer has a QRP table (then Router.route decides its queries' targets).
+
+        Raises:
+            LocalProtocolError: unknown peer.
+        """
+        st = self._peers.get(peer_id)
+        if st is None:
+            raise LocalProtocolError(f"set_qrp on unknown peer {peer_id}")
+        self._set_qrp_flag(st, bool(has_table))
+
+    cdef _set_qrp_flag(self, list st, bint has):
+        if st[2] == has:
+            return
+        st[2] = has
+        cdef int d = 1 if has else -1
+        if st[1]:
+            self._relay_qrp += d
+        else:
+            self._leaf_qrp += d
+
+    cdef _set_slots(self, tuple ids):
+        cdef Py_ssize_t n = len(ids), k
+        if n > self._alloc:
+            size = max(n, 2 * self._alloc, 8)
+            self._rid = <int64_t *>_grow_array(self._rid, size * sizeof(int64_t))
+            self._base = <Py_ssize_t *>_grow_array(self._base, size * sizeof(Py_ssize_t))
+            self._app = <uint32_t *>_grow_array(self._app, size * sizeof(uint32_t))
+            self._shed = <uint32_t *>_grow_array(self._shed, size * sizeof(uint32_t))
+            self._filled = <uint8_t *>_grow_array(self._filled, size * sizeof(uint8_t))
+            self._alloc = size
+        for k in range(n):
+            self._rid[k] = ids[k]
+        memset(self._app, 0, n * sizeof(uint32_t))
+        memset(self._shed, 0, n * sizeof(uint32_t))
+        memset(self._filled, 0, n)
+        self._relay_ids = ids
+        self._nslots = n
+
+    # --- local filter --------------------------------------------------------------------
+    def set_local(self, table, bits=0):
+        """Install the local filter: a presence table of the QRP hashes of every shared-word prefix.
+
+        Args:
+            table: bytes-like of 2**bits presence bytes (non-zero = present), or None to hand
+                every new query over for local delivery (no filter).
+            bits: log2 of the table size, 1..32.
+
+        Raises:
+            LocalProtocolError: bits out of range or the table's size is not 2**bits.
+        """
+        if table is None:
+            self._local_mode = LOCAL_ALL
+            self._local_table = b""
+            return
+        t = bytes(table)
+        if not 1 <= bits <= 32 or len(t) != 1 << bits:
+            raise LocalProtocolError(f"local table must hold 2**bits bytes (bits {bits}, got {len(t)})")
+        self._local_table = t
+        self._local_ptr = <const uint8_t *>PyBytes_AS_STRING(t)
+        self._local_shift = 32 - bits
+        self._local_mode = LOCAL_TABLE if t.count(0) != len(t) else LOCAL_NONE
+
+    cdef bint _may_match(self, const uint8_t *p, Py_ssize_t n) noexcept nogil:
+        """Whether a QUERY payload (n >= 3 bytes) may match our shares (True = hand it over)."""
+        if self._local_mode == LOCAL_ALL:
+            return True
+        if self._local_mode == LOCAL_NONE:
+            return False
+        if p[n - 1] != 0:
+            return True  # extensions follow the text (or no NUL): Python decodes them
+        cdef const uint8_t *table = self._local_ptr
+        cdef Py_ssize_t i, start, end = n - 1, words = 0
+        cdef uint8_t word[QUERY_RELAY_MAX]
+        cdef uint8_t c
+        for i in range(2, end):
+            c = p[i]
+            if c == 0 or c >= 0x80 or c == EXT_SEP_B:
+                return True  # a NUL before the last byte, non-ASCII text or a bad separator
+        i = 2
+        while i < end:
+            if not _ascii_alnum(p[i]):
+                i += 1
+                continue
+            start = i
+            while i < end and _ascii_alnum(p[i]):
+                c = p[i]
+                word[i - start] = c + 0x20 if 0x41 <= c <= 0x5A else c
+                i += 1
+            if i - start >= QRP_MIN_WORD:
+                if not table[_qrp_code(word, i - start) >> self._local_shift]:
+                    return False
+                words += 1
+        return words > 0  # no word at all matches nothing
+
+    # --- the chunk -----------------------------------------------------------------------
+    def relay(self, int peer_id, list msgs not None, Py_ssize_t start, double now,
+              list bufs not None, list bases not None, Py_ssize_t low_water, Py_ssize_t high_water):
+        """Settle the messages of a chunk from `start` on, up to the first one Python must see.
+
+        Args:
+            peer_id: the live peer the chunk came from.
+            msgs: the chunk's Messages (FrameReader output).
+            start: index of the first message to handle.
+            now: current time in seconds (monotonic).
+            bufs: one output bytearray per relay slot (relay_ids order); the sender's is never written.
+            bases: per slot, the bytes queued beside its bytearray (transport buffer) for the
+                flow-control test, -1 for a closed peer (every copy a FLOW_CONTROL drop), -2 for
+                a peer with no link (nothing counted).
+            low_water, high_water: peer.LOW_WATER / HIGH_WATER: a copy is shed when queued bytes
+                exceed high_water, or low_water for a query that already made 2+ hops.
+
+        Returns:
+            (index, kind): STOP_END with index len(msgs) when every message was settled;
+            STOP_ROUTE when msgs[index] is untouched and goes to Router.route; STOP_LOCAL when
+            msgs[index] was relayed and only its local delivery is left. Continue from index + 1.
+
+        Raises:
+            LocalProtocolError: bufs / bases do not match relay_ids, or an item of bufs is not a bytearray.
+        """
+        cdef Py_ssize_t n = PyList_GET_SIZE(msgs), ns = self._nslots, i = start, k, plen, size
+        if PyList_GET_SIZE(bufs) != ns or PyList_GET_SIZE(bases) != ns:
+            raise LocalProtocolError(f"relay() needs {ns} output buffers and bases")
+        for k in range(ns):
+            if not PyByteArray_CheckExact(<object>PyList_GET_ITEM(bufs, k)):
+                raise LocalProtocolError(f"output buffer {k} is not a bytearray")
+            self._base[k] = <object>PyList_GET_ITEM(bases, k)
+        st = self._peers.get(peer_id)
+        if i >= n:
+            return n, STOP_END
+        if st is None or not st[1] or self._mode == MODE_LEAF:
+            return i, STOP_ROUTE
+        cdef uint32_t gen = <uint32_t>st[0]
+        cdef bint up = self._mode == MODE_ULTRAPEER
+        cdef object obj, buf
+        cdef Message m
+        cdef const uint8_t *h
+        cdef uint8_t *q
+        cdef int ttl, hops, eff, out_ttl
+        cdef RouteRec *route
+        cdef Py_ssize_t base
+        cdef bint low
+        while i < n:
+            obj = <object>PyList_GET_ITEM(msgs, i)
+            if type(obj) is not Message:
+                return i, STOP_ROUTE
+            m = <Message>obj
+            plen = m._len - HDR
+            ttl = m._ttl
+            hops = m._hops
+            if (m._type != MSG_QUERY_T or ttl == 0 or ttl + hops > HARD_TTL
+                    or plen > QUERY_RELAY_MAX or plen < 3):
+                return i, STOP_ROUTE
+            eff = SOFT_TTL - hops
+            if ttl < eff:
+                eff = ttl
+            out_ttl = eff - 1 if eff >= 2 else 0
+            if up and (self._leaf_qrp or (out_ttl == 1 and self._relay_qrp)):
+                return i, STOP_ROUTE  # QRP tables decide targets: Router.route
+            h = <const uint8_t *>m._ptr()
+            route = self._routes._get(h, now)
+            if route != NULL:
+                if route.peer == -1:  # routing.LOCAL_PEER: our own query came back
+                    self._n_received += 1
+                    self._n_own += 1
+                    i += 1
+                    continue
+                if route.peer == peer_id and route.gen == gen:
+                    return i, STOP_ROUTE  # resent on its own link: the node watches for replayers
+            if self._seen._seen(h, MSG_QUERY_T, now):
+                self._n_received += 1
+                self._n_dup += 1
+                self._c_dups += 1
+                i += 1
+                continue
+            self._n_received += 1
+            self._n_local += 1
+            self._routes._put(h, peer_id, gen, now)
+            if out_ttl:
+                low = hops >= 2
+                for k in range(ns):
+                    if self._rid[k] == peer_id:
+                        continue
+                    self._n_forwarded += 1
+                    base = self._base[k]
+                    if base < 0:
+                        if base == -1:
+                            self._n_flow += 1
+                        continue
+                    buf = <object>PyList_GET_ITEM(bufs, k)
+                    size = PyByteArray_GET_SIZE(buf)
+                    if base + size > high_water or (low and base + size > low_water):
+                        self._shed[k] += 1
+                        self._n_flow += 1
+                        continue
+                    PyByteArray_Resize(buf, size + m._len)
+                    q = <uint8_t *>PyByteArray_AS_STRING(buf) + size
+                    memcpy(q, h, m._len)
+                    q[17] = <uint8_t>out_ttl
+                    q[18] = <uint8_t>(hops + 1)
+                    if size == 0:
+                        self._filled[k] = 1
+                    self._app[k] += 1
+                    self._c_sent += 1
+            if self._may_match(h + HDR, plen):
+                return i, STOP_LOCAL
+            self._c_unseen += 1
+            i += 1
+        return n, STOP_END
+
+    def end_chunk(self):
+        """Hand over and zero the per-chunk figures.
+
+        Returns:
+            (copies appended, duplicates dropped, queries not handed over for local delivery,
+            [(slot, appended, shed, filled)] for each slot that was written or shed, where
+            filled says the slot's bytearray was empty before its first copy).
+        """
+        rows = []
+        cdef Py_ssize_t k
+        for k in range(self._nslots):
+            if self._app[k] or self._shed[k]:
+                rows.append((k, self._app[k], self._shed[k], bool(self._filled[k])))
+                self._app[k] = 0
+                self._shed[k] = 0
+                self._filled[k] = 0
+        out = (self._c_sent, self._c_dups, self._c_unseen, rows)
+        self._c_sent = self._c_dups = self._c_unseen = 0
+        return out
+
+    def take_counts(self):
+        """Hand over and zero the cumulative counters.
+
+        Returns:
+            (received, forwarded, local, duplicates, own echoes, flow-control drops), QUERYs all.
+        """
+        out = (self._n_received, self._n_forwarded, self._n_local, self._n_dup, self._n_own, self._n_flow)
+        self._n_received = self._n_forwarded = self._n_local = 0
+        self._n_dup = self._n_own = self._n_flow = 0
+        return out
+
+
+cdef void *_grow_array(void *p, size_t nbytes) except NULL:
+    cdef void *q = realloc(p, nbytes)
+    if q == NULL:
+        raise MemoryError()
+    return q
