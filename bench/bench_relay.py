@@ -58,8 +58,8 @@ MESSAGES = {
 }
 ROUNDS_FULL = 5
 ROUNDS_QUICK = 2
-PROFILE_MESSAGES_FULL = 300_000
-PROFILE_MESSAGES_QUICK = 60_000
+PROFILE_MESSAGES_FULL = 1_000_000
+PROFILE_MESSAGES_QUICK = 300_000
 # Duplicates: the first sink echoes every 10th query it receives back to the relay, as a
 # neighbour that got the query over a second path does (10% duplicates, from another link than
 # the first copy: a link that resends its own broadcasts is cut by the node as a replayer).
@@ -645,8 +645,10 @@ def _frame_key(frame: str) -> str:
 def summarize_stacks(lines: list[str], top: int = TOP_PROFILE) -> dict:
     """Self and inclusive sample shares per function from py-spy's raw (collapsed) output.
 
-    Frames above the first gnut runtime frame (runpy, cli, the loop runner) are ignored, so
-    "inclusive" ranks the node's own work.
+    Inclusive shares count a stack from its first `data_received` frame down (the event loop
+    and runner frames above it are on every stack and say nothing); a stack without one
+    (timers, the loop waiting) counts as "(outside data_received)". Works for Python-only
+    and --native stacks (C and Cython frames in between).
 
     Args:
         lines: "frame;frame;...;leaf COUNT" lines.
@@ -658,18 +660,16 @@ def summarize_stacks(lines: list[str], top: int = TOP_PROFILE) -> dict:
     own: dict[str, int] = {}
     incl: dict[str, int] = {}
     total = 0
-    skip = ("runpy", "cli.py", "loops.py", "__main__.py", "runners.py", "base_events.py")
     for line in lines:
         stack, _, count = line.rstrip().rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
         total += n
-        frames = [_frame_key(f) for f in stack.split(";") if not any(k in f for k in skip)]
-        if not frames:
-            frames = ["(event loop)"]
+        frames = [_frame_key(f) for f in stack.split(";")]
         own[frames[-1]] = own.get(frames[-1], 0) + n
-        for key in set(frames):
+        start = next((i for i, f in enumerate(frames) if "data_received" in f), None)
+        for key in {"(outside data_received)"} if start is None else set(frames[start:]):
             incl[key] = incl.get(key, 0) + n
 
     def rows(d: dict[str, int]) -> list[dict]:
@@ -680,7 +680,8 @@ def summarize_stacks(lines: list[str], top: int = TOP_PROFILE) -> dict:
 
 
 def _profile(tmp: Path, quick: bool) -> dict:
-    # py-spy samples the running node without slowing its Python code much; cProfile is the fallback.
+    # py-spy samples the running node, C and Cython frames included (--native pauses it briefly
+    # per sample); cProfile (Python functions only) is the fallback.
     count = PROFILE_MESSAGES_QUICK if quick else PROFILE_MESSAGES_FULL
     spy = _py_spy()
     prof = tmp / "node.prof"
@@ -701,12 +702,12 @@ def _profile(tmp: Path, quick: bool) -> dict:
                     "400",
                     "--format",
                     "raw",
-                    "--nonblocking",
+                    "--native",
                     "-o",
                     str(raw),
                 ],
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
             time.sleep(SETTLE)  # py-spy attaches
         fig = run_round(links[0], links[1:], stream, count, True)
@@ -722,7 +723,10 @@ def _profile(tmp: Path, quick: bool) -> dict:
         proc.stop()
     out = {"messages": count, "in_per_s_while_profiled": fig["in_per_s"]}
     if spy:
-        out["tool"] = "py-spy (sampling, 400 Hz, active samples only)"
+        out["tool"] = "py-spy --native (sampling, 400 Hz, active samples only)"
+        if not raw.exists():  # e.g. no ptrace permission
+            err = sampler.stderr.read().decode(errors="replace")[-500:]
+            return dict(out, tool=f"py-spy failed: {err}", samples=0, self=[], inclusive=[])
         out.update(summarize_stacks(raw.read_text().splitlines()))
         return out
     stats = pstats.Stats(str(prof))

@@ -158,8 +158,10 @@ def test_relay_summarize_stacks():
     assert s["samples"] == 10
     incl = {r["function"]: r["pct"] for r in s["inclusive"]}
     own = {r["function"]: r["pct"] for r in s["self"]}
-    assert incl["Peer.data_received (peer.py)"] == 80.0
-    assert own["Router.route (routing.py)"] == 60.0 and own["(event loop)"] == 20.0
+    assert incl["Peer.data_received (peer.py)"] == 80.0 and incl["Router.route (routing.py)"] == 60.0
+    assert incl["(outside data_received)"] == 20.0
+    assert "Runner.run (runners.py)" not in incl  # above data_received: on every stack, not ranked
+    assert own["Router.route (routing.py)"] == 60.0 and own["Runner.run (runners.py)"] == 20.0
 
 
 @pytest.mark.needs_cython
