@@ -340,6 +340,7 @@ def test_resume_after_source_killed(net, tmp_path):
         (state_path,) = sidecars.glob("*.state")
         have = sum(e - s for s, e in json.loads(state_path.read_text())["done"])
         assert 0 < have < BIG_SIZE
+        b.wait_log(rf"left #\d+ 127\.0\.0\.1:{r.port}: remote closed the connection")  # who left, and why
 
         r = NodeProc(tmp_path / "r", "--connect", b.addr, "--share", str(share))  # same home: sha1 cache
         r.wait_log(r"connected to #\d+ ")
