@@ -32,6 +32,7 @@ import json
 import math
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -74,6 +75,10 @@ QUIET_FLOOD = 0.3
 # Dynamic querying waits 2.4 s per hop by default, a wide-area figure; loopback answers in
 # milliseconds, so the benchmark's ultrapeers wait this long instead.
 DQ_HOP_WAIT = 0.25
+# Seen-GUID and route tables per node: a run sees a few hundred query GUIDs per node, and the
+# servent default (1M entries, ~32 MB each, preallocated by the Cython cache) would make 150
+# in-process nodes cost ~10 GB.
+NODE_TABLE_SIZE = 1 << 15
 # Housekeeping period of the benchmark's nodes (QRP tables propagate on ticks).
 TICK = 0.2
 # Caps on waiting: links to come up, QRP tables to settle, a phase to drain.
@@ -94,7 +99,7 @@ FULL = {
     "nodes": 150,
     "topologies": ("random", "powerlaw"),
     "modes": ("flood", "hybrid"),
-    "replications": ("uniform", "sqrt", "proportional"),
+    "replications": ("uniform", "sqrt"),
     "paced": 60,
     "burst": 200,
     "seeds": (1, 2, 3),
@@ -219,8 +224,13 @@ def _config(home: Path, mode: str, nodes: int) -> NodeConfig:
         "max_leaves": nodes + 8,
     }
     known = {f.name for f in dataclasses.fields(NodeConfig)}
-    if "dq_hop_wait" in known:
-        kw["dq_hop_wait"] = DQ_HOP_WAIT
+    for key, value in (
+        ("dq_hop_wait", DQ_HOP_WAIT),
+        ("seen_cache_size", NODE_TABLE_SIZE),
+        ("route_table_size", NODE_TABLE_SIZE),
+    ):
+        if key in known:
+            kw[key] = value
     return NodeConfig(**kw)
 
 
@@ -405,6 +415,7 @@ async def measure_network(spec: Spec, tmp: Path) -> dict:
         "replication": spec.replication,
         "seed": spec.seed,
         "implementation": IMPLEMENTATION,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "build_s": build_s,
         "stop_s": stop_s,
         "paced_s": paced_s,
