@@ -101,6 +101,10 @@ class Peer(asyncio.Protocol):
             self._drain_events()
         except ProtocolError as exc:
             self.node.protocol_error(self, exc)
+        except Exception as exc:  # a bug of ours must cost this link only, never the node
+            log.exception("internal error handling data from %s", self.describe())
+            self.node.events["internal_errors"] += 1
+            self.close(f"internal error: {exc!r}")
         self.node.flush()
 
     def eof_received(self) -> bool | None:
