@@ -126,6 +126,7 @@ def hash_guid(guid, seed):
 # --- Message -----------------------------------------------------------------------------------
 @cython.final
 @cython.freelist(1024)  # Messages recycled without the allocator: a feed of small messages reuses them
+@cython.no_gc  # holds only a bytes object, so it can never be part of a cycle: spare the collector
 cdef class Message:
     """One Gnutella message: the 23-byte header fields plus the payload, and the raw bytes as received.
 

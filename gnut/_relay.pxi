@@ -21,6 +21,7 @@
 # Anything else that may match (non-ASCII text, extensions, no table installed) is handed over.
 
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.pyport cimport PY_SSIZE_T_MIN
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, realloc
 
@@ -33,6 +34,7 @@ MAX_ROUTE_CAPACITY = 1 << 24
 
 cdef enum:
     ROUTE_FIRST_POOL = 64  # records allocated at first use; the pool doubles up to the capacity
+    BUF_FIRST = 4096  # an output bytearray grows to at least this much at once, then doubles
     MODE_FLOOD = 0
     MODE_ULTRAPEER = 1
     MODE_LEAF = 2
@@ -223,9 +225,11 @@ cdef class RouteMap:
         cdef const uint8_t *g = self._recs[self._head].guid
         self._remove(self._find(g, self._hash(g)))
 
-    cdef int _put(self, const uint8_t *guid, int32_t peer, uint32_t gen, double now) except -1:
+    cdef int _put(self, const uint8_t *guid, int32_t peer, uint32_t gen, double now,
+                  bint absent=False) except -1:
+        """Insert or refresh guid's entry; `absent` says a lookup just found none (skips a probe)."""
         cdef uint64_t h = self._hash(guid)
-        cdef int64_t pos = self._find(guid, h)
+        cdef int64_t pos = -1 if absent else self._find(guid, h)
         if pos >= 0:
             self._remove(pos)
         while self._count >= self._capacity:
@@ -330,6 +334,7 @@ cdef class RelayCore:
     cdef tuple _relay_ids  # relay peers (flood, ultrapeer) in the order they were added
     cdef int64_t *_rid
     cdef Py_ssize_t *_base  # per relay slot, this call: queued bytes beside the bytearray, <0 = none
+    cdef Py_ssize_t *_size  # per relay slot, this call: bytes written in its bytearray (it may be longer)
     cdef uint32_t *_app
     cdef uint32_t *_shed
     cdef uint8_t *_filled
@@ -344,6 +349,7 @@ cdef class RelayCore:
     def __cinit__(self):
         self._rid = NULL
         self._base = NULL
+        self._size = NULL
         self._app = NULL
         self._shed = NULL
         self._filled = NULL
@@ -375,6 +381,7 @@ cdef class RelayCore:
     def __dealloc__(self):
         free(self._rid)
         free(self._base)
+        free(self._size)
         free(self._app)
         free(self._shed)
         free(self._filled)
@@ -441,6 +448,7 @@ cdef class RelayCore:
             size = max(n, 2 * self._alloc, 8)
             self._rid = <int64_t *>_grow_array(self._rid, size * sizeof(int64_t))
             self._base = <Py_ssize_t *>_grow_array(self._base, size * sizeof(Py_ssize_t))
+            self._size = <Py_ssize_t *>_grow_array(self._size, size * sizeof(Py_ssize_t))
             self._app = <uint32_t *>_grow_array(self._app, size * sizeof(uint32_t))
             self._shed = <uint32_t *>_grow_array(self._shed, size * sizeof(uint32_t))
             self._filled = <uint8_t *>_grow_array(self._filled, size * sizeof(uint8_t))
@@ -541,12 +549,31 @@ cdef class RelayCore:
             if not PyByteArray_CheckExact(<object>PyList_GET_ITEM(bufs, k)):
                 raise LocalProtocolError(f"output buffer {k} is not a bytearray")
             self._base[k] = <object>PyList_GET_ITEM(bases, k)
+            self._size[k] = PyByteArray_GET_SIZE(<object>PyList_GET_ITEM(bufs, k))
         st = self._peers.get(peer_id)
         if i >= n:
             return n, STOP_END
         if st is None or not st[1] or self._mode == MODE_LEAF:
             return i, STOP_ROUTE
-        cdef uint32_t gen = <uint32_t>st[0]
+        try:
+            i = self._relay(peer_id, <uint32_t>st[0], msgs, i, now, bufs, low_water, high_water)
+        finally:
+            # Buffers grow ahead in doubling steps: give each back its written length (a shrink by
+            # less than half keeps the allocation, so the next call appends without a realloc).
+            for k in range(ns):
+                buf = <object>PyList_GET_ITEM(bufs, k)
+                if PyByteArray_GET_SIZE(buf) != self._size[k]:
+                    PyByteArray_Resize(buf, self._size[k])
+        if i < 0:
+            return -i - 1, STOP_LOCAL
+        if i < n:
+            return i, STOP_ROUTE
+        return n, STOP_END
+
+    cdef Py_ssize_t _relay(self, int peer_id, uint32_t gen, list msgs, Py_ssize_t i, double now, list bufs,
+                           Py_ssize_t low_water, Py_ssize_t high_water) except? PY_SSIZE_T_MIN:
+        """relay()'s loop: the index it stopped at (STOP_ROUTE, or n at the end), -index-1 for STOP_LOCAL."""
+        cdef Py_ssize_t n = PyList_GET_SIZE(msgs), ns = self._nslots, k, plen, size, room
         cdef bint up = self._mode == MODE_ULTRAPEER
         cdef object obj, buf
         cdef Message m
@@ -559,20 +586,20 @@ cdef class RelayCore:
         while i < n:
             obj = <object>PyList_GET_ITEM(msgs, i)
             if type(obj) is not Message:
-                return i, STOP_ROUTE
+                return i
             m = <Message>obj
             plen = m._len - HDR
             ttl = m._ttl
             hops = m._hops
             if (m._type != MSG_QUERY_T or ttl == 0 or ttl + hops > HARD_TTL
                     or plen > QUERY_RELAY_MAX or plen < 3):
-                return i, STOP_ROUTE
+                return i
             eff = SOFT_TTL - hops
             if ttl < eff:
                 eff = ttl
             out_ttl = eff - 1 if eff >= 2 else 0
             if up and (self._leaf_qrp or (out_ttl == 1 and self._relay_qrp)):
-                return i, STOP_ROUTE  # QRP tables decide targets: Router.route
+                return i  # QRP tables decide targets: Router.route
             h = <const uint8_t *>m._ptr()
             route = self._routes._get(h, now)
             if route != NULL:
@@ -582,7 +609,7 @@ cdef class RelayCore:
                     i += 1
                     continue
                 if route.peer == peer_id and route.gen == gen:
-                    return i, STOP_ROUTE  # resent on its own link: the node watches for replayers
+                    return i  # resent on its own link: the node watches for replayers
             if self._seen._seen(h, MSG_QUERY_T, now):
                 self._n_received += 1
                 self._n_dup += 1
@@ -591,7 +618,7 @@ cdef class RelayCore:
                 continue
             self._n_received += 1
             self._n_local += 1
-            self._routes._put(h, peer_id, gen, now)
+            self._routes._put(h, peer_id, gen, now, route == NULL)
             if out_ttl:
                 low = hops >= 2
                 for k in range(ns):
@@ -604,13 +631,17 @@ cdef class RelayCore:
                             self._n_flow += 1
                         continue
                     buf = <object>PyList_GET_ITEM(bufs, k)
-                    size = PyByteArray_GET_SIZE(buf)
+                    size = self._size[k]
                     if base + size > high_water or (low and base + size > low_water):
                         self._shed[k] += 1
                         self._n_flow += 1
                         continue
-                    PyByteArray_Resize(buf, size + m._len)
+                    room = PyByteArray_GET_SIZE(buf)
+                    if size + m._len > room:
+                        room = 2 * room if 2 * room > size + m._len else size + m._len
+                        PyByteArray_Resize(buf, room if room > BUF_FIRST else BUF_FIRST)
                     q = <uint8_t *>PyByteArray_AS_STRING(buf) + size
+                    self._size[k] = size + m._len
                     memcpy(q, h, m._len)
                     q[17] = <uint8_t>out_ttl
                     q[18] = <uint8_t>(hops + 1)
@@ -619,10 +650,10 @@ cdef class RelayCore:
                     self._app[k] += 1
                     self._c_sent += 1
             if self._may_match(h + HDR, plen):
-                return i, STOP_LOCAL
+                return -i - 1
             self._c_unseen += 1
             i += 1
-        return n, STOP_END
+        return n
 
     def end_chunk(self):
         """Hand over and zero the per-chunk figures.
