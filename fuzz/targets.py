@@ -26,7 +26,7 @@ from gnut import connection as cx
 from gnut import ggep, handshake, http, messages, qrp
 from gnut import routing as rt
 from gnut.constants import GUID_LEN, HEADER_LEN, MAX_PAYLOAD
-from gnut.errors import RemoteProtocolError
+from gnut.errors import LocalProtocolError, RemoteProtocolError
 
 # Largest input a target looks at: bigger inputs only slow the fuzzer down (limits are tested apart).
 MAX_INPUT = 256 * 1024
@@ -34,6 +34,8 @@ MAX_INPUT = 256 * 1024
 QRP_MAX_MESSAGES = 8
 # Memory a QRP table may hold after any input: 2^21 slots of one byte (QRP_MAX_TABLE_BITS).
 QRP_MAX_TABLE_BYTES = 1 << 21
+# Payload sizes from which re-encoding a decoded QUERY may pass the 1 KiB cap (growth measured: +9 B).
+QUERY_GROWTH_ZONE = 1024 - 128
 # Bytes of pending input a FrameReader may hold: one header plus the largest payload.
 FRAME_MAX_BUFFERED = HEADER_LEN + MAX_PAYLOAD
 
@@ -136,6 +138,13 @@ def message_codecs(data: bytes) -> None:
         return
     try:
         again = msg.encode()
+    except LocalProtocolError as exc:
+        # Re-encoding may grow a payload (a GGEP H urn is also written as text, GGEP goes out COBS
+        # encoded, finding crash-97dac4337ec3d949): near the 1 KiB cap encode() then refuses to
+        # build a query peers would disconnect for.  Only that refusal is accepted.
+        if "exceeds" in str(exc) and len(payload) > QUERY_GROWTH_ZONE:
+            return
+        raise AssertionError(f"decoded {type(msg).__name__} does not re-encode: {exc!r}") from exc
     except Exception as exc:  # noqa: BLE001 - a decoded message that cannot be re-encoded is a finding
         raise AssertionError(f"decoded {type(msg).__name__} does not re-encode: {exc!r}") from exc
     assert messages.decode(mtype, again) == msg, "decode(encode(decode(x))) != decode(x)"
