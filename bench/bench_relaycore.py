@@ -11,7 +11,11 @@
 # repeat uses fresh GUIDs. "before" is router.use_core = False (Router.route per message, the
 # path before RelayCore); "after" is the default. Workloads: the node shares nothing (every query
 # is only relayed), and the node shares 200 files whose words overlap the query vocabulary (a
-# few queries are answered, the local filter keeps the others away from Python).
+# few queries are answered, the local filter keeps the others away from Python), and an ultrapeer
+# with 30 leaves that sent real QRP tables over their links (RESET + zlib PATCH, 40 files of two
+# vocabulary words each) plus 4 ultrapeer links, one of which sent a table too (last-hop QRP): the
+# common real-world ultrapeer (gtk-gnutella holds ~30 leaves), where every query's targets are
+# chosen by QRP tables.
 
 from __future__ import annotations
 
@@ -38,6 +42,10 @@ REPEATS = {"full": 5, "quick": 3}
 DUP_EVERY = 10  # every 10th query also arrives from a sink
 WORDS = 600  # query vocabulary
 SHARED_FILES = 200
+LEAVES = 30  # leaves of the ultrapeer workload (gtk-gnutella's usual leaf slots)
+LEAF_FILES = 40  # files per leaf, two vocabulary words each, in its QRP table
+UP_TABLE_WORDS = WORDS // 2  # vocabulary words in the QRP table of one ultrapeer sink
+ULTRAPEER_WORKLOAD = f"ultrapeer with {LEAVES} QRP leaves"
 URN_SHARE = 0.15  # queries carrying a urn:sha1 extension
 
 
@@ -81,12 +89,12 @@ def _frame(stream: bytes) -> list[list]:
     return [m for m in (reader.feed(stream[i : i + CHUNK]) for i in range(0, len(stream), CHUNK)) if m]
 
 
-async def _raw_link(node) -> asyncio.StreamWriter:
-    """Open a handshaken raw Gnutella link to `node` (its Connection) and return the writer."""
+async def _raw_link(node, mode: str = "ultrapeer", deflate: bool = False):
+    """Open a handshaken raw Gnutella link to `node` and return (its Connection, the writer)."""
     from gnut import connection as cx
     from gnut import handshake as hs
 
-    cfg = hs.HandshakeConfig(mode="ultrapeer", listen_ip="127.0.0.1", listen_port=1, accept_deflate=False)
+    cfg = hs.HandshakeConfig(mode=mode, listen_ip="127.0.0.1", listen_port=1, accept_deflate=deflate)
     conn = cx.Connection(cfg, outgoing=True, remote_ip="127.0.0.1")
     reader, writer = await asyncio.open_connection(*node.address)
     writer.write(conn.data_to_send())
@@ -99,13 +107,50 @@ async def _raw_link(node) -> asyncio.StreamWriter:
         if out:
             writer.write(out)
         if isinstance(ev, cx.HandshakeComplete):
-            return writer
+            return conn, writer
+
+
+def _send_table(conn, writer, words) -> None:
+    """Send a QRP table holding `words` (and their prefixes) over a raw link, as a leaf does."""
+    from gnut import messages, qrp
+    from gnut.constants import MSG_QRP
+    from gnut.guid import new_guid
+
+    table = qrp.QrpTable()
+    for w in words:
+        table.add_words(qrp.keywords(w))
+    for m in table.to_messages(entry_bits=4):
+        conn.send_raw(messages.build(new_guid(), MSG_QRP, 1, 0, m.encode()))
+    writer.write(conn.data_to_send())
+
+
+async def _ultrapeer_links(node, rng: random.Random, vocab: list[str]) -> list:
+    """SINKS + 1 ultrapeer links (the last sink with a QRP table) and LEAVES leaves with tables."""
+    node.accepts_per_ip_per_minute = 10 * (SINKS + 1 + LEAVES)  # all from 127.0.0.1 at once
+    writers = []
+    for k in range(SINKS + 1):
+        conn, w = await _raw_link(node)
+        if k == SINKS:
+            _send_table(conn, w, rng.sample(vocab, UP_TABLE_WORDS))
+        writers.append(w)
+    for _ in range(LEAVES):
+        conn, w = await _raw_link(node, "leaf", deflate=True)
+        _send_table(conn, w, [f"{rng.choice(vocab)} {rng.choice(vocab)}" for _ in range(LEAF_FILES)])
+        writers.append(w)
+    peers = node.router._peers
+    deadline = time.monotonic() + 20
+    while sum(st.matcher is not None for st in peers.values()) < LEAVES + 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the leaves' QRP tables did not arrive")
+        await asyncio.sleep(0.01)
+    return writers
 
 
 async def _measure(quick: bool) -> dict:
     from gnut import fastpath
     from gnut.config import NodeConfig
     from gnut.node import Node
+    from gnut.routing import PeerRole
 
     size = "quick" if quick else "full"
     count, repeats = MESSAGES[size], REPEATS[size]
@@ -118,23 +163,33 @@ async def _measure(quick: bool) -> dict:
         share.mkdir()
         for i in range(SHARED_FILES):
             (share / f"{rng.choice(vocab)} {rng.choice(vocab)} {i}.txt").write_bytes(b"x" * 64)
-        for workload, dirs in (("relay only (no shares)", []), (f"{SHARED_FILES} shared files", [share])):
+        workloads = (
+            ("relay only (no shares)", "flood", []),
+            (f"{SHARED_FILES} shared files", "flood", [share]),
+            (ULTRAPEER_WORKLOAD, "ultrapeer", []),
+        )
+        for workload, node_mode, dirs in workloads:
             cfg = NodeConfig(
                 listen_host="127.0.0.1",
                 listen_port=0,
-                mode="flood",
+                mode=node_mode,
                 home=Path(tmp) / workload[:5],
                 share_dirs=dirs,
                 control=False,
                 save_hosts=False,
                 out_links=0,
+                max_leaves=LEAVES,
             )
             cfg.home.mkdir(exist_ok=True)
             node = Node(cfg)
             await node.start()
-            writers = [await _raw_link(node) for _ in range(SINKS + 1)]
+            if node_mode == "ultrapeer":
+                writers = await _ultrapeer_links(node, random.Random(11), vocab)
+            else:
+                writers = [(await _raw_link(node))[1] for _ in range(SINKS + 1)]
+            want = len(writers)
             deadline = time.monotonic() + 10
-            while sum(p.established for p in node.peers.values()) < SINKS + 1 and time.monotonic() < deadline:
+            while sum(p.established for p in node.peers.values()) < want and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             links = sorted(node.peers.values(), key=lambda p: p.id)
             src, echo = links[0], links[1]
@@ -154,6 +209,7 @@ async def _measure(quick: bool) -> dict:
                     plan += [(echo, c) for c in dchunks]
                     on_frames = node.on_frames
                     received = node.router.received[0x80]
+                    leaf_msgs = sum(p.msgs_out for p in links if p.role == PeerRole.LEAF)
                     t0 = time.perf_counter()
                     for peer, msgs in plan:
                         on_frames(peer, msgs)
@@ -167,12 +223,14 @@ async def _measure(quick: bool) -> dict:
                         )
                     if rep:  # the first round warms up
                         times.append(dt)
+                    leaf_copies = sum(p.msgs_out for p in links if p.role == PeerRole.LEAF) - leaf_msgs
                 times.sort()
                 med = times[len(times) // 2]
                 results["rows"][f"{workload} / {mode}"] = {
                     "msgs_per_s": total / med,
                     "spread_pct": 100 * (times[-1] - times[0]) / med,
                     "answered": node.events["queries_answered"],
+                    "leaf_copies_per_query": leaf_copies / total,
                 }
             for w in writers:
                 w.close()
@@ -211,13 +269,16 @@ def format_table(result: dict) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for impl, res in result.items():
-        for workload in ("relay only (no shares)", f"{SHARED_FILES} shared files"):
+        for workload in ("relay only (no shares)", f"{SHARED_FILES} shared files", ULTRAPEER_WORKLOAD):
             b = res["rows"][f"{workload} / before"]
             a = res["rows"][f"{workload} / after"]
             lines.append(
                 f"| {workload} | {impl} | {b['msgs_per_s']:,.0f} | {a['msgs_per_s']:,.0f} | "
                 f"{a['msgs_per_s'] / b['msgs_per_s']:.1f}x | {b['spread_pct']:.0f}% / {a['spread_pct']:.0f}% |"
             )
+    for impl, res in result.items():
+        row = res["rows"][f"{ULTRAPEER_WORKLOAD} / after"]
+        lines.append(f"\n{impl}, {ULTRAPEER_WORKLOAD}: {row['leaf_copies_per_query']:.2f} leaf copies per query")
     c, p = result.get("cython"), result.get("python")
     if c and p:
         w = "relay only (no shares)"
