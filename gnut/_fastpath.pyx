@@ -479,10 +479,16 @@ cdef enum:
     # Tables this large are 2 MiB-aligned and advised into transparent huge pages: lookups are
     # random, and with 4 KiB pages a 1M-entry cache (31 MB) misses the TLB on nearly every one.
     HUGE_PAGE = 2 * 1024 * 1024
+    # A new cache holds this many entries (its capacity if smaller) and doubles when they are all
+    # live: 4096 entries are ~125 KB, so a quiet servent or one of 100k simulated nodes does not pay
+    # the 31 MB of a full 1M-entry cache, and the first doublings (~0.1 ms each) go unnoticed.
+    INITIAL_ENTRIES = 4096
+# The same number for tests and benchmarks (where the doublings happen); the pure twin has no table.
+_CACHE_INITIAL_ENTRIES = INITIAL_ENTRIES
 
 
-cdef void *_table_alloc(size_t nbytes) noexcept nogil:
-    """Zeroed memory for a cache table, in huge pages when it is large (NULL when out of memory)."""
+cdef void *_table_alloc(size_t nbytes, bint zero) noexcept nogil:
+    """Memory for a cache table, in huge pages when it is large, zeroed if asked (NULL when out of memory)."""
     cdef void *p = NULL
     if nbytes < HUGE_PAGE:
         p = malloc(nbytes)
@@ -490,7 +496,7 @@ cdef void *_table_alloc(size_t nbytes) noexcept nogil:
         p = NULL
     else:
         madvise(p, nbytes, MADV_HUGEPAGE)  # advice only: without THP the table still works
-    if p != NULL:
+    if p != NULL and zero:
         memset(p, 0, nbytes)
     return p
 
@@ -518,15 +524,23 @@ cdef class GuidCache:
     bucket lets a deletion shift the cluster back without reading or rehashing the records it
     moves. The bucket is XXH3-64 of the GUID seeded with (seed ^ kind), mapped by multiply-shift.
     Expiry and eviction pop the ring's tail and delete its slot: every operation is amortised O(1).
+
+    Growth: the ring starts at INITIAL_ENTRIES records (capacity if smaller), the table at 1.5 times
+    that. When every record is live and a new one arrives, both double (the last step stops at
+    capacity): the ring is unrolled oldest-first into the new one and every record is rehashed into
+    the new table, O(n) once per doubling, so O(1) amortised and memory follows the live count. At
+    capacity the oldest entry is evicted instead. If the memory for a doubling cannot be had, the
+    cache keeps its current size for good and evicts from there: it never fails a lookup.
     """
 
     cdef Record *_ring
     cdef uint32_t *_slots
-    cdef Py_ssize_t _capacity, _tsize, _head, _count
+    cdef Py_ssize_t _capacity, _size, _tsize, _head, _count  # _size: records the ring holds now
     cdef int _ibits  # bits of (ring index + 1); the distance sits above them, the fingerprint on top
     cdef uint32_t _imask, _fmask
     cdef uint64_t _seed
     cdef double _max_age, _now
+    cdef bint _grow_failed
     cdef object _seed_obj
 
     def __cinit__(self):
@@ -534,7 +548,7 @@ cdef class GuidCache:
         self._slots = NULL
 
     def __init__(self, capacity, max_age, seed=None):
-        """Create an empty cache.
+        """Create an empty cache (small: the ring and table grow as entries arrive).
 
         Args:
             capacity: most entries held, 1 .. MAX_CACHE_CAPACITY.
@@ -555,7 +569,9 @@ cdef class GuidCache:
         if self._ring != NULL:
             raise LocalProtocolError("GuidCache is already initialised")
         self._capacity = capacity
-        self._tsize = capacity + capacity // 2 + 1  # load factor <= 2/3, always an empty slot
+        self._size = min(capacity, INITIAL_ENTRIES)
+        self._tsize = self._size + self._size // 2 + 1  # load factor <= 2/3, always an empty slot
+        # Index bits for the final capacity: slot values keep one layout through every doubling.
         self._ibits = (<object>capacity).bit_length()
         self._imask = (1u << self._ibits) - 1
         self._fmask = ~((1u << (self._ibits + DIST_BITS)) - 1)
@@ -565,8 +581,9 @@ cdef class GuidCache:
         self._now = float("-inf")
         self._head = 0
         self._count = 0
-        self._ring = <Record *>_table_alloc(sizeof(Record) * self._capacity)
-        self._slots = <uint32_t *>_table_alloc(sizeof(uint32_t) * self._tsize)
+        self._grow_failed = False
+        self._ring = <Record *>_table_alloc(sizeof(Record) * self._size, False)
+        self._slots = <uint32_t *>_table_alloc(sizeof(uint32_t) * self._tsize, True)
         if self._ring == NULL or self._slots == NULL:
             raise MemoryError()
 
@@ -593,8 +610,8 @@ cdef class GuidCache:
         return self._count
 
     def memory_bytes(self):
-        """Bytes of the ring and the hash table (fixed at construction)."""
-        return sizeof(Record) * self._capacity + sizeof(uint32_t) * self._tsize
+        """Bytes of the ring and the hash table allocated now (they double with the live entries)."""
+        return sizeof(Record) * self._size + sizeof(uint32_t) * self._tsize
 
     cdef inline uint64_t _hash(self, const uint8_t *guid, uint8_t kind) noexcept nogil:
         return _xxh3(guid, GLEN, self._seed ^ kind)
@@ -619,11 +636,56 @@ cdef class GuidCache:
                 d += self._tsize
         return d
 
+    cdef bint _grow(self) noexcept nogil:
+        """Double a full ring and its table (at most to capacity), rehashing every record.
+
+        Returns False, and changes nothing, when the memory cannot be had (then never tries again).
+        """
+        cdef Py_ssize_t size = self._size * 2
+        if size > self._capacity:
+            size = self._capacity
+        cdef Py_ssize_t tsize = size + size // 2 + 1
+        cdef Record *ring = <Record *>_table_alloc(sizeof(Record) * size, False)
+        cdef uint32_t *slots = <uint32_t *>_table_alloc(sizeof(uint32_t) * tsize, True)
+        if ring == NULL or slots == NULL:
+            free(ring)
+            free(slots)
+            self._grow_failed = True
+            return False
+        # The ring is full, so its oldest record sits at the head: unroll it oldest-first from 0.
+        cdef Py_ssize_t n = self._count, older = self._size - self._head
+        memcpy(ring, self._ring + self._head, sizeof(Record) * older)
+        memcpy(ring + older, self._ring, sizeof(Record) * self._head)
+        free(self._ring)
+        free(self._slots)
+        self._ring = ring
+        self._slots = slots
+        self._size = size
+        self._tsize = tsize
+        self._head = n
+        cdef Py_ssize_t k, i, home, d
+        cdef uint64_t h
+        cdef Record *r
+        for k in range(n):
+            r = &ring[k]
+            h = self._hash(r.guid, r.kind)
+            home = self._home(h)
+            i = home
+            while slots[i] != 0:
+                i += 1
+                if i == tsize:
+                    i = 0
+            d = i - home
+            if d < 0:
+                d += tsize
+            slots[i] = self._fp(h) | self._dist_bits(d) | <uint32_t>(k + 1)
+        return True
+
     cdef void _delete_tail(self) noexcept nogil:
         """Drop the oldest record: find its slot, then shift the cluster after it back."""
         cdef Py_ssize_t tail = self._head - self._count
         if tail < 0:
-            tail += self._capacity
+            tail += self._size
         cdef Record *r = &self._ring[tail]
         cdef uint32_t want = <uint32_t>(tail + 1)
         cdef Py_ssize_t i = self._home(self._hash(r.guid, r.kind))
@@ -662,7 +724,7 @@ cdef class GuidCache:
         while self._count:
             tail = self._head - self._count
             if tail < 0:
-                tail += self._capacity
+                tail += self._size
             if now - self._ring[tail].t >= self._max_age:
                 self._delete_tail()
             else:
@@ -684,9 +746,11 @@ cdef class GuidCache:
             i += 1
             if i == self._tsize:
                 i = 0
-        if self._count == self._capacity:
-            self._delete_tail()
-            # The shift may have moved entries: find the (now first) empty slot again.
+        if self._count == self._size:
+            if self._size < self._capacity and not self._grow_failed and self._grow():
+                home = self._home(h)  # a new table: a new home and a new first empty slot
+            else:
+                self._delete_tail()  # the shift may have moved entries: find the first empty slot again
             i = home
             while self._slots[i] != 0:
                 i += 1
@@ -701,7 +765,7 @@ cdef class GuidCache:
             d += self._tsize
         self._slots[i] = fp | self._dist_bits(d) | <uint32_t>(self._head + 1)
         self._head += 1
-        if self._head == self._capacity:
+        if self._head == self._size:
             self._head = 0
         self._count += 1
         return False

@@ -6,6 +6,9 @@ import collections
 import importlib
 import os
 import random
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -493,9 +496,103 @@ def test_guid_cache_memory(impl):
 
 @pytest.mark.needs_cython
 def test_cython_cache_is_at_most_32_bytes_per_entry_at_1m():
+    # Measured full, after every doubling: 2^20 is reached by doubling 4096, 10^6 by a last
+    # step that stops at the capacity.
     fast = importlib.import_module("gnut._fastpath")
     for capacity in (1 << 20, 1_000_000):
-        assert fast.GuidCache(capacity, 600.0).memory_bytes() / capacity <= 32
+        cache = fast.GuidCache(capacity, 600.0, seed=3)
+        blob = os.urandom(16 * (capacity + 10))
+        for i in range(0, len(blob), 16):
+            cache.seen(blob[i : i + 16], 0x80, 0.0)
+        assert len(cache) == capacity
+        assert cache.memory_bytes() / capacity <= 32
+
+
+FRESH_CACHE_MAX_BYTES = 256 * 1024  # a new 1M-entry cache must not hold more than this
+
+
+def test_guid_cache_starts_small_and_grows_with_entries(impl):
+    cache = impl.GuidCache(1 << 20, 600.0, seed=8)
+    fresh = cache.memory_bytes()
+    assert 0 < fresh <= FRESH_CACHE_MAX_BYTES
+    sizes = []
+    for i in range(20000):
+        assert not cache.seen(g(i), 0x80, 0.0)
+        if i % 1000 == 999:
+            sizes.append(cache.memory_bytes())
+    assert sizes == sorted(sizes) and sizes[-1] > 2 * fresh  # grows, never shrinks while filling
+    assert all(cache.seen(g(i), 0x80, 1.0) for i in range(20000))  # growth lost nothing
+    assert len(cache) == 20000
+    if impl.__name__ == "gnut._fastpath":
+        # Doubling leaves at most half the ring unused: under 64 bytes per live entry.
+        assert cache.memory_bytes() <= 64 * 20000
+
+
+def test_guid_cache_growth_matches_reference_model(impl):
+    # The ring wraps before it grows (expiry frees its start first), the last doubling stops at a
+    # capacity that is not a power of two, then eviction at capacity takes over; every answer and
+    # the length are checked against the reference model through all of it.
+    initial = getattr(impl, "_CACHE_INITIAL_ENTRIES", 4096)
+    capacity = 3 * initial + 5
+    cache = impl.GuidCache(capacity, 10.0, seed=21)
+    ref = ReferenceCache(capacity, 10.0)
+    rng = random.Random(4)
+
+    def check(guid: bytes, kind: int, now: float) -> None:
+        assert cache.seen(guid, kind, now) == ref.seen(guid, kind, now), (guid, now)
+        assert len(cache) == len(ref.times)
+
+    for i in range(initial - 1000):
+        check(g(i), 0x80, 0.0)
+    for i in range(initial + 1500):  # the first call at t=10 expires the whole first batch
+        check(g(10**6 + i), 0x80, 10.0 + i * 1e-6)
+    assert len(cache) == initial + 1500
+    recent = [g(10**6 + i) for i in range(initial + 1500)]
+    now = 10.5
+    for _step in range(8 * initial):
+        now += rng.choice([0.0, 0.0, 0.0, 1e-4])
+        if rng.random() < 0.3:
+            check(rng.choice(recent), 0x80, now)
+        else:
+            guid = rng.randbytes(16)
+            recent.append(guid)
+            check(guid, rng.choice([0x00, 0x80]), now)
+    assert len(cache) == capacity  # it reached the bound and evicted from there
+
+
+@pytest.mark.needs_cython
+def test_cython_cache_out_of_memory_keeps_its_size_and_evicts(tmp_path):
+    # A real process under an address-space limit: the doubling from 2^17 entries cannot be had,
+    # so the cache stays at 2^17 (evicting the oldest) and never fails a lookup.
+    script = tmp_path / "oom.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, resource
+            from gnut._fastpath import GuidCache
+            live = 1 << 17
+            cache = GuidCache(1 << 20, 600.0, seed=1)
+            guids = [i.to_bytes(16, "big") for i in range(live + 50000)]
+            for guid in guids[:live]:
+                cache.seen(guid, 0x80, 0.0)
+            before = cache.memory_bytes()
+            vm = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            resource.setrlimit(resource.RLIMIT_AS, (vm + (2 << 20), resource.RLIM_INFINITY))
+            fresh = [cache.seen(guid, 0x80, 1.0) for guid in guids[live:]]
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            assert not any(fresh)
+            assert len(cache) == live and cache.memory_bytes() == before
+            assert not any(cache.seen(guid, 0x80, 2.0) for guid in guids[:100])  # evicted oldest
+            cache.seen(os.urandom(16), 0x80, 2.0)  # memory is back, but it does not try again
+            assert len(cache) == live and cache.memory_bytes() == before
+            print("ok", before)
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok ")
 
 
 class ReferenceCache:
