@@ -98,6 +98,9 @@ class Node:
         self.address: tuple[str, int] = (cfg.listen_host, cfg.listen_port)
         self.handshake_config = self._handshake_config()
         self.stopping = False
+        # Established links by role, kept up to date so admitting a peer is O(1), not O(links).
+        self.n_ultrapeers = 0
+        self.n_leaves = 0
         self.wildcard = False
         # Keep-alive and handshake deadlines (constants; tests shorten them on an instance).
         self.idle_ping_after = IDLE_PING_AFTER
@@ -234,6 +237,11 @@ class Node:
         if self.peers.pop(peer.id, None) is None:
             return
         self._qrp_sent.pop(peer.id, None)
+        if peer.counted:
+            if peer.role == rt.PeerRole.LEAF:
+                self.n_leaves -= 1
+            else:
+                self.n_ultrapeers -= 1
         if peer.established:
             self.router.remove_peer(peer.id)
             log.info("left %s: %s", peer.describe(), peer.close_reason)
@@ -250,10 +258,9 @@ class Node:
             peer.close(f"protocol error: {exc}")
 
     def counts(self) -> hs.PeerCounts:
-        ups = sum(1 for p in self.peers.values() if p.established and p.role != rt.PeerRole.LEAF)
-        leaves = sum(1 for p in self.peers.values() if p.established and p.role == rt.PeerRole.LEAF)
         max_leaves = self.cfg.max_leaves if self.cfg.mode == "ultrapeer" else 0
-        return hs.PeerCounts(ultrapeers=ups, leaves=leaves, max_ultrapeers=self.cfg.max_peers, max_leaves=max_leaves)
+        return hs.PeerCounts(ultrapeers=self.n_ultrapeers, leaves=self.n_leaves, max_ultrapeers=self.cfg.max_peers,
+                             max_leaves=max_leaves)
 
     def try_hosts(self) -> list[str]:
         rows = [p.listen_addr for p in self.peers.values() if p.established and p.listen_addr and p.role != rt.PeerRole.LEAF]
@@ -266,7 +273,8 @@ class Node:
         return out[:TRY_HOSTS_OFFERED]
 
     def on_handshake_request(self, peer: Peer, ev) -> None:
-        verdict = hs.evaluate_incoming(self.handshake_config, ev.headers, self.counts(), self.try_hosts())
+        # X-Try-Ultrapeers is built only for a refusal (it walks the peers and the host cache).
+        verdict = hs.evaluate_incoming(self.handshake_config, ev.headers, self.counts())
         if verdict.code == 200:
             peer.conn.accept(verdict.headers, peer_is_ultrapeer=verdict.peer_is_ultrapeer)
         else:
@@ -296,6 +304,11 @@ class Node:
         if peer.outgoing and peer.listen_addr:
             self.hosts.succeeded(*peer.listen_addr, time.time())
         self.router.add_peer(peer.id, peer.role)
+        peer.counted = True
+        if peer.role == rt.PeerRole.LEAF:
+            self.n_leaves += 1
+        else:
+            self.n_ultrapeers += 1
         log.info(
             "connected %s %s as %s (%s, deflate in=%s out=%s)",
             "to" if peer.outgoing else "from", peer.describe(), peer.role.name.lower(), peer.user_agent,
@@ -370,7 +383,7 @@ class Node:
         if core is not None:
             router.set_local_words(self.share.all_words() if self.share is not None else None)
             targets, bufs, bases = [], [], []
-            for pid in core.relay_ids:
+            for pid in core.slot_ids:
                 p = peers.get(pid)
                 targets.append(p)
                 if p is None:

@@ -60,6 +60,7 @@ class Peer(asyncio.Protocol):
         self.closed = False
         self.close_reason = ""
         self.established = False
+        self.counted = False  # included in the node's per-role link counts
         self.msgs_in = 0
         self.msgs_out = 0
         self.shed = 0

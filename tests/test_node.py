@@ -233,3 +233,25 @@ def test_refusal_offers_x_try_ultrapeers_and_dialer_learns_them(run, tmp_path):
             await stop_all(full, other, c)
 
     run(go)
+
+
+def test_link_counts_follow_connects_and_leaves(run, tmp_path):
+    async def go():
+        up = await start_node(tmp_path, "up", mode="ultrapeer")
+        other = await start_node(tmp_path, "other", mode="ultrapeer")
+        leaves = [await start_node(tmp_path, f"leaf{i}", mode="leaf") for i in range(3)]
+        try:
+            await link(other, up)
+            for leaf in leaves:
+                await link(leaf, up)
+            assert (up.n_ultrapeers, up.n_leaves) == (1, 3)
+            await leaves[0].stop()
+            await wait_for(lambda: up.n_leaves == 2, what="leaf count drops")
+            await other.stop()
+            await wait_for(lambda: up.n_ultrapeers == 0, what="ultrapeer count drops")
+            live = [p for p in up.peers.values() if p.established]
+            assert len(live) == 2 and all(p.role.name == "LEAF" for p in live)
+        finally:
+            await stop_all(up, *leaves[1:])
+
+    run(go)
