@@ -165,7 +165,7 @@ class Connection:
         self._events: deque = deque()
         self._inbuf = bytearray()
         self._scanned = 0
-        self._out = bytearray()
+        self._out: list[bytes] = []  # pieces to write, joined once per data_to_send()
         self._reader: FrameReader | None = None
         self._inflater = None
         self._deflater = None
@@ -454,7 +454,7 @@ class Connection:
         """Drain and return the bytes the protocol wants written to the socket."""
         if not self._out:
             return b""
-        out = bytes(self._out)
+        out = b"".join(self._out)  # a single piece is returned as is, without a copy
         self._out.clear()
         return out
 
@@ -464,5 +464,5 @@ class Connection:
         self._inbuf.clear()
 
     def _queue(self, data: bytes) -> None:
-        self._out += data
+        self._out.append(bytes(data))
         self.bytes_out_wire += len(data)
