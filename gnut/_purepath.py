@@ -44,6 +44,7 @@ __all__ = [
     "RouteMap",
     "count_frames",
     "hash_guid",
+    "query_codes",
     "relay_rewrite",
     "relay_rewrite_into",
 ]
@@ -467,4 +468,5 @@ from gnut._purerelay import (  # noqa: E402
     STOP_ROUTE,
     RelayCore,
     RouteMap,
+    query_codes,
 )

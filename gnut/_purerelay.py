@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sys
 from collections import OrderedDict
+from functools import lru_cache
 
 from gnut import constants
 from gnut._purepath import _MAX_SEED, GUID_LEN, HEADER_LEN, GuidCache, Message
@@ -23,7 +24,11 @@ _MODES = ("flood", "ultrapeer", "leaf")
 _QRP_MULT = 0x4F1BBCDC  # qrp.QRP_HASH_MULTIPLIER
 _QRP_MIN_WORD = 3  # qrp.QRP_MIN_WORD_LENGTH
 _WORD_RE = re.compile(rb"[A-Za-z0-9]{%d,}" % _QRP_MIN_WORD)  # maximal ASCII alnum runs, 3+ long
+_NOT_PLAIN_RE = re.compile(rb"[^\x01-\x1b\x1d-\x7f]")  # NUL, 0x1C or non-ASCII: Python decodes the text
 _LOCAL_PEER = -1  # routing.LOCAL_PEER
+# Word codes remembered by the pure twin: a query vocabulary repeats, hashing in Python does not pay.
+_CODE_CACHE_SIZE = 1 << 14
+_QRP_NONE, _QRP_TABLE, _QRP_OPAQUE = 0, 1, 2  # a peer's QRP table: none, readable, Python-only
 
 
 def _guid_bytes(guid) -> bytes:
@@ -120,20 +125,67 @@ class RouteMap:
         return None if entry is None else (entry[0], entry[1])
 
 
+@lru_cache(maxsize=_CODE_CACHE_SIZE)
 def _qrp_code(word: bytes) -> int:
-    """qrp.qrp_hashcode of a lower-case ASCII word."""
+    """qrp.qrp_hashcode of an ASCII word (lower-cased here)."""
+    word = word.lower()
     x = 0
     for i in range(0, len(word), 4):
         x ^= int.from_bytes(word[i : i + 4], "little")
     return (x * _QRP_MULT) & 0xFFFFFFFF
 
 
-class RelayCore:
-    """The whole-chunk QUERY relay of one Router: seen cache, query reverse routes, relay peers.
+def _query_codes(payload: bytes) -> list[int] | None:
+    """The QRP hash codes of a plain-ASCII QUERY payload's words in order, or None (Python parses it)."""
+    if payload[-1] != 0:
+        return None  # extensions follow the text (or no NUL)
+    text = payload[2:-1]
+    if _NOT_PLAIN_RE.search(text):
+        return None
+    return [_qrp_code(w) for w in _WORD_RE.findall(text)]
 
-    Counters (received, forwarded, local queries, duplicates, own echoes, flow-control drops) are
-    handed over, and zeroed, by take_counts(); per-chunk figures for the runtime (copies appended
-    and shed per relay slot, duplicates, queries not handed over) by end_chunk().
+
+def _codes_match(table: bytearray, shift: int, codes: list[int]) -> bool:
+    """QrpTable.matches_hashes for a query of words only: every word's slot present (no word: no match)."""
+    if not codes:
+        return False
+    for c in codes:
+        if not table[c >> shift]:
+            return False
+    return True
+
+
+def query_codes(payload) -> tuple[int, ...] | None:
+    """Return the QRP hash codes RelayCore routes a QUERY payload on, or None when Python must parse it.
+
+    Args:
+        payload: a QUERY payload of 3..MAX_QUERY_RELAY bytes.
+
+    Returns:
+        A tuple of 32-bit codes, one per routed word in text order (duplicates kept), or None for
+        a payload with extensions, a NUL inside, non-ASCII text or an 0x1C separator.
+
+    Raises:
+        LocalProtocolError: the payload is shorter than 3 or longer than MAX_QUERY_RELAY bytes.
+    """
+    b = bytes(payload)
+    if not 3 <= len(b) <= constants.MAX_QUERY_RELAY:
+        raise LocalProtocolError(
+            f"a relayed QUERY payload has 3..{constants.MAX_QUERY_RELAY} bytes, not {len(b)}"
+        )
+    codes = _query_codes(b)
+    return None if codes is None else tuple(codes)
+
+
+class RelayCore:
+    """The whole-chunk QUERY relay of one Router: seen cache, query reverse routes, targets.
+
+    Every live peer has a slot (relay peers and leaves, in the order they were added); a peer's QRP
+    table is held by reference to its QrpTable.slots bytearray. Target rules are Router's
+    _select_targets (see the Cython twin's docstring). Counters (received, forwarded, local
+    queries, duplicates, own echoes, flow-control drops, QRP skips) are handed over, and zeroed, by
+    take_counts(); per-chunk figures for the runtime (copies appended and shed per slot,
+    duplicates, queries not handed over) by end_chunk().
     """
 
     def __init__(self, mode: str, seen: GuidCache, routes: RouteMap) -> None:
@@ -155,17 +207,18 @@ class RelayCore:
         self._mode = mode
         self._seen = seen
         self._routes = routes
-        self._peers: dict[int, list] = {}  # peer id -> [generation, is relay peer, has a QRP table]
-        self._relay_ids: tuple[int, ...] = ()
-        self._leaf_qrp = self._relay_qrp = 0
+        # peer id -> [generation, is relay peer, QRP kind, slots bytearray or None, bits]
+        self._peers: dict[int, list] = {}
+        self._slot_ids: tuple[int, ...] = ()
+        self._leaf_qrp = self._relay_qrp = self._leaf_opaque = self._relay_opaque = 0
         self._local_table: bytes | None = None
         self._local_shift = 32
-        self._counts = [0] * 6
+        self._counts = [0] * 7
         self._chunk = [0, 0, 0]  # copies appended, duplicates, queries not handed over
         self._reset_slots()
 
     def _reset_slots(self) -> None:
-        n = len(self._relay_ids)
+        n = len(self._slot_ids)
         self._app, self._shed, self._filled = [0] * n, [0] * n, [False] * n
 
     @property
@@ -174,9 +227,9 @@ class RelayCore:
         return self._mode != "leaf"
 
     @property
-    def relay_ids(self) -> tuple[int, ...]:
-        """The relay peers' ids in slot order: relay()'s `bufs` and `bases` follow this order."""
-        return self._relay_ids
+    def slot_ids(self) -> tuple[int, ...]:
+        """Every peer's id in slot order (relay peers and leaves): relay()'s `bufs` and `bases` follow it."""
+        return self._slot_ids
 
     def add_peer(self, peer_id: int, gen: int, relay: bool) -> None:
         """Register a live peer (its generation tells reused ids apart); `relay` False for a leaf.
@@ -188,40 +241,58 @@ class RelayCore:
             raise LocalProtocolError(f"peer {peer_id} already registered")
         if not 0 <= peer_id <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
             raise LocalProtocolError(f"peer {peer_id} / generation {gen} out of range")
-        self._peers[peer_id] = [gen, bool(relay), False]
-        if relay:
-            self._relay_ids += (peer_id,)
-            self._reset_slots()
+        self._peers[peer_id] = [gen, bool(relay), _QRP_NONE, None, 0]
+        self._slot_ids += (peer_id,)
+        self._reset_slots()
 
     def remove_peer(self, peer_id: int) -> None:
         """Forget a peer (unknown ids are ignored)."""
         st = self._peers.pop(peer_id, None)
         if st is None:
             return
-        self._set_qrp_flag(st, False)
-        if st[1]:
-            self._relay_ids = tuple(p for p in self._relay_ids if p != peer_id)
-            self._reset_slots()
+        self._count_qrp(st, -1)
+        self._slot_ids = tuple(p for p in self._slot_ids if p != peer_id)
+        self._reset_slots()
 
-    def set_qrp(self, peer_id: int, has_table: bool) -> None:
-        """Say whether a peer has a QRP table (then Router.route decides its queries' targets).
+    def set_qrp(self, peer_id: int, has_table: bool, slots: bytearray | None = None, bits: int = 0) -> None:
+        """Install, replace or clear a peer's QRP table.
+
+        Args:
+            peer_id: a registered peer.
+            has_table: False clears the table (the peer sent none).
+            slots: the table's presence bytes (QrpTable.slots: a bytearray of 2**bits bytes, non-zero
+                = present), held by reference; None with has_table True installs a table the core
+                cannot read, and every query it would be consulted for goes to Router.route.
+            bits: log2 of the table size, 1..32 (with slots).
 
         Raises:
-            LocalProtocolError: unknown peer.
+            LocalProtocolError: unknown peer; slots not a bytearray of 2**bits bytes, or given
+                with has_table False.
         """
         st = self._peers.get(peer_id)
         if st is None:
             raise LocalProtocolError(f"set_qrp on unknown peer {peer_id}")
-        self._set_qrp_flag(st, bool(has_table))
+        if slots is not None:
+            if not has_table:
+                raise LocalProtocolError("set_qrp: slots given for a peer without a table")
+            if type(slots) is not bytearray or not 1 <= bits <= 32 or len(slots) != 1 << bits:
+                raise LocalProtocolError(f"QRP slots must be a bytearray of 2**bits bytes (bits {bits})")
+        self._count_qrp(st, -1)
+        st[2] = _QRP_NONE if not has_table else _QRP_OPAQUE if slots is None else _QRP_TABLE
+        st[3] = slots
+        st[4] = bits if slots is not None else 0
+        self._count_qrp(st, 1)
 
-    def _set_qrp_flag(self, st: list, has: bool) -> None:
-        if st[2] == has:
+    def _count_qrp(self, st: list, d: int) -> None:
+        if st[2] == _QRP_NONE:
             return
-        st[2] = has
+        opaque = d if st[2] == _QRP_OPAQUE else 0
         if st[1]:
-            self._relay_qrp += 1 if has else -1
+            self._relay_qrp += d
+            self._relay_opaque += opaque
         else:
-            self._leaf_qrp += 1 if has else -1
+            self._leaf_qrp += d
+            self._leaf_opaque += opaque
 
     def set_local(self, table, bits: int = 0) -> None:
         """Install the local filter: a presence table of the QRP hashes of every shared-word prefix.
@@ -243,24 +314,41 @@ class RelayCore:
         self._local_table = t if t.count(0) != len(t) else b""
         self._local_shift = 32 - bits
 
-    def _may_match(self, payload: bytes) -> bool:
-        """Whether a QUERY payload (3+ bytes) may match our shares (True = hand it over)."""
+    def _may_match(self, payload: bytes, codes: list[int] | None, known: bool) -> bool:
+        """Whether a QUERY payload (3..256 bytes) may match our shares (True = hand it over).
+
+        `codes` are its word codes when `known` (None: Python must parse it).
+        """
         table = self._local_table
         if table is None:
             return True
         if not table:
             return False
-        if payload[-1] != 0:
-            return True  # extensions follow the text (or no NUL): Python decodes them
-        text = payload[2:-1]
-        if not text.isascii() or 0 in text or 0x1C in text:
-            return True
-        words = _WORD_RE.findall(text)
+        if not known:
+            codes = _query_codes(payload)
+        if codes is None:
+            return True  # extensions, non-ASCII text, ...: Python decodes it
         shift = self._local_shift
-        for w in words:
-            if not table[_qrp_code(w.lower()) >> shift]:
+        for c in codes:
+            if not table[c >> shift]:
                 return False
-        return bool(words)  # no word at all matches nothing
+        return bool(codes)  # no word at all matches nothing
+
+    def _slots(self, bufs: list, bases: list) -> tuple[list, int, int]:
+        """This call's per-slot rows (slot, id, buffer, base, leaf, QRP kind, table, shift) and the
+        counts of consulted tables the core cannot read (leaves, relay peers)."""
+        op_leaf, op_relay = self._leaf_opaque, self._relay_opaque
+        rows = []
+        for k, pid in enumerate(self._slot_ids):
+            _gen, relay, kind, table, bits = self._peers[pid]
+            if kind == _QRP_TABLE and len(table) != 1 << bits:  # resized since set_qrp: unreadable
+                kind, table = _QRP_OPAQUE, None
+                if relay:
+                    op_relay += 1
+                else:
+                    op_leaf += 1
+            rows.append((k, pid, bufs[k], bases[k], not relay, kind, table, 32 - bits))
+        return rows, op_leaf, op_relay
 
     def relay(
         self,
@@ -280,7 +368,7 @@ class RelayCore:
             msgs: the chunk's Messages (FrameReader output).
             start: index of the first message to handle.
             now: current time in seconds (monotonic).
-            bufs: one output bytearray per relay slot (relay_ids order); the sender's is never written.
+            bufs: one output bytearray per slot (slot_ids order); the sender's is never written.
             bases: per slot, the bytes queued beside its bytearray (transport buffer) for the
                 flow-control test, -1 for a closed peer (every copy a FLOW_CONTROL drop), -2 for
                 a peer with no link (nothing counted).
@@ -293,10 +381,9 @@ class RelayCore:
             msgs[index] was relayed and only its local delivery is left. Continue from index + 1.
 
         Raises:
-            LocalProtocolError: bufs / bases do not match relay_ids, or an item of bufs is not a bytearray.
+            LocalProtocolError: bufs / bases do not match slot_ids, or an item of bufs is not a bytearray.
         """
-        ids = self._relay_ids
-        ns = len(ids)
+        ns = len(self._slot_ids)
         if len(bufs) != ns or len(bases) != ns:
             raise LocalProtocolError(f"relay() needs {ns} output buffers and bases")
         for k, buf in enumerate(bufs):
@@ -312,7 +399,7 @@ class RelayCore:
         up = self._mode == "ultrapeer"
         routes, seen = self._routes, self._seen
         counts, chunk, app, shed, filled = self._counts, self._chunk, self._app, self._shed, self._filled
-        slots = [(k, ids[k], bufs[k], bases[k]) for k in range(ns)]
+        slots, op_leaf, op_relay = self._slots(bufs, bases)
         for i in range(start, n):
             m = msgs[i]
             if type(m) is not Message:
@@ -331,8 +418,18 @@ class RelayCore:
                 return i, STOP_ROUTE
             eff = min(ttl, constants.SOFT_TTL_LIMIT - hops)
             out_ttl = eff - 1 if eff >= 2 else 0
-            if up and (self._leaf_qrp or (out_ttl == 1 and self._relay_qrp)):
-                return i, STOP_ROUTE  # QRP tables decide targets: Router.route
+            last = up and out_ttl == 1
+            codes = None
+            known = False
+            if self._leaf_qrp or (last and self._relay_qrp):
+                # QRP tables choose the targets: hash the words before anything is recorded, or
+                # leave the whole message to Router.route.
+                if op_leaf or (last and op_relay):
+                    return i, STOP_ROUTE
+                codes = _query_codes(raw[HEADER_LEN:])
+                if codes is None:
+                    return i, STOP_ROUTE
+                known = True
             g = raw[:GUID_LEN]
             route = routes._get(g, now)
             if route is not None:
@@ -350,12 +447,28 @@ class RelayCore:
             counts[0] += 1
             counts[2] += 1
             routes._put(g, peer_id, gen, now)
+            leaves_only = False
+            if out_ttl == 0 and up and eff >= 1 and self._leaf_qrp:
+                out_ttl = 1  # spent here: matching leaves still get it (Router._route_query)
+                leaves_only = True
             if out_ttl:
                 out = raw[:17] + bytes((out_ttl, hops + 1)) + raw[19:]
                 low = hops >= 2
-                for k, pid, buf, base in slots:
+                for k, pid, buf, base, leaf, kind, table, shift in slots:
                     if pid == peer_id:
                         continue
+                    if leaf:
+                        if kind == _QRP_NONE:
+                            continue  # a leaf without a table gets nothing
+                        if not _codes_match(table, shift, codes):
+                            counts[6] += 1
+                            continue
+                    elif leaves_only:
+                        continue
+                    elif last and kind != _QRP_NONE:
+                        if not _codes_match(table, shift, codes):
+                            counts[6] += 1
+                            continue
                     counts[1] += 1
                     if base < 0:
                         if base == -1:
@@ -371,7 +484,7 @@ class RelayCore:
                     buf += out
                     app[k] += 1
                     chunk[0] += 1
-            if self._may_match(raw[HEADER_LEN:]):
+            if self._may_match(raw[HEADER_LEN:], codes, known):
                 return i, STOP_LOCAL
             chunk[2] += 1
         return n, STOP_END
@@ -391,12 +504,13 @@ class RelayCore:
         self._reset_slots()
         return out
 
-    def take_counts(self) -> tuple[int, int, int, int, int, int]:
+    def take_counts(self) -> tuple[int, int, int, int, int, int, int]:
         """Hand over and zero the cumulative counters.
 
         Returns:
-            (received, forwarded, local, duplicates, own echoes, flow-control drops), QUERYs all.
+            (received, forwarded, local, duplicates, own echoes, flow-control drops, QRP skips),
+            QUERYs all.
         """
         out = tuple(self._counts)
-        self._counts = [0] * 6
+        self._counts = [0] * 7
         return out  # type: ignore[return-value]

@@ -3,22 +3,29 @@
 #
 # Strategy (DESIGN.md "The path of one QUERY", steps 2-4 in C): RelayCore.relay() walks a chunk's
 # Messages and settles the common case without building a Python object per message: a QUERY from
-# a relay peer (flood peer, or ultrapeer when no QRP table has a say), well-formed, not a duplicate,
-# not our own, is recorded (seen cache + reverse route), its relayed copy (TTL clamped and
-# decremented, hops + 1) is appended straight into the output bytearray of every other relay peer
-# (subject to the same flow-control test as Peer.enqueue), and the counters are C integers that
-# the Router folds into its Counters when they are read. Duplicates and echoes of our own queries
-# are counted and dropped. The walk stops at the first message Python must see (anything else:
-# other types, leaves, odd TTLs, sizes, QRP, a duplicate resent on its own link) and at a relayed
-# query that may match our shares (the local filter below); the caller handles that one message
-# and calls again from the next. Messages are thus handled in order on every link, exactly as
-# Router.route would handle them one by one (tests/test_relaycore.py holds the two together).
+# a relay peer (flood peer or ultrapeer), well-formed, not a duplicate, not our own, is recorded
+# (seen cache + reverse route), its relayed copy (TTL clamped and decremented, hops + 1) is appended
+# straight into the output bytearray of every target (subject to the same flow-control test as
+# Peer.enqueue), and the counters are C integers that the Router folds into its Counters when they
+# are read. Duplicates and echoes of our own queries are counted and dropped. The walk stops at the
+# first message Python must see (anything else: other types, leaves, odd TTLs, sizes, a duplicate
+# resent on its own link) and at a relayed query that may match our shares (the local filter
+# below); the caller handles that one message and calls again from the next. Messages are thus
+# handled in order on every link, exactly as Router.route would handle them one by one
+# (tests/test_relaycore.py holds the two together).
+#
+# QRP (ultrapeer with leaves, last-hop filtering between ultrapeers): when a QRP table has a say in
+# a query's targets, its words are hashed once in C (_query_codes: plain-ASCII text only, split and
+# hashed exactly as qrp.query_words + qrp.qrp_hashcode do) and each table is a reference to the
+# peer's QrpTable.slots bytearray, indexed by code >> (32 - bits). A query whose words only Python
+# can find (extensions such as urn/GGEP, non-ASCII text) or a table only Python can ask goes to
+# Router.route before anything is recorded.
 #
 # Local filter: a query can only be answered when each of its words is a prefix of a word of a
 # shared name (ShareIndex.match). set_local() installs a presence table of every such prefix,
-# hashed with the QRP hash; a plain-ASCII query (text up to NUL, no extensions) whose words, split
-# as qrp.query_words splits ASCII text, are not all present cannot match and is not handed over.
-# Anything else that may match (non-ASCII text, extensions, no table installed) is handed over.
+# hashed with the QRP hash; a plain-ASCII query whose word codes are not all present cannot match
+# and is not handed over. Anything else that may match (non-ASCII text, extensions, no table
+# installed) is handed over.
 
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.pyport cimport PY_SSIZE_T_MIN
@@ -47,7 +54,14 @@ cdef enum:
     EXT_SEP_B = 0x1C  # messages.EXT_SEP
     HARD_TTL = 15  # constants.HARD_TTL_LIMIT
     SOFT_TTL = 7  # constants.SOFT_TTL_LIMIT
-    QUERY_RELAY_MAX = 256  # constants.MAX_QUERY_RELAY: also bounds a query word on the C stack
+    QUERY_RELAY_MAX = 256  # constants.MAX_QUERY_RELAY
+    # Codes of one query on the C stack: 256 bytes hold at most 63 words of 3+ letters and a
+    # separator (below qrp.QRP_MAX_QUERY_HASHES = 128, so Python never caps what C hashes).
+    QUERY_WORDS_MAX = 65
+    NW_UNKNOWN = -2  # a query's codes not computed yet
+    QRP_NONE = 0  # the peer sent no QRP table
+    QRP_TABLE = 1  # a table the core reads (QrpTable.slots)
+    QRP_OPAQUE = 2  # a matcher only Python can ask: Router.route decides when it has a say
 
 # What relay() stopped on: the end of the chunk, a message for Router.route, a relayed query for
 # local delivery only.
@@ -305,45 +319,124 @@ cdef bytes _guid_bytes(object guid):
 
 
 # --- RelayCore --------------------------------------------------------------------------------
-cdef inline uint32_t _qrp_code(const uint8_t *w, Py_ssize_t n) noexcept nogil:
-    """qrp.qrp_hashcode of a lower-case ASCII word: XOR of 4-byte little-endian groups times QRP_MULT."""
-    cdef uint32_t x = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        x ^= <uint32_t>w[i] << (8 * (i & 3))
-    return x * <uint32_t>QRP_MULT
-
-
 cdef inline bint _ascii_alnum(uint8_t c) noexcept nogil:
     return (c >= 0x30 and c <= 0x39) or (c >= 0x61 and c <= 0x7A) or (c >= 0x41 and c <= 0x5A)
 
 
+cdef Py_ssize_t _query_codes(const uint8_t *p, Py_ssize_t n, uint32_t *codes) noexcept nogil:
+    """The qrp.qrp_hashcode of each routed word of a plain-ASCII QUERY payload (3 <= n <= 256), in order.
+
+    Returns the number of codes written (at most QUERY_WORDS_MAX), or -1 when only Python can say
+    what the words are: extensions follow the text (the last byte is not its NUL), a NUL inside,
+    non-ASCII text or an 0x1C separator. Words split as qrp.query_words splits ASCII text: maximal
+    runs of letters and digits, lower-cased, QRP_MIN_WORD bytes or more; each is hashed as it is
+    read (XOR of 4-byte little-endian groups times QRP_MULT).
+    """
+    if p[n - 1] != 0:
+        return -1
+    cdef Py_ssize_t i, end = n - 1, nw = 0, length
+    cdef uint32_t x
+    cdef uint8_t c
+    for i in range(2, end):
+        c = p[i]
+        if c == 0 or c >= 0x80 or c == EXT_SEP_B:
+            return -1
+    i = 2
+    while i < end:
+        if not _ascii_alnum(p[i]):
+            i += 1
+            continue
+        x = 0
+        length = 0
+        while i < end and _ascii_alnum(p[i]):
+            c = p[i]
+            if c <= 0x5A and c >= 0x41:
+                c += 0x20
+            x ^= <uint32_t>c << (8 * (length & 3))
+            length += 1
+            i += 1
+        if length >= QRP_MIN_WORD:
+            codes[nw] = x * <uint32_t>QRP_MULT
+            nw += 1
+    return nw
+
+
+cdef inline bint _codes_match(const uint8_t *table, int shift, const uint32_t *codes,
+                              Py_ssize_t nw) noexcept nogil:
+    """QrpTable.matches_hashes for a query of words only: every word's slot present (no word: no match)."""
+    cdef Py_ssize_t j
+    if nw <= 0:
+        return False
+    for j in range(nw):
+        if not table[codes[j] >> shift]:
+            return False
+    return True
+
+
+def query_codes(payload):
+    """Return the QRP hash codes RelayCore routes a QUERY payload on, or None when Python must parse it.
+
+    Args:
+        payload: a QUERY payload of 3..MAX_QUERY_RELAY bytes.
+
+    Returns:
+        A tuple of 32-bit codes, one per routed word in text order (duplicates kept), or None for
+        a payload with extensions, a NUL inside, non-ASCII text or an 0x1C separator.
+
+    Raises:
+        LocalProtocolError: the payload is shorter than 3 or longer than MAX_QUERY_RELAY bytes.
+    """
+    cdef bytes b = bytes(payload)
+    cdef Py_ssize_t n = len(b)
+    cdef uint32_t codes[QUERY_WORDS_MAX]
+    if not 3 <= n <= QUERY_RELAY_MAX:
+        raise LocalProtocolError(f"a relayed QUERY payload has 3..{QUERY_RELAY_MAX} bytes, not {n}")
+    cdef Py_ssize_t nw = _query_codes(<const uint8_t *>PyBytes_AS_STRING(b), n, codes)
+    if nw < 0:
+        return None
+    return tuple(codes[j] for j in range(nw))
+
+
 @cython.final
 cdef class RelayCore:
-    """The whole-chunk QUERY relay of one Router: seen cache, query reverse routes, relay peers in C.
+    """The whole-chunk QUERY relay of one Router: seen cache, query reverse routes, targets in C.
 
-    Counters (received, forwarded, local queries, duplicates, own echoes, flow-control drops) are
-    kept in C and handed over, and zeroed, by take_counts(); per-chunk figures for the runtime
-    (copies appended and shed per relay slot, duplicates, queries not handed over) by end_chunk().
+    Every live peer has a slot (relay peers and leaves, in the order they were added); a peer's QRP
+    table is held by reference to its QrpTable.slots bytearray (1 byte per slot, 2**bits slots),
+    so tables patched in place are seen at the next relay() call. Target rules are Router's
+    _select_targets: relay peers get every query but the sender's own, on the last hop (ultrapeer
+    mode, TTL 1 out) only when their table matches or they sent none; leaves only when their table
+    matches; a query spent here (ultrapeer mode) goes to matching leaves with TTL 1. A table the
+    core cannot read (an opaque matcher) hands every query it would be consulted for to Python.
+
+    Counters (received, forwarded, local queries, duplicates, own echoes, flow-control drops, QRP
+    skips) are kept in C and handed over, and zeroed, by take_counts(); per-chunk figures for the
+    runtime (copies appended and shed per slot, duplicates, queries not handed over) by end_chunk().
     """
 
     cdef GuidCache _seen
     cdef RouteMap _routes
     cdef int _mode
-    cdef dict _peers  # peer id -> [generation, is relay peer, has a QRP table]
-    cdef tuple _relay_ids  # relay peers (flood, ultrapeer) in the order they were added
+    cdef dict _peers  # peer id -> [generation, is relay peer, QRP kind, slots bytearray or None, bits]
+    cdef tuple _slot_ids  # every peer, in the order they were added
+    cdef list _tables  # per slot: the peer's QRP slots bytearray, or None
     cdef int64_t *_rid
-    cdef Py_ssize_t *_base  # per relay slot, this call: queued bytes beside the bytearray, <0 = none
-    cdef Py_ssize_t *_size  # per relay slot, this call: bytes written in its bytearray (it may be longer)
+    cdef Py_ssize_t *_base  # per slot, this call: queued bytes beside the bytearray, <0 = none
+    cdef Py_ssize_t *_size  # per slot, this call: bytes written in its bytearray (it may be longer)
     cdef uint32_t *_app
     cdef uint32_t *_shed
     cdef uint8_t *_filled
+    cdef uint8_t *_leaf  # per slot: the peer is a leaf
+    cdef uint8_t *_qkind  # per slot: QRP_NONE / QRP_TABLE / QRP_OPAQUE
+    cdef uint8_t *_qshift  # per slot: 32 - table bits
+    cdef const uint8_t **_qtab  # per slot, this call: the table's bytes (NULL when unreadable)
     cdef Py_ssize_t _nslots, _alloc
-    cdef Py_ssize_t _leaf_qrp, _relay_qrp
+    cdef Py_ssize_t _leaf_qrp, _relay_qrp, _leaf_opaque, _relay_opaque
+    cdef Py_ssize_t _op_leaf, _op_relay  # this call: tables consulted that the core cannot read
     cdef int _local_mode, _local_shift
     cdef bytes _local_table
     cdef const uint8_t *_local_ptr  # points into _local_table
-    cdef uint64_t _n_received, _n_forwarded, _n_local, _n_dup, _n_own, _n_flow
+    cdef uint64_t _n_received, _n_forwarded, _n_local, _n_dup, _n_own, _n_flow, _n_skips
     cdef uint64_t _c_sent, _c_dups, _c_unseen
 
     def __cinit__(self):
@@ -353,6 +446,10 @@ cdef class RelayCore:
         self._app = NULL
         self._shed = NULL
         self._filled = NULL
+        self._leaf = NULL
+        self._qkind = NULL
+        self._qshift = NULL
+        self._qtab = NULL
 
     def __init__(self, mode, GuidCache seen not None, RouteMap routes not None):
         """Create a core over the Router's seen cache and QUERY reverse-route table.
@@ -371,9 +468,10 @@ cdef class RelayCore:
         self._seen = seen
         self._routes = routes
         self._peers = {}
-        self._relay_ids = ()
+        self._slot_ids = ()
+        self._tables = []
         self._nslots = self._alloc = 0
-        self._leaf_qrp = self._relay_qrp = 0
+        self._leaf_qrp = self._relay_qrp = self._leaf_opaque = self._relay_opaque = 0
         self._local_mode = LOCAL_ALL
         self._local_table = b""
         self._local_shift = 32
@@ -385,6 +483,10 @@ cdef class RelayCore:
         free(self._app)
         free(self._shed)
         free(self._filled)
+        free(self._leaf)
+        free(self._qkind)
+        free(self._qshift)
+        free(<void *>self._qtab)
 
     @property
     def active(self):
@@ -392,9 +494,9 @@ cdef class RelayCore:
         return self._mode != MODE_LEAF
 
     @property
-    def relay_ids(self):
-        """The relay peers' ids in slot order: relay()'s `bufs` and `bases` follow this order."""
-        return self._relay_ids
+    def slot_ids(self):
+        """Every peer's id in slot order (relay peers and leaves): relay()'s `bufs` and `bases` follow it."""
+        return self._slot_ids
 
     # --- peers -------------------------------------------------------------------------
     def add_peer(self, peer_id, gen, relay):
@@ -407,40 +509,67 @@ cdef class RelayCore:
             raise LocalProtocolError(f"peer {peer_id} already registered")
         if not 0 <= peer_id <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
             raise LocalProtocolError(f"peer {peer_id} / generation {gen} out of range")
-        self._peers[peer_id] = [gen, bool(relay), False]
-        if relay:
-            self._set_slots(self._relay_ids + (peer_id,))
+        self._peers[peer_id] = [gen, bool(relay), QRP_NONE, None, 0]
+        self._set_slots(self._slot_ids + (peer_id,))
 
     def remove_peer(self, peer_id):
         """Forget a peer (unknown ids are ignored)."""
         st = self._peers.pop(peer_id, None)
         if st is None:
             return
-        if st[2]:
-            self._set_qrp_flag(st, False)
-        if st[1]:
-            self._set_slots(tuple(p for p in self._relay_ids if p != peer_id))
+        self._count_qrp(st, -1)
+        self._set_slots(tuple(p for p in self._slot_ids if p != peer_id))
 
-    def set_qrp(self, peer_id, has_table):
-        """Say whether a peer has a QRP table (then Router.route decides its queries' targets).
+    def set_qrp(self, peer_id, has_table, slots=None, bits=0):
+        """Install, replace or clear a peer's QRP table.
+
+        Args:
+            peer_id: a registered peer.
+            has_table: False clears the table (the peer sent none).
+            slots: the table's presence bytes (QrpTable.slots: a bytearray of 2**bits bytes, non-zero
+                = present), held by reference; None with has_table True installs a table the core
+                cannot read, and every query it would be consulted for goes to Router.route.
+            bits: log2 of the table size, 1..32 (with slots).
 
         Raises:
-            LocalProtocolError: unknown peer.
+            LocalProtocolError: unknown peer; slots not a bytearray of 2**bits bytes, or given
+                with has_table False.
         """
         st = self._peers.get(peer_id)
         if st is None:
             raise LocalProtocolError(f"set_qrp on unknown peer {peer_id}")
-        self._set_qrp_flag(st, bool(has_table))
+        if slots is not None:
+            if not has_table:
+                raise LocalProtocolError("set_qrp: slots given for a peer without a table")
+            if not PyByteArray_CheckExact(slots) or not 1 <= bits <= 32 or len(slots) != 1 << bits:
+                raise LocalProtocolError(f"QRP slots must be a bytearray of 2**bits bytes (bits {bits})")
+        self._count_qrp(st, -1)
+        st[2] = QRP_NONE if not has_table else QRP_OPAQUE if slots is None else QRP_TABLE
+        st[3] = slots
+        st[4] = bits if slots is not None else 0
+        self._count_qrp(st, 1)
+        cdef Py_ssize_t k
+        for k in range(self._nslots):
+            if self._rid[k] == peer_id:
+                self._slot_qrp(k, st)
 
-    cdef _set_qrp_flag(self, list st, bint has):
-        if st[2] == has:
+    cdef _count_qrp(self, list st, int d):
+        if st[2] == QRP_NONE:
             return
-        st[2] = has
-        cdef int d = 1 if has else -1
         if st[1]:
             self._relay_qrp += d
+            if st[2] == QRP_OPAQUE:
+                self._relay_opaque += d
         else:
             self._leaf_qrp += d
+            if st[2] == QRP_OPAQUE:
+                self._leaf_opaque += d
+
+    cdef _slot_qrp(self, Py_ssize_t k, list st):
+        self._leaf[k] = not st[1]
+        self._qkind[k] = st[2]
+        self._qshift[k] = 32 - st[4] if st[2] == QRP_TABLE else 0
+        self._tables[k] = st[3]
 
     cdef _set_slots(self, tuple ids):
         cdef Py_ssize_t n = len(ids), k
@@ -452,13 +581,19 @@ cdef class RelayCore:
             self._app = <uint32_t *>_grow_array(self._app, size * sizeof(uint32_t))
             self._shed = <uint32_t *>_grow_array(self._shed, size * sizeof(uint32_t))
             self._filled = <uint8_t *>_grow_array(self._filled, size * sizeof(uint8_t))
+            self._leaf = <uint8_t *>_grow_array(self._leaf, size * sizeof(uint8_t))
+            self._qkind = <uint8_t *>_grow_array(self._qkind, size * sizeof(uint8_t))
+            self._qshift = <uint8_t *>_grow_array(self._qshift, size * sizeof(uint8_t))
+            self._qtab = <const uint8_t **>_grow_array(<void *>self._qtab, size * sizeof(uint8_t *))
             self._alloc = size
+        self._tables = [None] * n
         for k in range(n):
             self._rid[k] = ids[k]
+            self._slot_qrp(k, self._peers[ids[k]])
         memset(self._app, 0, n * sizeof(uint32_t))
         memset(self._shed, 0, n * sizeof(uint32_t))
         memset(self._filled, 0, n)
-        self._relay_ids = ids
+        self._slot_ids = ids
         self._nslots = n
 
     # --- local filter --------------------------------------------------------------------
@@ -485,37 +620,24 @@ cdef class RelayCore:
         self._local_shift = 32 - bits
         self._local_mode = LOCAL_TABLE if t.count(0) != len(t) else LOCAL_NONE
 
-    cdef bint _may_match(self, const uint8_t *p, Py_ssize_t n) noexcept nogil:
-        """Whether a QUERY payload (n >= 3 bytes) may match our shares (True = hand it over)."""
+    cdef bint _may_match(self, const uint8_t *p, Py_ssize_t n, uint32_t *codes, Py_ssize_t nw) noexcept nogil:
+        """Whether a QUERY payload (3..256 bytes) may match our shares (True = hand it over).
+
+        `nw` is the number of its codes already in `codes`, or NW_UNKNOWN.
+        """
         if self._local_mode == LOCAL_ALL:
             return True
         if self._local_mode == LOCAL_NONE:
             return False
-        if p[n - 1] != 0:
-            return True  # extensions follow the text (or no NUL): Python decodes them
-        cdef const uint8_t *table = self._local_ptr
-        cdef Py_ssize_t i, start, end = n - 1, words = 0
-        cdef uint8_t word[QUERY_RELAY_MAX]
-        cdef uint8_t c
-        for i in range(2, end):
-            c = p[i]
-            if c == 0 or c >= 0x80 or c == EXT_SEP_B:
-                return True  # a NUL before the last byte, non-ASCII text or a bad separator
-        i = 2
-        while i < end:
-            if not _ascii_alnum(p[i]):
-                i += 1
-                continue
-            start = i
-            while i < end and _ascii_alnum(p[i]):
-                c = p[i]
-                word[i - start] = c + 0x20 if 0x41 <= c <= 0x5A else c
-                i += 1
-            if i - start >= QRP_MIN_WORD:
-                if not table[_qrp_code(word, i - start) >> self._local_shift]:
-                    return False
-                words += 1
-        return words > 0  # no word at all matches nothing
+        if nw == NW_UNKNOWN:
+            nw = _query_codes(p, n, codes)
+        if nw < 0:
+            return True  # extensions, non-ASCII text, ...: Python decodes it
+        cdef Py_ssize_t j
+        for j in range(nw):
+            if not self._local_ptr[codes[j] >> self._local_shift]:
+                return False
+        return nw > 0  # no word at all matches nothing
 
     # --- the chunk -----------------------------------------------------------------------
     def relay(self, int peer_id, list msgs not None, Py_ssize_t start, double now,
@@ -527,7 +649,7 @@ cdef class RelayCore:
             msgs: the chunk's Messages (FrameReader output).
             start: index of the first message to handle.
             now: current time in seconds (monotonic).
-            bufs: one output bytearray per relay slot (relay_ids order); the sender's is never written.
+            bufs: one output bytearray per slot (slot_ids order); the sender's is never written.
             bases: per slot, the bytes queued beside its bytearray (transport buffer) for the
                 flow-control test, -1 for a closed peer (every copy a FLOW_CONTROL drop), -2 for
                 a peer with no link (nothing counted).
@@ -540,9 +662,9 @@ cdef class RelayCore:
             msgs[index] was relayed and only its local delivery is left. Continue from index + 1.
 
         Raises:
-            LocalProtocolError: bufs / bases do not match relay_ids, or an item of bufs is not a bytearray.
+            LocalProtocolError: bufs / bases do not match slot_ids, or an item of bufs is not a bytearray.
         """
-        cdef Py_ssize_t n = PyList_GET_SIZE(msgs), ns = self._nslots, i = start, k, plen, size
+        cdef Py_ssize_t n = PyList_GET_SIZE(msgs), ns = self._nslots, i = start, k
         if PyList_GET_SIZE(bufs) != ns or PyList_GET_SIZE(bases) != ns:
             raise LocalProtocolError(f"relay() needs {ns} output buffers and bases")
         for k in range(ns):
@@ -555,6 +677,7 @@ cdef class RelayCore:
             return n, STOP_END
         if st is None or not st[1] or self._mode == MODE_LEAF:
             return i, STOP_ROUTE
+        self._load_tables()
         try:
             i = self._relay(peer_id, <uint32_t>st[0], msgs, i, now, bufs, low_water, high_water)
         finally:
@@ -570,10 +693,27 @@ cdef class RelayCore:
             return i, STOP_ROUTE
         return n, STOP_END
 
+    cdef _load_tables(self):
+        """Point at each table's bytes for this call; a table resized since set_qrp counts as unreadable."""
+        cdef Py_ssize_t k
+        self._op_leaf = self._leaf_opaque
+        self._op_relay = self._relay_opaque
+        for k in range(self._nslots):
+            self._qtab[k] = NULL
+            if self._qkind[k] != QRP_TABLE:
+                continue
+            t = self._tables[k]
+            if PyByteArray_GET_SIZE(t) == (<Py_ssize_t>1) << (32 - self._qshift[k]):
+                self._qtab[k] = <const uint8_t *>PyByteArray_AS_STRING(t)
+            elif self._leaf[k]:
+                self._op_leaf += 1
+            else:
+                self._op_relay += 1
+
     cdef Py_ssize_t _relay(self, int peer_id, uint32_t gen, list msgs, Py_ssize_t i, double now, list bufs,
                            Py_ssize_t low_water, Py_ssize_t high_water) except? PY_SSIZE_T_MIN:
         """relay()'s loop: the index it stopped at (STOP_ROUTE, or n at the end), -index-1 for STOP_LOCAL."""
-        cdef Py_ssize_t n = PyList_GET_SIZE(msgs), ns = self._nslots, k, plen, size, room
+        cdef Py_ssize_t n = PyList_GET_SIZE(msgs), ns = self._nslots, k, plen, size, room, nw
         cdef bint up = self._mode == MODE_ULTRAPEER
         cdef object obj, buf
         cdef Message m
@@ -582,7 +722,8 @@ cdef class RelayCore:
         cdef int ttl, hops, eff, out_ttl
         cdef RouteRec *route
         cdef Py_ssize_t base
-        cdef bint low
+        cdef bint low, last, leaves_only
+        cdef uint32_t codes[QUERY_WORDS_MAX]
         while i < n:
             obj = <object>PyList_GET_ITEM(msgs, i)
             if type(obj) is not Message:
@@ -598,9 +739,17 @@ cdef class RelayCore:
             if ttl < eff:
                 eff = ttl
             out_ttl = eff - 1 if eff >= 2 else 0
-            if up and (self._leaf_qrp or (out_ttl == 1 and self._relay_qrp)):
-                return i  # QRP tables decide targets: Router.route
+            last = up and out_ttl == 1
             h = <const uint8_t *>m._ptr()
+            nw = NW_UNKNOWN
+            if self._leaf_qrp or (last and self._relay_qrp):
+                # QRP tables choose the targets: hash the words before anything is recorded, or
+                # leave the whole message to Router.route.
+                if self._op_leaf or (last and self._op_relay):
+                    return i
+                nw = _query_codes(h + HDR, plen, codes)
+                if nw < 0:
+                    return i
             route = self._routes._get(h, now)
             if route != NULL:
                 if route.peer == -1:  # routing.LOCAL_PEER: our own query came back
@@ -619,11 +768,27 @@ cdef class RelayCore:
             self._n_received += 1
             self._n_local += 1
             self._routes._put(h, peer_id, gen, now, route == NULL)
+            leaves_only = False
+            if out_ttl == 0 and up and eff >= 1 and self._leaf_qrp:
+                out_ttl = 1  # spent here: matching leaves still get it (Router._route_query)
+                leaves_only = True
             if out_ttl:
                 low = hops >= 2
                 for k in range(ns):
                     if self._rid[k] == peer_id:
                         continue
+                    if self._leaf[k]:
+                        if self._qkind[k] == QRP_NONE:
+                            continue  # a leaf without a table gets nothing
+                        if not _codes_match(self._qtab[k], self._qshift[k], codes, nw):
+                            self._n_skips += 1
+                            continue
+                    elif leaves_only:
+                        continue
+                    elif last and self._qkind[k] != QRP_NONE:
+                        if not _codes_match(self._qtab[k], self._qshift[k], codes, nw):
+                            self._n_skips += 1
+                            continue
                     self._n_forwarded += 1
                     base = self._base[k]
                     if base < 0:
@@ -649,7 +814,7 @@ cdef class RelayCore:
                         self._filled[k] = 1
                     self._app[k] += 1
                     self._c_sent += 1
-            if self._may_match(h + HDR, plen):
+            if self._may_match(h + HDR, plen, codes, nw):
                 return -i - 1
             self._c_unseen += 1
             i += 1
@@ -679,11 +844,13 @@ cdef class RelayCore:
         """Hand over and zero the cumulative counters.
 
         Returns:
-            (received, forwarded, local, duplicates, own echoes, flow-control drops), QUERYs all.
+            (received, forwarded, local, duplicates, own echoes, flow-control drops, QRP skips),
+            QUERYs all.
         """
-        out = (self._n_received, self._n_forwarded, self._n_local, self._n_dup, self._n_own, self._n_flow)
+        out = (self._n_received, self._n_forwarded, self._n_local, self._n_dup, self._n_own, self._n_flow,
+               self._n_skips)
         self._n_received = self._n_forwarded = self._n_local = 0
-        self._n_dup = self._n_own = self._n_flow = 0
+        self._n_dup = self._n_own = self._n_flow = self._n_skips = 0
         return out
 
 

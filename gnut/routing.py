@@ -370,7 +370,7 @@ class Router:
         self._received: Counter[int] = collections.Counter()
         self._forwarded: Counter[int] = collections.Counter()
         self._local_counts: Counter[int] = collections.Counter()
-        self.qrp_skips = 0
+        self._qrp_skips = 0
         self.core = RelayCore(mode, self._seen, self._query_routes)
         # The runtime settles whole chunks through `core` while this is True (a switch for
         # benchmarks and debugging: False routes every message through route()).
@@ -380,9 +380,10 @@ class Router:
     # --- counters (the core's C counts folded in on read) --------------------------------
 
     def _sync(self) -> None:
-        received, forwarded, local, dup, own, flow = self.core.take_counts()
+        received, forwarded, local, dup, own, flow, skips = self.core.take_counts()
         if not received and not flow:
             return
+        self._qrp_skips += skips
         for counter, key, value in (
             (self._received, MSG_QUERY, received), (self._forwarded, MSG_QUERY, forwarded),
             (self._local_counts, MSG_QUERY, local), (self._drops, DropReason.DUPLICATE, dup),
@@ -390,6 +391,12 @@ class Router:
         ):
             if value:
                 counter[key] += value
+
+    @property
+    def qrp_skips(self) -> int:
+        """Query copies not sent to a peer because its QRP table did not match."""
+        self._sync()
+        return self._qrp_skips
 
     @property
     def drops(self) -> Counter[DropReason]:
@@ -473,7 +480,10 @@ class Router:
         if peer is None:
             raise LocalProtocolError(f"set_qrp on unknown peer {peer_id}")
         peer.matcher = matcher
-        self.core.set_qrp(peer_id, matcher is not None)
+        if type(matcher) is QrpTable:  # the core reads the table itself: a reference to its slots
+            self.core.set_qrp(peer_id, True, matcher.slots, matcher.size_bits)
+        else:
+            self.core.set_qrp(peer_id, matcher is not None)
 
     def peer_role(self, peer_id: int) -> PeerRole | None:
         """Return the role of a live peer, or None."""
@@ -669,7 +679,7 @@ class Router:
                     if view is None:
                         view = _QueryView(payload, words)
                     if not view.matches(matcher):
-                        self.qrp_skips += 1
+                        self._qrp_skips += 1
                         continue
             targets.append(p)
         for p in self._leaf_peers:
@@ -681,7 +691,7 @@ class Router:
             if view.matches(matcher):
                 targets.append(p)
             else:
-                self.qrp_skips += 1
+                self._qrp_skips += 1
         return tuple(targets)
 
     def _route_back(

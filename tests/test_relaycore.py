@@ -16,13 +16,14 @@ from gnut.constants import (
     MSG_BYE,
     MSG_PING,
     MSG_PONG,
+    MSG_QRP,
     MSG_QUERY,
     MSG_QUERYHIT,
 )
 from gnut.errors import LocalProtocolError
 from gnut.guid import new_guid
-from gnut.qrp import QrpTable
-from gnut.routing import DropReason, PeerRole, Router, RouteTable
+from gnut.qrp import QrpTable, keywords, qrp_hashcode, query_words
+from gnut.routing import DropReason, PeerRole, Router, RouteTable, query_terms
 from gnut.share import ShareIndex
 
 SERVENT = bytes(range(16))
@@ -141,6 +142,9 @@ class World:
         self.shed: Counter[int] = Counter()
         self.dups = 0
         self.closed: set[int] = set()
+        self.tables: dict[int, object] = {}  # this world's own QRP matchers (events carry specs)
+        self.stops = Counter()  # relay() stop kinds (with the core)
+        self.low, self.high = LOW, HIGH
 
     def add(self, pid: int, role: PeerRole) -> None:
         self.router.add_peer(pid, role)
@@ -155,7 +159,7 @@ class World:
         if base == -1:
             return False
         q = base + len(self.out[pid])
-        if q > HIGH or (low and q > LOW):
+        if q > self.high or (low and q > self.low):
             self.shed[pid] += 1
             return False
         self.out[pid] += data
@@ -167,12 +171,13 @@ class World:
         router, core = self.router, self.router.core
         i = 0
         if self.use_core:
-            ids = core.relay_ids
+            ids = core.slot_ids
             bufs = [self.out.get(p, bytearray()) for p in ids]
             cbases = [bases.get(p, -2) for p in ids]
         while i < len(msgs):
             if self.use_core:
-                i, kind = core.relay(sender, msgs, i, now, bufs, cbases, LOW, HIGH)
+                i, kind = core.relay(sender, msgs, i, now, bufs, cbases, self.low, self.high)
+                self.stops[kind] += 1
                 if kind == self.impl.STOP_END:
                     break
                 msg = msgs[i]
@@ -296,6 +301,14 @@ def run_world(world: World, events: list) -> tuple:
             world.remove(ev[1])
         elif ev[0] == "qrp":
             world.router.set_qrp(ev[1], ev[2])
+        elif ev[0] == "table":  # ("table", pid, spec): a fresh matcher of this world's own
+            matcher = build_matcher(ev[2])
+            world.tables[ev[1]] = matcher
+            world.router.set_qrp(ev[1], matcher)
+        elif ev[0] == "grow":  # ("grow", pid, word): the peer's table patched in place
+            table = world.tables.get(ev[1])
+            if isinstance(table, QrpTable):
+                table.add_words([ev[2]])
         elif ev[0] == "own":
             world.router.register_own(ev[1], MSG_QUERY, 0.0)
         else:
@@ -313,6 +326,179 @@ def test_core_decides_exactly_as_router_route(impl, mode, seed):
     assert with_core == alone
 
 
+# --- QRP in the core: word hashing, then ultrapeers with leaves ----------------------------------
+
+
+class WordMatcher:
+    """A QRP matcher that is not a QrpTable: only Python can ask it (the core hands over)."""
+
+    def __init__(self, words) -> None:
+        self.words = set(words)
+
+    def matches(self, words) -> bool:
+        words = list(words)
+        return bool(words) and all(w in self.words for w in words)
+
+
+def build_matcher(spec):
+    """("table", bits, words) -> a QrpTable with those words and their prefixes; ("opaque", words)."""
+    if spec is None:
+        return None
+    if spec[0] == "opaque":
+        return WordMatcher(spec[1])
+    table = QrpTable(spec[1])
+    for w in spec[2]:
+        table.add_words(keywords(w))
+    return table
+
+
+VOCAB = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta9", "theta", "iota", "kappa", "lambda",
+         "mu2024", "omicron", "sigma", "upsilon", "chi", "psi", "omega", "jazz", "live", "remix"]
+
+
+def query_text(rng: random.Random) -> str:
+    """Search text as peers send it: mixed case, punctuation, short words, digits, now and then non-ASCII."""
+    r = rng.random()
+    if r < 0.04:
+        return ""
+    if r < 0.07:
+        return rng.choice(("ab", "a b", "--", "x y z"))  # no routed word: matches nothing
+    words = [rng.choice(VOCAB) for _ in range(rng.choice((1, 1, 2, 2, 3, 4)))]
+    words = [w.upper() if rng.random() < 0.15 else w[: rng.randrange(3, len(w) + 1)] if rng.random() < 0.2
+             else w for w in words]
+    if rng.random() < 0.1:
+        words.append(rng.choice(("of", "a", "zzz", "q9")))
+    if rng.random() < 0.05:
+        words.append("café")
+    return rng.choice((" ", "  ", "-", ", ", "_", ".", "/")).join(words)
+
+
+def qrp_stream(rng: random.Random, mode: str):
+    """World events for a router whose peers send QRP tables: leaves (and, in ultrapeer mode,
+    ultrapeers) with random tables of random sizes, tables cleared, replaced by opaque matchers and
+    patched in place; queries with TTLs that reach the last hop and that are spent at this node."""
+    relay_role = PeerRole.FLOOD if mode == "flood" else PeerRole.ULTRAPEER
+    live: dict[int, PeerRole] = {}
+    next_id = 1
+    guids = [rng.randbytes(16) for _ in range(30)]
+    now = 0.0
+
+    def spec():
+        r = rng.random()
+        if r < 0.1:
+            return None
+        if r < 0.16:
+            return ("opaque", rng.sample(VOCAB, 8))
+        return ("table", rng.choice((3, 5, 8, 10, 16)), rng.sample(VOCAB, rng.randrange(0, 12)))
+
+    for k in range(rng.randrange(3, 12)):
+        role = relay_role if k < 2 or rng.random() < 0.3 else PeerRole.LEAF
+        live[next_id] = role
+        yield ("add", next_id, role)
+        if role == PeerRole.LEAF or (mode == "ultrapeer" and rng.random() < 0.5):
+            yield ("table", next_id, spec())
+        next_id += 1
+    for _ in range(rng.randrange(15, 45)):
+        r = rng.random()
+        if r < 0.05 and len(live) < 16:
+            role = rng.choice((relay_role, PeerRole.LEAF, PeerRole.LEAF))
+            live[next_id] = role
+            yield ("add", next_id, role)
+            next_id += 1
+            continue
+        if r < 0.08 and len(live) > 2:
+            pid = rng.choice(sorted(live))
+            del live[pid]
+            yield ("remove", pid)
+            continue
+        if r < 0.16:
+            yield ("table", rng.choice(sorted(live)), spec())
+            continue
+        if r < 0.2:
+            yield ("grow", rng.choice(sorted(live)), rng.choice(VOCAB))
+            continue
+        if r < 0.22:
+            yield ("own", rng.choice(guids))
+            continue
+        now += rng.choice((0.0, 0.01, 0.5, 3.0))
+        relays = [p for p, role in live.items() if role != PeerRole.LEAF]
+        sender = rng.choice(relays) if relays and rng.random() < 0.9 else rng.choice(sorted(live))
+        raws = []
+        for _ in range(rng.randrange(1, 30)):
+            g = rng.choice(guids) if rng.random() < 0.3 else rng.randbytes(16)
+            if rng.random() < 0.9:
+                hops = rng.choice((0, 1, 2, 3, 4, 5, 6, 7, 8))
+                ttl = min(rng.choice((1, 1, 2, 2, 3, 4, 7)), 15 - hops)
+                ext = b"" if rng.random() < 0.9 else rng.choice((b"urn:sha1:ABC", b"\xc3\x82H\x00"))
+                raws.append(raw_msg(g, MSG_QUERY, ttl, hops, qpayload(query_text(rng), ext)))
+            else:
+                raws.append(raw_msg(g, MSG_PING, 1, 0, b""))
+        bases = {p: rng.choice((0, 0, 0, 100, 400, 1000, -1)) for p in live}
+        yield ("chunk", sender, raws, now, bases)
+
+
+@pytest.mark.parametrize("mode", ["ultrapeer", "flood"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_core_routes_on_qrp_tables_exactly_as_router_route(impl, mode, seed):
+    events = list(qrp_stream(random.Random(seed), mode))
+    alone = run_world(World(impl, mode, use_core=False), events)
+    core_world = World(impl, mode, use_core=True)
+    assert run_world(core_world, events) == alone  # targets, TTLs, counters, qrp_skips, flow control
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(st.characters(min_codepoint=1, max_codepoint=0x7F, blacklist_characters="\x1c"), max_size=250))
+def test_query_codes_are_the_words_gnut_qrp_routes_on(text):
+    """Any plain-ASCII text: the core's codes are qrp_hashcode of exactly the words Router.route finds."""
+    from gnut import _purepath
+
+    twins = [_purepath]
+    try:
+        from gnut import _fastpath
+
+        twins.append(_fastpath)
+    except ImportError:
+        pass
+    payload = qpayload(text)
+    if len(payload) > 256:
+        return
+    words, urns = query_terms(payload)
+    assert urns == ()
+    want = list(dict.fromkeys(qrp_hashcode(w) for w in words))
+    for mod in twins:
+        codes = mod.query_codes(payload)
+        assert codes is not None and list(dict.fromkeys(codes)) == want, (mod.__name__, text)
+
+
+def test_query_codes_hash_many_words_as_qrp_hashcode(impl):
+    rng = random.Random(5)
+    alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    for _ in range(20000):
+        word = "".join(rng.choice(alnum) for _ in range(rng.randrange(1, 60)))
+        want = (qrp_hashcode(word),) if len(word) >= 3 else ()
+        assert impl.query_codes(qpayload(word)) == want, word
+        assert query_words(word) == ([word.lower()] if len(word) >= 3 else [])
+    # gtk-gnutella's test_hash vectors (src/core/qrp.c), for the words the core routes on.
+    for word, bits, slot in (("ebc", 13, 7082), ("ebcklmenq", 13, 3527), ("ndflalem", 16, 37658),
+                             ("3nja9", 10, 581), ("2459345938032343", 10, 146), ("zzzzzzzzzzz", 10, 944)):
+        assert impl.query_codes(qpayload(word.upper()))[0] >> (32 - bits) == slot
+    assert impl.query_codes(qpayload("Jazz, live-JAZZ 2024 of")) == tuple(
+        qrp_hashcode(w) for w in ("jazz", "live", "jazz", "2024"))
+
+
+def test_query_codes_leave_to_python_what_only_python_can_split(impl):
+    assert impl.query_codes(qpayload("jazz", b"urn:sha1:ABC")) is None  # extensions
+    assert impl.query_codes(qpayload("café")) is None  # non-ASCII text
+    assert impl.query_codes(b"\x80\x00jazz") is None  # no NUL
+    assert impl.query_codes(b"\x80\x00ja\x00zz\x00") is None  # a NUL inside
+    assert impl.query_codes(b"\x80\x00ja\x1czz\x00") is None  # the extension separator in the text
+    assert impl.query_codes(qpayload("")) == () and impl.query_codes(qpayload("ab cd")) == ()
+    for bad in (b"\x80\x00", b"\x80\x00" + b"a" * 254 + b"\x00"):
+        with pytest.raises(LocalProtocolError, match="3..256 bytes"):
+            impl.query_codes(bad)
+
+
 def test_core_settles_a_flood_chunk_without_python(impl):
     w = World(impl, "flood", use_core=True)
     for pid in (1, 2, 3):
@@ -323,7 +509,7 @@ def test_core_settles_a_flood_chunk_without_python(impl):
     raws.append(raw_msg(g, MSG_QUERY, 4, 1, qpayload("beta")))
     msgs = [impl.Message(r) for r in raws]
     core.set_local(bytes(1024), 10)  # nothing shared: nothing to deliver
-    bufs = [w.out[p] for p in core.relay_ids]
+    bufs = [w.out[p] for p in core.slot_ids]
     assert core.relay(1, msgs, 0, 1.0, bufs, [0, 0, 0], LOW * 100, HIGH * 100) == (11, impl.STOP_END)
     dup = [impl.Message(raw_msg(g, MSG_QUERY, 4, 1, qpayload("beta")))]  # the same query by another path
     assert core.relay(2, dup, 0, 1.0, bufs, [0, 0, 0], LOW * 100, HIGH * 100) == (1, impl.STOP_END)
@@ -331,7 +517,7 @@ def test_core_settles_a_flood_chunk_without_python(impl):
     assert core.relay(1, dup, 0, 1.0, bufs, [0, 0, 0], LOW * 100, HIGH * 100) == (0, impl.STOP_ROUTE)
     copies, dups, unseen, rows = core.end_chunk()
     assert (copies, dups, unseen) == (22, 1, 11)
-    assert sorted((core.relay_ids[k], a, s, f) for k, a, s, f in rows) == [(2, 11, 0, True), (3, 11, 0, True)]
+    assert sorted((core.slot_ids[k], a, s, f) for k, a, s, f in rows) == [(2, 11, 0, True), (3, 11, 0, True)]
     first = w.out[2][:23]
     assert first[17:19] == bytes((3, 2)) and w.out[2][23 : 23 + len(raws[0]) - 23] == raws[0][23:]
     assert w.out[1] == b""
@@ -367,6 +553,105 @@ def test_core_hands_over_and_checks_its_arguments(impl):
     assert not impl.RelayCore("leaf", impl.GuidCache(4, 1.0), impl.RouteMap(4, 1.0)).active
 
 
+def ultrapeer_world(impl, use_core: bool, leaves: int = 30) -> World:
+    """An ultrapeer with 3 ultrapeer links (peer 3 sent a table) and `leaves` leaves with tables."""
+    w = World(impl, "ultrapeer", use_core)
+    rng = random.Random(3)
+    for pid in (1, 2, 3):
+        w.add(pid, PeerRole.ULTRAPEER)
+    run_world(w, [("table", 3, ("table", 12, VOCAB[:10]))])
+    for pid in range(10, 10 + leaves):
+        w.add(pid, PeerRole.LEAF)
+        run_world(w, [("table", pid, ("table", rng.choice((8, 14, 16)), rng.sample(VOCAB, 3)))])
+    w.router.core.set_local(bytes(1024), 10)  # nothing shared: no query is handed over for that
+    w.low = w.high = 1 << 30  # no flow control here
+    return w
+
+
+def test_core_settles_an_ultrapeer_chunk_with_qrp_leaves_in_one_call(impl):
+    rng = random.Random(9)
+    raws = []
+    for i in range(300):
+        text = " ".join(rng.sample(VOCAB, rng.choice((1, 1, 2))))
+        hops, ttl = rng.choice(((0, 4), (1, 3), (2, 2), (5, 2), (3, 1), (6, 1), (6, 2), (7, 1)))
+        raws.append(raw_msg(rng.randbytes(16), MSG_QUERY, ttl, hops, qpayload(text.upper() if i % 7 else text)))
+    alone, core_world = ultrapeer_world(impl, False), ultrapeer_world(impl, True)
+    bases = dict.fromkeys(alone.out, 0)
+    alone.chunk(1, raws, 1.0, bases)
+    core_world.chunk(1, raws, 1.0, bases)
+    assert core_world.stops == {impl.STOP_END: 1}  # not one message handed to Python
+    assert core_world.state()[:5] == alone.state()[:5] and core_world.state()[6:] == alone.state()[6:]
+    assert alone.locals == [bytes.fromhex(r[:16].hex()) for r in raws] and not core_world.locals
+    leaf_copies = [impl.Message(r) for pid, buf in core_world.out.items() if pid >= 10 for r in split(buf)]
+    assert 0 < len(leaf_copies) < 300 * 30 and core_world.router.qrp_skips > 0
+    # Spent here (hops 7 - ... leaves TTL 1 only): matching leaves get it with TTL 1, ultrapeers do not.
+    spent = {r[:16] for r in raws if r[17] + r[18] <= 7 and min(r[17], 7 - r[18]) == 1}
+    assert spent and all(m.ttl == 1 for m in leaf_copies if m.guid in spent)
+    assert not any(m.guid in spent for pid in (2, 3) for m in map(impl.Message, split(core_world.out[pid])))
+
+
+def split(buf: bytes) -> list[bytes]:
+    out, i = [], 0
+    while i < len(buf):
+        n = 23 + int.from_bytes(buf[i + 19 : i + 23], "little")
+        out.append(bytes(buf[i : i + n]))
+        i += n
+    return out
+
+
+def test_core_hands_to_router_the_qrp_queries_only_python_can_route(impl):
+    w = ultrapeer_world(impl, True, leaves=3)
+    core = w.router.core
+
+    def kind(payload: bytes, ttl: int = 3, hops: int = 1) -> int:
+        msg = impl.Message(raw_msg(new_guid(), MSG_QUERY, ttl, hops, payload))
+        ids = core.slot_ids
+        bufs = [bytearray() for _ in ids]
+        i, k = core.relay(1, [msg], 0, 1.0, bufs, [0] * len(ids), LOW, HIGH)
+        core.end_chunk()
+        if k == impl.STOP_ROUTE:  # untouched: Router.route still sees a new query
+            assert w.router.route(1, msg, 1.0).reason is None
+        return k
+
+    assert kind(qpayload("alpha beta")) == impl.STOP_END
+    assert kind(qpayload("alpha", b"urn:sha1:ABC")) == impl.STOP_ROUTE  # extensions: URN rule
+    assert kind(qpayload("álpha")) == impl.STOP_ROUTE  # non-ASCII words: Python canonicalises
+    run_world(w, [("table", 10, ("opaque", ["alpha"]))])
+    assert kind(qpayload("alpha")) == impl.STOP_ROUTE  # a matcher only Python can ask
+    run_world(w, [("table", 10, ("table", 10, ["alpha"]))])
+    assert kind(qpayload("alpha")) == impl.STOP_END
+    w.tables[10].slots.extend(b"\x00")  # resized behind the core's back: no longer readable
+    assert kind(qpayload("alpha")) == impl.STOP_ROUTE
+    for pid in range(10, 13):
+        w.router.set_qrp(pid, None)
+    # No leaf table: only the last hop consults ultrapeer 3's table.
+    assert kind(qpayload("álpha"), ttl=4) == impl.STOP_END  # settled (nothing shared: no local match)
+    assert kind(qpayload("álpha"), ttl=2) == impl.STOP_ROUTE
+    run_world(w, [("table", 3, ("opaque", ["alpha"]))])
+    assert kind(qpayload("alpha"), ttl=2) == impl.STOP_ROUTE
+    assert kind(qpayload("alpha"), ttl=3) == impl.STOP_END
+
+
+def test_core_set_qrp_checks_its_arguments(impl):
+    core = impl.RelayCore("ultrapeer", impl.GuidCache(4, 1.0), impl.RouteMap(4, 1.0))
+    core.add_peer(1, 1, False)
+    with pytest.raises(LocalProtocolError, match="2\\*\\*bits"):
+        core.set_qrp(1, True, bytearray(100), 7)
+    with pytest.raises(LocalProtocolError, match="2\\*\\*bits"):
+        core.set_qrp(1, True, bytes(128), 7)
+    with pytest.raises(LocalProtocolError, match="2\\*\\*bits"):
+        core.set_qrp(1, True, bytearray(1), 0)
+    with pytest.raises(LocalProtocolError, match="without a table"):
+        core.set_qrp(1, False, bytearray(128), 7)
+    with pytest.raises(LocalProtocolError, match="unknown peer"):
+        core.set_qrp(2, True, bytearray(128), 7)
+    core.set_qrp(1, True, bytearray(128), 7)
+    core.set_qrp(1, True)
+    core.set_qrp(1, False)
+    core.remove_peer(1)
+    assert core.slot_ids == ()
+
+
 # --- the local filter ----------------------------------------------------------------------------
 
 NAMES = [
@@ -393,7 +678,7 @@ def share(tmp_path_factory):
 def local_kind(impl, router: Router, text_payload: bytes) -> int:
     core = router.core
     msg = impl.Message(raw_msg(new_guid(), MSG_QUERY, 2, 0, text_payload))
-    ids = core.relay_ids
+    ids = core.slot_ids
     i, kind = core.relay(1, [msg], 0, 1.0, [bytearray() for _ in ids], [0] * len(ids), LOW, HIGH)
     core.end_chunk()
     return kind
@@ -551,3 +836,53 @@ def test_duplicates_resent_on_their_own_link_still_earn_a_bye(tmp_path):
             await node.stop()
 
     loops.run(go(), "asyncio")
+
+
+def send_table(peer: RawPeer, words: list[str]) -> None:
+    """Send a QRP table (RESET + PATCH) holding `words` over a raw link, as a leaf does."""
+    table = QrpTable(14, infinity=2)
+    for w in words:
+        table.add_words(keywords(w))
+    for m in table.to_messages(entry_bits=4):
+        peer.send(messages.build(new_guid(), MSG_QRP, 1, 0, m.encode()))
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_ultrapeer_node_relays_to_matching_leaves_through_the_core(tmp_path, loop):
+    async def go():
+        node = await start_node(tmp_path, "up", mode="ultrapeer")
+        try:
+            src, other = RawPeer(), RawPeer()
+            for p in (src, other):
+                await p.connect(node)
+            leaves = {"jazz": RawPeer("leaf"), "blues": RawPeer("leaf"), "rock": RawPeer("leaf")}
+            for word, leaf in leaves.items():
+                await leaf.connect(node)
+                send_table(leaf, [f"{word} live.mp3"])
+            await wait_for(lambda: sum(st.matcher is not None for st in node.router._peers.values()) == 3,
+                           what="the leaves' QRP tables")
+            g = {name: new_guid() for name in ("jazz", "blues", "spent", "none", "live")}
+            src.send(b"".join((
+                raw_msg(g["jazz"], MSG_QUERY, 3, 1, qpayload("JAZZ")),
+                raw_msg(g["blues"], MSG_QUERY, 2, 1, qpayload("blues, live")),
+                raw_msg(g["spent"], MSG_QUERY, 1, 4, qpayload("rock")),  # spent here: leaves only, TTL 1
+                raw_msg(g["none"], MSG_QUERY, 3, 1, qpayload("polka")),
+                raw_msg(g["live"], MSG_QUERY, 3, 0, qpayload("live")),
+            )))
+            await wait_for(lambda: len(other.of_type(MSG_QUERY)) == 4, what="relayed copies")
+            await wait_for(lambda: all(leaf.of_type(MSG_QUERY) for leaf in leaves.values()), what="leaf copies")
+            got = {w: [(m.guid, m.ttl, m.hops) for m in leaf.of_type(MSG_QUERY)] for w, leaf in leaves.items()}
+            assert got == {
+                "jazz": [(g["jazz"], 2, 2), (g["live"], 2, 1)],
+                "blues": [(g["blues"], 1, 2), (g["live"], 2, 1)],
+                "rock": [(g["spent"], 1, 5), (g["live"], 2, 1)],
+            }
+            assert [m.guid for m in other.of_type(MSG_QUERY)] == [g["jazz"], g["blues"], g["none"], g["live"]]
+            # All five were settled in C (taken before anything folds them into the Router's counters):
+            # received, copies, new queries, duplicates, own echoes, flow-control drops, QRP skips.
+            assert node.router.core.take_counts() == (5, 10, 5, 0, 0, 0, 2 + 2 + 2 + 3)
+            assert node.stats()["sent"]["QUERY"] == 4 + 6
+        finally:
+            await node.stop()
+
+    loops.run(go(), loop)
