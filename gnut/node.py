@@ -646,6 +646,8 @@ class Node:
                     table = table or self.our_qrp_table()
                     self.send_qrp(p, table)
         self.searches.tick(now)
+        if self.transfers is not None:
+            self.transfers.maybe_rescan(now)
         self._keep_links(now)
         self.flush()
         if now - self._last_save > HOSTS_SAVE_EVERY:

@@ -45,16 +45,32 @@ class Transfers:
         )
         self._giv_waiters: dict[tuple[bytes, int], asyncio.Future] = {}
         self._push_callbacks = 0
+        self._scanning = False
+        self._first_scan = True
+        self._last_scan = time.monotonic()
+        self.rescan_every = RESCAN_EVERY
         self.downloads: dict[str, dict] = {}
         self._tasks: set[asyncio.Task] = set()
 
     async def scan(self) -> None:
         """Scan the share folders in a worker thread (hashing can take a while)."""
-        if not self.node.cfg.share_dirs:
+        if not self.node.cfg.share_dirs or self._scanning:
             return
-        report = await asyncio.get_running_loop().run_in_executor(None, self.share.scan)
-        log.info("shares scanned: %s", report)
-        self.node.shares_changed()
+        self._scanning = True
+        try:
+            report = await asyncio.get_running_loop().run_in_executor(None, self.share.scan)
+        finally:
+            self._scanning = False
+            self._last_scan = time.monotonic()
+        if report.added or report.removed or report.changed or self._first_scan:
+            log.info("shares scanned: %s", report)
+            self.node.shares_changed()
+        self._first_scan = False
+
+    def maybe_rescan(self, now: float) -> None:
+        """Rescan every RESCAN_EVERY seconds: new and changed files get shared, QRP tables follow."""
+        if self.node.cfg.share_dirs and not self._scanning and now - self._last_scan >= self.rescan_every:
+            self._spawn(self.scan())
 
     def _spawn(self, coro) -> asyncio.Task:
         task = self.node.spawn(coro)

@@ -255,3 +255,29 @@ def test_link_counts_follow_connects_and_leaves(run, tmp_path):
             await stop_all(up, *leaves[1:])
 
     run(go)
+
+
+def test_rescan_shares_new_files_and_updates_the_leaf_table(run, tmp_path):
+    async def go():
+        up = await start_node(tmp_path, "up", mode="ultrapeer")
+        leaf = await start_node(tmp_path, "leaf", mode="leaf", files={"first song.mp3": b"1" * 100})
+        try:
+            await link(leaf, up)
+            lp = next(p for p in up.peers.values() if p.established)
+            await wait_for(lambda: lp.qrp is not None and lp.qrp.table is not None, what="leaf table at the ultrapeer")
+            assert not lp.qrp.table.matches(["zeppelin"])
+            (tmp_path / "leaf" / "share" / "zeppelin live.ogg").write_bytes(b"2" * 100)
+            leaf.tick_interval = 0.05
+            leaf.transfers.rescan_every = 0.1
+            await wait_for(lambda: leaf.share.by_index(2) is not None, what="rescan picks the new file")
+            await wait_for(lambda: lp.qrp.table is not None and lp.qrp.table.matches(["zeppelin"]),
+                           what="updated QRP table at the ultrapeer")
+            hits = []
+            search = up.searches.start("zeppelin")
+            q = search.listen()
+            hits.append(await asyncio.wait_for(q.get(), 5))
+            assert hits[0].name == "zeppelin live.ogg"
+        finally:
+            await stop_all(up, leaf)
+
+    run(go)
