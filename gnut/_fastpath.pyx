@@ -480,9 +480,9 @@ cdef enum:
     # random, and with 4 KiB pages a 1M-entry cache (31 MB) misses the TLB on nearly every one.
     HUGE_PAGE = 2 * 1024 * 1024
     # A new cache holds this many entries (its capacity if smaller) and doubles when they are all
-    # live: 4096 entries are ~125 KB, so a quiet servent or one of 100k simulated nodes does not pay
-    # the 31 MB of a full 1M-entry cache, and the first doublings (~0.1 ms each) go unnoticed.
-    INITIAL_ENTRIES = 4096
+    # live: 256 entries are 8 KB, so a quiet servent or each of 100k simulated nodes pays 8 KB, not
+    # the 31 MB of a full 1M-entry cache; the 12 doublings to 2^20 cost ~15 ms in all, once.
+    INITIAL_ENTRIES = 256
     # Records rehashed per batch when the cache doubles: their slot prefetches are in flight together.
     REHASH_BATCH = 32
 # The same number for tests and benchmarks (where the doublings happen); the pure twin has no table.

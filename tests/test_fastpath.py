@@ -532,24 +532,31 @@ def test_guid_cache_growth_matches_reference_model(impl):
     # The ring wraps before it grows (expiry frees its start first), the last doubling stops at a
     # capacity that is not a power of two, then eviction at capacity takes over; every answer and
     # the length are checked against the reference model through all of it.
-    initial = getattr(impl, "_CACHE_INITIAL_ENTRIES", 4096)
-    capacity = 3 * initial + 5
+    initial = getattr(impl, "_CACHE_INITIAL_ENTRIES", 256)  # the pure twin has no table: any size
+    capacity = 40 * initial + 5  # six doublings, then a last step to a capacity not a power of two
     cache = impl.GuidCache(capacity, 10.0, seed=21)
     ref = ReferenceCache(capacity, 10.0)
     rng = random.Random(4)
 
-    def check(guid: bytes, kind: int, now: float) -> None:
-        assert cache.seen(guid, kind, now) == ref.seen(guid, kind, now), (guid, now)
+    def check(guid: bytes, kind: int, now: float) -> bool:
+        answer = cache.seen(guid, kind, now)
+        assert answer == ref.seen(guid, kind, now), (guid, now)
         assert len(cache) == len(ref.times)
+        return answer
 
-    for i in range(initial - 1000):
+    first, second = initial * 3 // 4, initial * 3 // 2
+    for i in range(first):
         check(g(i), 0x80, 0.0)
-    for i in range(initial + 1500):  # the first call at t=10 expires the whole first batch
+    for i in range(second):  # the first call at t=10 expires the whole first batch
         check(g(10**6 + i), 0x80, 10.0 + i * 1e-6)
-    assert len(cache) == initial + 1500
-    recent = [g(10**6 + i) for i in range(initial + 1500)]
-    now = 10.5
-    for _step in range(8 * initial):
+    assert len(cache) == second
+    # Expiry must pop the grown ring oldest-first: the older half of the second batch goes, exactly.
+    now = 20.0 + (second // 2) * 1e-6
+    still = [check(g(10**6 + i), 0x80, now) for i in range(second)]
+    assert 0 < sum(still) < second and still == sorted(still)
+    recent = [g(10**6 + i) for i in range(second)]
+    now += 0.5
+    for _step in range(2 * capacity):
         now += rng.choice([0.0, 0.0, 0.0, 1e-4])
         if rng.random() < 0.3:
             check(rng.choice(recent), 0x80, now)
