@@ -218,6 +218,10 @@ class RelayCore:
         self._reset_slots()
 
     def _reset_slots(self) -> None:
+        self._reset_counts()
+        self._static: list | None = None  # per-slot peer rows, rebuilt when peers or tables change
+
+    def _reset_counts(self) -> None:
         n = len(self._slot_ids)
         self._app, self._shed, self._filled = [0] * n, [0] * n, [False] * n
 
@@ -282,6 +286,7 @@ class RelayCore:
         st[3] = slots
         st[4] = bits if slots is not None else 0
         self._count_qrp(st, 1)
+        self._static = None
 
     def _count_qrp(self, st: list, d: int) -> None:
         if st[2] == _QRP_NONE:
@@ -337,17 +342,23 @@ class RelayCore:
     def _slots(self, bufs: list, bases: list) -> tuple[list, int, int]:
         """This call's per-slot rows (slot, id, buffer, base, leaf, QRP kind, table, shift) and the
         counts of consulted tables the core cannot read (leaves, relay peers)."""
+        static = self._static
+        if static is None:
+            static = self._static = [
+                (k, pid, not st[1], st[2], st[3], st[4])
+                for k, pid in enumerate(self._slot_ids)
+                for st in (self._peers[pid],)
+            ]
         op_leaf, op_relay = self._leaf_opaque, self._relay_opaque
         rows = []
-        for k, pid in enumerate(self._slot_ids):
-            _gen, relay, kind, table, bits = self._peers[pid]
+        for k, pid, leaf, kind, table, bits in static:
             if kind == _QRP_TABLE and len(table) != 1 << bits:  # resized since set_qrp: unreadable
                 kind, table = _QRP_OPAQUE, None
-                if relay:
-                    op_relay += 1
-                else:
+                if leaf:
                     op_leaf += 1
-            rows.append((k, pid, bufs[k], bases[k], not relay, kind, table, 32 - bits))
+                else:
+                    op_relay += 1
+            rows.append((k, pid, bufs[k], bases[k], leaf, kind, table, 32 - bits))
         return rows, op_leaf, op_relay
 
     def relay(
@@ -501,7 +512,7 @@ class RelayCore:
         rows = [(k, app[k], shed[k], filled[k]) for k in range(len(app)) if app[k] or shed[k]]
         out = (self._chunk[0], self._chunk[1], self._chunk[2], rows)
         self._chunk = [0, 0, 0]
-        self._reset_slots()
+        self._reset_counts()
         return out
 
     def take_counts(self) -> tuple[int, int, int, int, int, int, int]:
