@@ -278,7 +278,9 @@ def format_table(result: dict) -> str:
             )
     for impl, res in result.items():
         row = res["rows"][f"{ULTRAPEER_WORKLOAD} / after"]
-        lines.append(f"\n{impl}, {ULTRAPEER_WORKLOAD}: {row['leaf_copies_per_query']:.2f} leaf copies per query")
+        lines.append(
+            f"\n{impl}, {ULTRAPEER_WORKLOAD}: {row['leaf_copies_per_query']:.2f} leaf copies per query"
+        )
     c, p = result.get("cython"), result.get("python")
     if c and p:
         w = "relay only (no shares)"

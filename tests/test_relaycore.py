@@ -352,8 +352,28 @@ def build_matcher(spec):
     return table
 
 
-VOCAB = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta9", "theta", "iota", "kappa", "lambda",
-         "mu2024", "omicron", "sigma", "upsilon", "chi", "psi", "omega", "jazz", "live", "remix"]
+VOCAB = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta9",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu2024",
+    "omicron",
+    "sigma",
+    "upsilon",
+    "chi",
+    "psi",
+    "omega",
+    "jazz",
+    "live",
+    "remix",
+]
 
 
 def query_text(rng: random.Random) -> str:
@@ -364,8 +384,10 @@ def query_text(rng: random.Random) -> str:
     if r < 0.07:
         return rng.choice(("ab", "a b", "--", "x y z"))  # no routed word: matches nothing
     words = [rng.choice(VOCAB) for _ in range(rng.choice((1, 1, 2, 2, 3, 4)))]
-    words = [w.upper() if rng.random() < 0.15 else w[: rng.randrange(3, len(w) + 1)] if rng.random() < 0.2
-             else w for w in words]
+    words = [
+        w.upper() if rng.random() < 0.15 else w[: rng.randrange(3, len(w) + 1)] if rng.random() < 0.2 else w
+        for w in words
+    ]
     if rng.random() < 0.1:
         words.append(rng.choice(("of", "a", "zzz", "q9")))
     if rng.random() < 0.05:
@@ -448,7 +470,11 @@ def test_core_routes_on_qrp_tables_exactly_as_router_route(impl, mode, seed):
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(st.characters(min_codepoint=1, max_codepoint=0x7F, blacklist_characters="\x1c"), max_size=250))
+@given(
+    text=st.text(
+        st.characters(min_codepoint=1, max_codepoint=0x7F, blacklist_characters="\x1c"), max_size=250
+    )
+)
 def test_query_codes_are_the_words_gnut_qrp_routes_on(text):
     """Any plain-ASCII text: the core's codes are qrp_hashcode of exactly the words Router.route finds."""
     from gnut import _purepath
@@ -480,11 +506,18 @@ def test_query_codes_hash_many_words_as_qrp_hashcode(impl):
         assert impl.query_codes(qpayload(word)) == want, word
         assert query_words(word) == ([word.lower()] if len(word) >= 3 else [])
     # gtk-gnutella's test_hash vectors (src/core/qrp.c), for the words the core routes on.
-    for word, bits, slot in (("ebc", 13, 7082), ("ebcklmenq", 13, 3527), ("ndflalem", 16, 37658),
-                             ("3nja9", 10, 581), ("2459345938032343", 10, 146), ("zzzzzzzzzzz", 10, 944)):
+    for word, bits, slot in (
+        ("ebc", 13, 7082),
+        ("ebcklmenq", 13, 3527),
+        ("ndflalem", 16, 37658),
+        ("3nja9", 10, 581),
+        ("2459345938032343", 10, 146),
+        ("zzzzzzzzzzz", 10, 944),
+    ):
         assert impl.query_codes(qpayload(word.upper()))[0] >> (32 - bits) == slot
     assert impl.query_codes(qpayload("Jazz, live-JAZZ 2024 of")) == tuple(
-        qrp_hashcode(w) for w in ("jazz", "live", "jazz", "2024"))
+        qrp_hashcode(w) for w in ("jazz", "live", "jazz", "2024")
+    )
 
 
 def test_query_codes_leave_to_python_what_only_python_can_split(impl):
@@ -574,7 +607,9 @@ def test_core_settles_an_ultrapeer_chunk_with_qrp_leaves_in_one_call(impl):
     for i in range(300):
         text = " ".join(rng.sample(VOCAB, rng.choice((1, 1, 2))))
         hops, ttl = rng.choice(((0, 4), (1, 3), (2, 2), (5, 2), (3, 1), (6, 1), (6, 2), (7, 1)))
-        raws.append(raw_msg(rng.randbytes(16), MSG_QUERY, ttl, hops, qpayload(text.upper() if i % 7 else text)))
+        raws.append(
+            raw_msg(rng.randbytes(16), MSG_QUERY, ttl, hops, qpayload(text.upper() if i % 7 else text))
+        )
     alone, core_world = ultrapeer_world(impl, False), ultrapeer_world(impl, True)
     bases = dict.fromkeys(alone.out, 0)
     alone.chunk(1, raws, 1.0, bases)
@@ -859,19 +894,27 @@ def test_ultrapeer_node_relays_to_matching_leaves_through_the_core(tmp_path, loo
             for word, leaf in leaves.items():
                 await leaf.connect(node)
                 send_table(leaf, [f"{word} live.mp3"])
-            await wait_for(lambda: sum(st.matcher is not None for st in node.router._peers.values()) == 3,
-                           what="the leaves' QRP tables")
+            await wait_for(
+                lambda: sum(st.matcher is not None for st in node.router._peers.values()) == 3,
+                what="the leaves' QRP tables",
+            )
             g = {name: new_guid() for name in ("jazz", "blues", "spent", "none", "live")}
-            src.send(b"".join((
+            stream = [
                 raw_msg(g["jazz"], MSG_QUERY, 3, 1, qpayload("JAZZ")),
                 raw_msg(g["blues"], MSG_QUERY, 2, 1, qpayload("blues, live")),
-                raw_msg(g["spent"], MSG_QUERY, 1, 4, qpayload("rock")),  # spent here: leaves only, TTL 1
+                # Spent here (TTL 1 hops 4): matching leaves only, with TTL 1.
+                raw_msg(g["spent"], MSG_QUERY, 1, 4, qpayload("rock")),
                 raw_msg(g["none"], MSG_QUERY, 3, 1, qpayload("polka")),
                 raw_msg(g["live"], MSG_QUERY, 3, 0, qpayload("live")),
-            )))
+            ]
+            src.send(b"".join(stream))
             await wait_for(lambda: len(other.of_type(MSG_QUERY)) == 4, what="relayed copies")
-            await wait_for(lambda: all(leaf.of_type(MSG_QUERY) for leaf in leaves.values()), what="leaf copies")
-            got = {w: [(m.guid, m.ttl, m.hops) for m in leaf.of_type(MSG_QUERY)] for w, leaf in leaves.items()}
+            await wait_for(
+                lambda: all(leaf.of_type(MSG_QUERY) for leaf in leaves.values()), what="leaf copies"
+            )
+            got = {
+                w: [(m.guid, m.ttl, m.hops) for m in leaf.of_type(MSG_QUERY)] for w, leaf in leaves.items()
+            }
             assert got == {
                 "jazz": [(g["jazz"], 2, 2), (g["live"], 2, 1)],
                 "blues": [(g["blues"], 1, 2), (g["live"], 2, 1)],
