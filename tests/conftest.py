@@ -1,11 +1,15 @@
-"""Shared pytest fixtures: the `impl` fixture runs a test against the Cython and the pure hot path."""
+"""Shared pytest fixtures: `impl` (the Cython and the pure hot path) and `run` (uvloop and asyncio)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 
 import pytest
+from nethelpers import LOOPS  # every real-socket test runs on uvloop and on asyncio
+
+from gnut import loops
 
 # The Cython half is imported directly (never via gnut.fastpath), so a missing build is an error,
 # not a silent second run of the pure twin. `--no-cython` or GNUT_NO_EXTENSIONS=1 deselects it.
@@ -47,3 +51,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def impl(request: pytest.FixtureRequest):
     """The hot-path module under test: gnut._fastpath ("cython") or gnut._purepath ("python")."""
     return importlib.import_module(_IMPLS[request.param])
+
+
+@pytest.fixture(params=LOOPS)
+def run(request):
+    """Run a coroutine on the parametrized loop; fail if the loop's exception handler was called."""
+
+    def runner(coro_fn):
+        errors = []
+
+        async def main():
+            asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+            return await coro_fn()
+
+        result = loops.run(main(), request.param)
+        assert not errors, f"event loop exception handler called: {errors}"
+        return result
+
+    return runner

@@ -14,9 +14,9 @@ import time
 import zlib
 
 import pytest
-from nethelpers import LOOPS, RawPeer, established, start_node, wait_for
+from nethelpers import RawPeer, established, start_node, wait_for
 
-from gnut import loops, messages
+from gnut import messages
 from gnut.constants import HANDSHAKE_MAX_HEADER_BYTES, MSG_BYE, MSG_PING, MSG_QRP, MSG_QUERY, MSG_QUERYHIT
 from gnut.ggep import GGEP_MAX_INFLATED, GgepItem, encode_ggep
 from gnut.guid import new_guid
@@ -26,22 +26,6 @@ from gnut.routing import DropReason
 FILES = {"honest answer.txt": b"h" * 2048}
 
 
-@pytest.fixture(params=LOOPS)
-def run(request):
-    """Run a coroutine on the parametrized loop; fail if the loop's exception handler was called."""
-
-    def runner(coro_fn):
-        errors = []
-
-        async def main():
-            asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
-            return await coro_fn()
-
-        result = loops.run(main(), request.param)
-        assert not errors, f"event loop exception handler called: {errors}"
-        return result
-
-    return runner
 
 
 def query(text: str, ttl: int = 2, hops: int = 0, guid: bytes | None = None) -> bytes:

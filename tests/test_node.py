@@ -5,31 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 
-import pytest
-from nethelpers import LOOPS, RawPeer, established, link, start_node, wait_for
+from nethelpers import RawPeer, established, link, start_node, wait_for
 
-from gnut import loops, messages
+from gnut import messages
 from gnut.constants import MSG_QUERY, MSG_QUERYHIT
 from gnut.guid import new_guid
 from gnut.routing import DropReason
-
-
-@pytest.fixture(params=LOOPS)
-def run(request):
-    """Run a test coroutine on the parametrized loop and fail if the loop saw an unhandled error."""
-
-    def runner(coro_fn):
-        errors = []
-
-        async def main():
-            asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
-            return await coro_fn()
-
-        result = loops.run(main(), request.param)
-        assert not errors, f"event loop exception handler called: {errors}"
-        return result
-
-    return runner
 
 
 def query(text: str, ttl: int, guid: bytes | None = None) -> tuple[bytes, bytes]:
