@@ -22,7 +22,7 @@ else:
             Extension(
                 "gnut._fastpath",
                 ["gnut/_fastpath.pyx"],
-                depends=["gnut/_relay.pxi", "gnut/_routemap.pxi"],
+                depends=["gnut/_guidcache.pxi", "gnut/_relay.pxi", "gnut/_routemap.pxi"],
                 extra_compile_args=["-O3"],
                 define_macros=macros,
             )
