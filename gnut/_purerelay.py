@@ -17,6 +17,8 @@ from gnut.errors import LocalProtocolError
 # The Cython route records hold peer ids and generations in 32-bit fields, and 2^24 routes at most.
 MAX_ROUTE_CAPACITY = 1 << 24
 _MIN_PEER, _MAX_PEER, _MAX_GEN = -(1 << 31), (1 << 31) - 1, (1 << 32) - 1
+# ... and the relay TTL in one byte.
+_MAX_ROUTE_TTL = 255
 # What relay() stopped on: the end of the chunk, a message for Router.route, a relayed query for
 # local delivery only.
 STOP_END, STOP_ROUTE, STOP_LOCAL = 0, 1, 2
@@ -39,7 +41,7 @@ def _guid_bytes(guid) -> bytes:
 
 
 class RouteMap:
-    """Bounded, aged map GUID -> (peer id, peer generation), the twin of routing.RouteTable.
+    """Bounded, aged map GUID -> (peer id, peer generation, relay TTL), the twin of routing.RouteTable.
 
     Eviction policy, in plain words: entries are kept in insertion order (re-putting a GUID moves it
     to the newest end). Putting evicts the oldest entries while the map is full and drops the oldest
@@ -66,7 +68,8 @@ class RouteMap:
             raise LocalProtocolError(f"seed {seed} is outside 0..2^64-1")
         self._capacity = capacity
         self._max_age = float(max_age)
-        self._entries: OrderedDict[bytes, tuple[int, int, float]] = OrderedDict()
+        # GUID -> (peer, generation, time put, highest relay TTL)
+        self._entries: OrderedDict[bytes, tuple[int, int, float, int]] = OrderedDict()
 
     @property
     def capacity(self) -> int:
@@ -83,10 +86,10 @@ class RouteMap:
 
     def memory_bytes(self) -> int:
         """Approximate bytes of the dict, its keys and value tuples."""
-        per_entry = sys.getsizeof(b"x" * GUID_LEN) + sys.getsizeof((0, 0, 0.0)) + sys.getsizeof(0.0)
+        per_entry = sys.getsizeof(b"x" * GUID_LEN) + sys.getsizeof((0, 0, 0.0, 0)) + sys.getsizeof(0.0)
         return sys.getsizeof(self._entries) + len(self._entries) * per_entry
 
-    def _put(self, g: bytes, peer: int, gen: int, now: float) -> None:
+    def _put(self, g: bytes, peer: int, gen: int, now: float, ttl: int) -> None:
         entries = self._entries
         if g in entries:
             del entries[g]
@@ -95,20 +98,28 @@ class RouteMap:
         horizon = now - self._max_age
         while entries and not next(iter(entries.values()))[2] > horizon:
             entries.popitem(last=False)
-        entries[g] = (peer, gen, float(now))
+        entries[g] = (peer, gen, float(now), ttl)
 
-    def put(self, guid: bytes, peer: int, gen: int, now: float) -> None:
+    def put(self, guid: bytes, peer: int, gen: int, now: float, ttl: int = 0) -> None:
         """Record that replies for `guid` go to `peer` (generation `gen`) from time `now`.
 
+        Args:
+            guid: the 16-byte GUID.
+            peer, gen: the peer id (-2^31..2^31-1) and its generation (0..2^32-1).
+            now: current time in seconds.
+            ttl: the relay TTL the message was forwarded with (0..255; 0 = not forwarded).
+
         Raises:
-            LocalProtocolError: guid is not 16 bytes, peer outside -2^31..2^31-1, gen outside 0..2^32-1.
+            LocalProtocolError: guid is not 16 bytes, or peer, gen or ttl out of range.
         """
         g = _guid_bytes(guid)
         if not _MIN_PEER <= peer <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
             raise LocalProtocolError(f"route peer {peer} / generation {gen} out of range")
-        self._put(g, peer, gen, now)
+        if not 0 <= ttl <= _MAX_ROUTE_TTL:
+            raise LocalProtocolError(f"route TTL {ttl} out of range 0..255")
+        self._put(g, peer, gen, now, ttl)
 
-    def _get(self, g: bytes, now: float) -> tuple[int, int, float] | None:
+    def _get(self, g: bytes, now: float) -> tuple[int, int, float, int] | None:
         entry = self._entries.get(g)
         if entry is not None and now - entry[2] >= self._max_age:
             del self._entries[g]
@@ -123,6 +134,26 @@ class RouteMap:
         """
         entry = self._get(_guid_bytes(guid), now)
         return None if entry is None else (entry[0], entry[1])
+
+    def reroute(self, guid: bytes, peer: int, gen: int, ttl: int, now: float) -> bool:
+        """Move guid's live entry to a copy that came with a higher relay TTL (a shorter path).
+
+        When the entry holds a relay TTL below `ttl`, it takes `peer`, `gen` and `ttl` (its age and
+        place stay) and True is returned; otherwise nothing changes and False is returned.
+
+        Raises:
+            LocalProtocolError: guid is not 16 bytes, or peer, gen or ttl out of range.
+        """
+        g = _guid_bytes(guid)
+        if not _MIN_PEER <= peer <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
+            raise LocalProtocolError(f"route peer {peer} / generation {gen} out of range")
+        if not 0 <= ttl <= _MAX_ROUTE_TTL:
+            raise LocalProtocolError(f"route TTL {ttl} out of range 0..255")
+        entry = self._get(g, now)
+        if entry is None or entry[3] >= ttl:
+            return False
+        self._entries[g] = (peer, gen, entry[2], ttl)  # an existing key keeps its place
+        return True
 
 
 @lru_cache(maxsize=_CODE_CACHE_SIZE)
@@ -183,7 +214,8 @@ class RelayCore:
     Every live peer has a slot (relay peers and leaves, in the order they were added); a peer's QRP
     table is held by reference to its QrpTable.slots bytearray. Target rules are Router's
     _select_targets (see the Cython twin's docstring). Counters (received, forwarded, local
-    queries, duplicates, own echoes, flow-control drops, QRP skips) are handed over, and zeroed, by
+    queries, duplicates, own echoes, flow-control drops, QRP skips, duplicates relayed again for a
+    higher TTL) are handed over, and zeroed, by
     take_counts(); per-chunk figures for the runtime (copies appended and shed per slot,
     duplicates, queries not handed over) by end_chunk().
     """
@@ -213,7 +245,7 @@ class RelayCore:
         self._leaf_qrp = self._relay_qrp = self._leaf_opaque = self._relay_opaque = 0
         self._local_table: bytes | None = None
         self._local_shift = 32
-        self._counts = [0] * 7
+        self._counts = [0] * 8
         self._chunk = [0, 0, 0]  # copies appended, duplicates, queries not handed over
         self._reset_slots()
 
@@ -409,7 +441,7 @@ class RelayCore:
         gen = st[0]
         up = self._mode == "ultrapeer"
         routes, seen = self._routes, self._seen
-        counts, chunk, app, shed, filled = self._counts, self._chunk, self._app, self._shed, self._filled
+        counts, chunk = self._counts, self._chunk
         slots, op_leaf, op_relay = self._slots(bufs, bases)
         for i in range(start, n):
             m = msgs[i]
@@ -452,53 +484,83 @@ class RelayCore:
                     return i, STOP_ROUTE  # resent on its own link: the node watches for replayers
             if seen.seen(g, constants.MSG_QUERY, now):
                 counts[0] += 1
+                if route is not None and out_ttl > route[3]:
+                    # A duplicate with more TTL left than any copy we relayed came a shorter way:
+                    # relayed again, not handled again, and replies now go back its way.
+                    routes._entries[g] = (peer_id, gen, route[2], out_ttl)
+                    self._emit(peer_id, raw, out_ttl, hops, last, False, codes, slots, low_water, high_water)
+                    counts[7] += 1
+                    continue
                 counts[3] += 1
                 chunk[1] += 1
                 continue
             counts[0] += 1
             counts[2] += 1
-            routes._put(g, peer_id, gen, now)
+            routes._put(g, peer_id, gen, now, out_ttl)
             leaves_only = False
             if out_ttl == 0 and up and eff >= 1 and self._leaf_qrp:
                 out_ttl = 1  # spent here: matching leaves still get it (Router._route_query)
                 leaves_only = True
             if out_ttl:
-                out = raw[:17] + bytes((out_ttl, hops + 1)) + raw[19:]
-                low = hops >= 2
-                for k, pid, buf, base, leaf, kind, table, shift in slots:
-                    if pid == peer_id:
-                        continue
-                    if leaf:
-                        if kind == _QRP_NONE:
-                            continue  # a leaf without a table gets nothing
-                        if not _codes_match(table, shift, codes):
-                            counts[6] += 1
-                            continue
-                    elif leaves_only:
-                        continue
-                    elif last and kind != _QRP_NONE:
-                        if not _codes_match(table, shift, codes):
-                            counts[6] += 1
-                            continue
-                    counts[1] += 1
-                    if base < 0:
-                        if base == -1:
-                            counts[5] += 1
-                        continue
-                    size = len(buf)
-                    if base + size > high_water or (low and base + size > low_water):
-                        shed[k] += 1
-                        counts[5] += 1
-                        continue
-                    if not size:
-                        filled[k] = True
-                    buf += out
-                    app[k] += 1
-                    chunk[0] += 1
+                self._emit(
+                    peer_id, raw, out_ttl, hops, last, leaves_only, codes, slots, low_water, high_water
+                )
             if self._may_match(raw[HEADER_LEN:], codes, known):
                 return i, STOP_LOCAL
             chunk[2] += 1
         return n, STOP_END
+
+    def _emit(
+        self,
+        peer_id: int,
+        raw: bytes,
+        out_ttl: int,
+        hops: int,
+        last: bool,
+        leaves_only: bool,
+        codes: list[int] | None,
+        slots: list,
+        low_water: int,
+        high_water: int,
+    ) -> int:
+        """Append raw's relayed copy (TTL out_ttl, hops + 1) to every target's buffer (Router._select_targets
+        rules, flow control as Peer.enqueue); return the number of targets chosen (sheds included)."""
+        counts, chunk, app, shed, filled = self._counts, self._chunk, self._app, self._shed, self._filled
+        out = raw[:17] + bytes((out_ttl, hops + 1)) + raw[19:]
+        low = hops >= 2
+        chosen = 0
+        for k, pid, buf, base, leaf, kind, table, shift in slots:
+            if pid == peer_id:
+                continue
+            if leaf:
+                if kind == _QRP_NONE:
+                    continue  # a leaf without a table gets nothing
+                if not _codes_match(table, shift, codes):
+                    counts[6] += 1
+                    continue
+            elif leaves_only:
+                continue
+            elif last and kind != _QRP_NONE:
+                if not _codes_match(table, shift, codes):
+                    counts[6] += 1
+                    continue
+            chosen += 1
+            counts[1] += 1
+            if base < 0:
+                if base == -1:
+                    counts[5] += 1
+                continue
+            size = len(buf)
+            if base + size > high_water or (low and base + size > low_water):
+                shed[k] += 1
+                counts[5] += 1
+                continue
+            if not size:
+                filled[k] = True
+            buf += out
+            app[k] += 1
+            chunk[0] += 1
+        return chosen
 
     def end_chunk(self) -> tuple[int, int, int, list[tuple[int, int, int, bool]]]:
         """Hand over and zero the per-chunk figures.
@@ -515,13 +577,13 @@ class RelayCore:
         self._reset_counts()
         return out
 
-    def take_counts(self) -> tuple[int, int, int, int, int, int, int]:
+    def take_counts(self) -> tuple[int, int, int, int, int, int, int, int]:
         """Hand over and zero the cumulative counters.
 
         Returns:
-            (received, forwarded, local, duplicates, own echoes, flow-control drops, QRP skips),
-            QUERYs all.
+            (received, forwarded, local, duplicates, own echoes, flow-control drops, QRP skips,
+            duplicates relayed again for their higher TTL), QUERYs all.
         """
         out = tuple(self._counts)
-        self._counts = [0] * 7
+        self._counts = [0] * 8
         return out  # type: ignore[return-value]

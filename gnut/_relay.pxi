@@ -7,11 +7,14 @@
 # (seen cache + reverse route), its relayed copy (TTL clamped and decremented, hops + 1) is appended
 # straight into the output bytearray of every target (subject to the same flow-control test as
 # Peer.enqueue), and the counters are C integers that the Router folds into its Counters when they
-# are read. Duplicates and echoes of our own queries are counted and dropped. The walk stops at the
-# first message Python must see (anything else: other types, leaves, odd TTLs, sizes, a duplicate
-# resent on its own link) and at a relayed query that may match our shares (the local filter
-# below); the caller handles that one message and calls again from the next. Messages are thus
-# handled in order on every link, exactly as Router.route would handle them one by one
+# are read. Duplicates and echoes of our own queries are counted and dropped, except a duplicate
+# whose relay TTL beats the highest one relayed for its GUID (kept in its reverse-route record):
+# that copy is relayed again to the same targets, not delivered locally, and the reverse route
+# moves to its sender (routing.py, "Duplicates"). The walk stops at the first message Python must
+# see (anything else: other types, leaves, odd TTLs, sizes, a duplicate resent on the link its
+# route points to) and at a relayed query that may match our shares (the local filter below); the
+# caller handles that one message and calls again from the next. Messages are thus handled in
+# order on every link, exactly as Router.route would handle them one by one
 # (tests/test_relaycore.py holds the two together).
 #
 # QRP (ultrapeer with leaves, last-hop filtering between ultrapeers): when a QRP table has a say in
@@ -36,6 +39,8 @@ from libc.stdlib cimport calloc, realloc
 cdef object _MIN_PEER = -(1 << 31)
 cdef object _MAX_PEER = (1 << 31) - 1
 cdef object _MAX_GEN = (1 << 32) - 1
+# ... and the highest relay TTL forwarded for a GUID in one byte.
+cdef object _MAX_ROUTE_TTL = 255
 # The route table's record index sits in 32 bits of a slot; 2^24 routes is ~1 GB of records.
 MAX_ROUTE_CAPACITY = 1 << 24
 
@@ -169,8 +174,9 @@ cdef class RelayCore:
     core cannot read (an opaque matcher) hands every query it would be consulted for to Python.
 
     Counters (received, forwarded, local queries, duplicates, own echoes, flow-control drops, QRP
-    skips) are kept in C and handed over, and zeroed, by take_counts(); per-chunk figures for the
-    runtime (copies appended and shed per slot, duplicates, queries not handed over) by end_chunk().
+    skips, duplicates relayed again for a higher TTL) are kept in C and handed over, and zeroed, by
+    take_counts(); per-chunk figures for the runtime (copies appended and shed per slot, duplicates,
+    queries not handed over) by end_chunk().
     """
 
     cdef GuidCache _seen
@@ -195,7 +201,7 @@ cdef class RelayCore:
     cdef int _local_mode, _local_shift
     cdef bytes _local_table
     cdef const uint8_t *_local_ptr  # points into _local_table
-    cdef uint64_t _n_received, _n_forwarded, _n_local, _n_dup, _n_own, _n_flow, _n_skips
+    cdef uint64_t _n_received, _n_forwarded, _n_local, _n_dup, _n_own, _n_flow, _n_skips, _n_dup_ttl
     cdef uint64_t _c_sent, _c_dups, _c_unseen
 
     def __cinit__(self):
@@ -472,16 +478,14 @@ cdef class RelayCore:
     cdef Py_ssize_t _relay(self, int peer_id, uint32_t gen, list msgs, Py_ssize_t i, double now, list bufs,
                            Py_ssize_t low_water, Py_ssize_t high_water) except? PY_SSIZE_T_MIN:
         """relay()'s loop: the index it stopped at (STOP_ROUTE, or n at the end), -index-1 for STOP_LOCAL."""
-        cdef Py_ssize_t n = PyList_GET_SIZE(msgs), ns = self._nslots, k, plen, size, room, nw
+        cdef Py_ssize_t n = PyList_GET_SIZE(msgs), plen, nw
         cdef bint up = self._mode == MODE_ULTRAPEER
-        cdef object obj, buf
+        cdef object obj
         cdef Message m
         cdef const uint8_t *h
-        cdef uint8_t *q
         cdef int ttl, hops, eff, out_ttl
         cdef RouteRec *route
-        cdef Py_ssize_t base
-        cdef bint low, last, leaves_only
+        cdef bint last, leaves_only
         cdef uint32_t codes[QUERY_WORDS_MAX]
         while i < n:
             obj = <object>PyList_GET_ITEM(msgs, i)
@@ -520,64 +524,89 @@ cdef class RelayCore:
                     return i  # resent on its own link: the node watches for replayers
             if self._seen._seen(h, MSG_QUERY_T, now):
                 self._n_received += 1
+                if route != NULL and out_ttl > route.ttl:
+                    # A duplicate with more TTL left than any copy we relayed came a shorter way:
+                    # relayed again, not handled again, and replies now go back its way.
+                    route.ttl = <uint8_t>out_ttl
+                    route.peer = peer_id
+                    route.gen = gen
+                    self._emit(peer_id, m, out_ttl, hops, last, False, codes, nw, bufs, low_water,
+                               high_water)
+                    self._n_dup_ttl += 1
+                    i += 1
+                    continue
                 self._n_dup += 1
                 self._c_dups += 1
                 i += 1
                 continue
             self._n_received += 1
             self._n_local += 1
-            self._routes._put(h, peer_id, gen, now, route == NULL)
+            self._routes._put(h, peer_id, gen, now, <uint8_t>out_ttl, route == NULL)
             leaves_only = False
             if out_ttl == 0 and up and eff >= 1 and self._leaf_qrp:
                 out_ttl = 1  # spent here: matching leaves still get it (Router._route_query)
                 leaves_only = True
             if out_ttl:
-                low = hops >= 2
-                for k in range(ns):
-                    if self._rid[k] == peer_id:
-                        continue
-                    if self._leaf[k]:
-                        if self._qkind[k] == QRP_NONE:
-                            continue  # a leaf without a table gets nothing
-                        if not _codes_match(self._qtab[k], self._qshift[k], codes, nw):
-                            self._n_skips += 1
-                            continue
-                    elif leaves_only:
-                        continue
-                    elif last and self._qkind[k] != QRP_NONE:
-                        if not _codes_match(self._qtab[k], self._qshift[k], codes, nw):
-                            self._n_skips += 1
-                            continue
-                    self._n_forwarded += 1
-                    base = self._base[k]
-                    if base < 0:
-                        if base == -1:
-                            self._n_flow += 1
-                        continue
-                    buf = <object>PyList_GET_ITEM(bufs, k)
-                    size = self._size[k]
-                    if base + size > high_water or (low and base + size > low_water):
-                        self._shed[k] += 1
-                        self._n_flow += 1
-                        continue
-                    room = PyByteArray_GET_SIZE(buf)
-                    if size + m._len > room:
-                        room = 2 * room if 2 * room > size + m._len else size + m._len
-                        PyByteArray_Resize(buf, room if room > BUF_FIRST else BUF_FIRST)
-                    q = <uint8_t *>PyByteArray_AS_STRING(buf) + size
-                    self._size[k] = size + m._len
-                    memcpy(q, h, m._len)
-                    q[17] = <uint8_t>out_ttl
-                    q[18] = <uint8_t>(hops + 1)
-                    if size == 0:
-                        self._filled[k] = 1
-                    self._app[k] += 1
-                    self._c_sent += 1
+                self._emit(peer_id, m, out_ttl, hops, last, leaves_only, codes, nw, bufs, low_water,
+                           high_water)
             if self._may_match(h + HDR, plen, codes, nw):
                 return -i - 1
             self._c_unseen += 1
             i += 1
         return n
+
+    cdef Py_ssize_t _emit(self, int peer_id, Message m, int out_ttl, int hops, bint last, bint leaves_only,
+                          const uint32_t *codes, Py_ssize_t nw, list bufs, Py_ssize_t low_water,
+                          Py_ssize_t high_water) except -1:
+        """Append m's relayed copy (TTL out_ttl, hops + 1) to every target's buffer (Router._select_targets
+        rules, flow control as Peer.enqueue); return the number of targets chosen (sheds included)."""
+        cdef Py_ssize_t ns = self._nslots, k, size, room, base, mlen = m._len, chosen = 0
+        cdef const uint8_t *h = <const uint8_t *>m._ptr()
+        cdef uint8_t *q
+        cdef bint low = hops >= 2
+        cdef object buf
+        for k in range(ns):
+            if self._rid[k] == peer_id:
+                continue
+            if self._leaf[k]:
+                if self._qkind[k] == QRP_NONE:
+                    continue  # a leaf without a table gets nothing
+                if not _codes_match(self._qtab[k], self._qshift[k], codes, nw):
+                    self._n_skips += 1
+                    continue
+            elif leaves_only:
+                continue
+            elif last and self._qkind[k] != QRP_NONE:
+                if not _codes_match(self._qtab[k], self._qshift[k], codes, nw):
+                    self._n_skips += 1
+                    continue
+            chosen += 1
+            self._n_forwarded += 1
+            base = self._base[k]
+            if base < 0:
+                if base == -1:
+                    self._n_flow += 1
+                continue
+            buf = <object>PyList_GET_ITEM(bufs, k)
+            size = self._size[k]
+            if base + size > high_water or (low and base + size > low_water):
+                self._shed[k] += 1
+                self._n_flow += 1
+                continue
+            room = PyByteArray_GET_SIZE(buf)
+            if size + mlen > room:
+                room = 2 * room if 2 * room > size + mlen else size + mlen
+                PyByteArray_Resize(buf, room if room > BUF_FIRST else BUF_FIRST)
+            q = <uint8_t *>PyByteArray_AS_STRING(buf) + size
+            self._size[k] = size + mlen
+            memcpy(q, h, mlen)
+            q[17] = <uint8_t>out_ttl
+            q[18] = <uint8_t>(hops + 1)
+            if size == 0:
+                self._filled[k] = 1
+            self._app[k] += 1
+            self._c_sent += 1
+        return chosen
 
     def end_chunk(self):
         """Hand over and zero the per-chunk figures.
@@ -603,13 +632,13 @@ cdef class RelayCore:
         """Hand over and zero the cumulative counters.
 
         Returns:
-            (received, forwarded, local, duplicates, own echoes, flow-control drops, QRP skips),
-            QUERYs all.
+            (received, forwarded, local, duplicates, own echoes, flow-control drops, QRP skips,
+            duplicates relayed again for their higher TTL), QUERYs all.
         """
         out = (self._n_received, self._n_forwarded, self._n_local, self._n_dup, self._n_own, self._n_flow,
-               self._n_skips)
+               self._n_skips, self._n_dup_ttl)
         self._n_received = self._n_forwarded = self._n_local = 0
-        self._n_dup = self._n_own = self._n_flow = self._n_skips = 0
+        self._n_dup = self._n_own = self._n_flow = self._n_skips = self._n_dup_ttl = 0
         return out
 
 

@@ -1,6 +1,6 @@
 # Included by _relay.pxi (after its constants): RouteMap, the reverse-route table GUID -> (peer id,
-# generation) that RelayCore and Router.route share for QUERYs. Same names, semantics and errors as
-# the pure twin in _purerelay.py.
+# generation, highest relay TTL) that RelayCore and Router.route share for QUERYs. Same names,
+# semantics and errors as the pure twin in _purerelay.py.
 
 # --- RouteMap ---------------------------------------------------------------------------------
 cdef packed struct RouteRec:
@@ -10,11 +10,12 @@ cdef packed struct RouteRec:
     uint32_t gen
     int32_t prev  # insertion order (oldest first), -1 at the ends; `prev` also links free records
     int32_t next
+    uint8_t ttl  # highest relay TTL forwarded for this GUID (a duplicate above it is relayed again)
 
 
 @cython.final
 cdef class RouteMap:
-    """Bounded, aged map GUID -> (peer id, peer generation), the C twin of routing.RouteTable.
+    """Bounded, aged map GUID -> (peer id, peer generation, relay TTL), the C twin of routing.RouteTable.
 
     Eviction policy, in plain words: entries are kept in insertion order (re-putting a GUID moves it
     to the newest end). Putting evicts the oldest entries while the map is full and drops the oldest
@@ -167,7 +168,7 @@ cdef class RouteMap:
         cdef const uint8_t *g = self._recs[self._head].guid
         self._remove(self._find(g, self._hash(g)))
 
-    cdef int _put(self, const uint8_t *guid, int32_t peer, uint32_t gen, double now,
+    cdef int _put(self, const uint8_t *guid, int32_t peer, uint32_t gen, double now, uint8_t ttl,
                   bint absent=False) except -1:
         """Insert or refresh guid's entry; `absent` says a lookup just found none (skips a probe)."""
         cdef uint64_t h = self._hash(guid)
@@ -193,6 +194,7 @@ cdef class RouteMap:
         rec.t = now
         rec.peer = peer
         rec.gen = gen
+        rec.ttl = ttl
         rec.next = -1
         rec.prev = self._tail
         if self._tail == -1:
@@ -215,16 +217,24 @@ cdef class RouteMap:
             return NULL
         return rec
 
-    def put(self, guid, peer, gen, double now):
+    def put(self, guid, peer, gen, double now, ttl=0):
         """Record that replies for `guid` go to `peer` (generation `gen`) from time `now`.
 
+        Args:
+            guid: the 16-byte GUID.
+            peer, gen: the peer id (-2^31..2^31-1) and its generation (0..2^32-1).
+            now: current time in seconds.
+            ttl: the relay TTL the message was forwarded with (0..255; 0 = not forwarded).
+
         Raises:
-            LocalProtocolError: guid is not 16 bytes, peer outside -2^31..2^31-1, gen outside 0..2^32-1.
+            LocalProtocolError: guid is not 16 bytes, or peer, gen or ttl out of range.
         """
         cdef bytes g = _guid_bytes(guid)
         if not _MIN_PEER <= peer <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
             raise LocalProtocolError(f"route peer {peer} / generation {gen} out of range")
-        self._put(<const uint8_t *>PyBytes_AS_STRING(g), <int32_t>peer, <uint32_t>gen, now)
+        if not 0 <= ttl <= _MAX_ROUTE_TTL:
+            raise LocalProtocolError(f"route TTL {ttl} out of range 0..255")
+        self._put(<const uint8_t *>PyBytes_AS_STRING(g), <int32_t>peer, <uint32_t>gen, now, <uint8_t>ttl)
 
     def get(self, guid, double now):
         """Return (peer, generation) for `guid`, or None if unknown or aged out.
@@ -237,6 +247,28 @@ cdef class RouteMap:
         if rec == NULL:
             return None
         return rec.peer, rec.gen
+
+    def reroute(self, guid, peer, gen, ttl, double now):
+        """Move guid's live entry to a copy that came with a higher relay TTL (a shorter path).
+
+        When the entry holds a relay TTL below `ttl`, it takes `peer`, `gen` and `ttl` (its age and
+        place stay) and True is returned; otherwise nothing changes and False is returned.
+
+        Raises:
+            LocalProtocolError: guid is not 16 bytes, or peer, gen or ttl out of range.
+        """
+        cdef bytes g = _guid_bytes(guid)
+        if not _MIN_PEER <= peer <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
+            raise LocalProtocolError(f"route peer {peer} / generation {gen} out of range")
+        if not 0 <= ttl <= _MAX_ROUTE_TTL:
+            raise LocalProtocolError(f"route TTL {ttl} out of range 0..255")
+        cdef RouteRec *rec = self._get(<const uint8_t *>PyBytes_AS_STRING(g), now)
+        if rec == NULL or rec.ttl >= ttl:
+            return False
+        rec.peer = <int32_t>peer
+        rec.gen = <uint32_t>gen
+        rec.ttl = <uint8_t>ttl
+        return True
 
 
 cdef bytes _guid_bytes(object guid):

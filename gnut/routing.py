@@ -20,10 +20,18 @@
 # Reverse-route entries hold (peer id, peer generation): remove_peer() only forgets
 # the peer (O(1)), stale entries are recognised when looked up and ignored.
 #
-# Duplicates: a broadcast whose (GUID, type) was already seen is dropped even when
-# the copy carries a higher TTL than the first one.  gtk-gnutella forwards such a
-# copy without handling it again; we take the simpler rule (one decision per GUID),
-# which costs at most a shorter horizon for that one query.
+# Duplicates: a PING or QUERY whose (GUID, type) was already seen is a DUPLICATE, but for one
+# case (gtk-gnutella's check_duplicate: "forward but don't handle"): the first copy of a query may
+# come the long way round with less TTL left.  The QUERY route record keeps the highest relay TTL
+# (relay_ttl) forwarded for its GUID; a duplicate from a relay peer with a higher one is relayed
+# again with it (a first copy's targets but its sender; FORWARD even with no target left), is not
+# handled again, counts in `forwarded` and `dup_ttl_relays`, and takes over the route record:
+# replies go back the shorter way (a holder reached only that way sets its hit's TTL from that
+# path's hops, and QUERYHIT_TTL_MARGIN covers one extra hop, not the longer first route).  Each
+# relay must raise the TTL (1 .. SOFT_TTL_LIMIT - 1): at most SOFT_TTL_LIMIT - 1 per GUID.  This
+# holds on the link the route points to as well (an upstream relays its late short-path copy to
+# us too); there a resend without a higher TTL is a DUPLICATE that node.py counts (BYE 401).
+# PINGs are answered, not relayed: their duplicates are all DUPLICATE, as in leaf mode or from leaves.
 
 from __future__ import annotations
 
@@ -125,9 +133,10 @@ class RouteDecision:
     """One routing decision for the runtime to execute.
 
     `targets` get a copy with TTL = `ttl` and hops + 1; `local` asks the node to
-    handle the message itself too.  DROP never has local=True: a PONG that cannot
-    be relayed is LOCAL (it still names a host) with `reason` saying why the relay
-    was dropped (and counted in Router.drops).
+    handle the message itself too.  FORWARD may have no targets (a higher-TTL
+    duplicate QUERY with nobody left to relay it to: not a drop).  DROP never has
+    local=True: a PONG that cannot be relayed is LOCAL (it still names a host) with
+    `reason` saying why the relay was dropped (and counted in Router.drops).
     """
 
     action: Action
@@ -157,7 +166,7 @@ class _Peer:
 
 
 class RouteTable:
-    """Bounded, aged map GUID -> (peer id, peer generation).
+    """Bounded, aged map GUID -> (peer id, peer generation, relay TTL).
 
     Strategy: an OrderedDict in insertion-time order (a re-insert moves the key to
     the end).  Inserting evicts the oldest entries while the table is full and pops
@@ -179,13 +188,21 @@ class RouteTable:
             raise LocalProtocolError(f"bad route table bounds capacity={capacity} max_age={max_age}")
         self.capacity = capacity
         self.max_age = max_age
-        self._entries: OrderedDict[bytes, tuple[int, int, float]] = OrderedDict()
+        # GUID -> (peer, generation, time put, highest relay TTL)
+        self._entries: OrderedDict[bytes, tuple[int, int, float, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, guid: bytes, peer: int, gen: int, now: float) -> None:
-        """Record that replies for `guid` go to `peer` (generation `gen`) from time `now`."""
+    def put(self, guid: bytes, peer: int, gen: int, now: float, ttl: int = 0) -> None:
+        """Record that replies for `guid` go to `peer` (generation `gen`) from time `now`.
+
+        Args:
+            guid: the GUID.
+            peer, gen: the peer id and its generation.
+            now: current time in seconds.
+            ttl: the relay TTL the message was forwarded with (0 = not forwarded).
+        """
         entries = self._entries
         if guid in entries:
             del entries[guid]
@@ -197,17 +214,31 @@ class RouteTable:
             if oldest[2] > horizon:
                 break
             entries.popitem(last=False)
-        entries[guid] = (peer, gen, now)
+        entries[guid] = (peer, gen, now, ttl)
+
+    def _live(self, guid: bytes, now: float) -> tuple[int, int, float, int] | None:
+        entry = self._entries.get(guid)
+        if entry is not None and now - entry[2] >= self.max_age:
+            del self._entries[guid]
+            return None
+        return entry
 
     def get(self, guid: bytes, now: float) -> tuple[int, int] | None:
         """Return (peer, generation) for `guid`, or None if unknown or aged out."""
-        entry = self._entries.get(guid)
-        if entry is None:
-            return None
-        if now - entry[2] >= self.max_age:
-            del self._entries[guid]
-            return None
-        return entry[0], entry[1]
+        entry = self._live(guid, now)
+        return None if entry is None else (entry[0], entry[1])
+
+    def reroute(self, guid: bytes, peer: int, gen: int, ttl: int, now: float) -> bool:
+        """Move guid's live entry to a copy that came with a higher relay TTL (a shorter path).
+
+        When the entry holds a relay TTL below `ttl`, it takes `peer`, `gen` and `ttl` (its age and
+        place stay) and True is returned; otherwise nothing changes and False is returned.
+        """
+        entry = self._live(guid, now)
+        if entry is None or entry[3] >= ttl:
+            return False
+        self._entries[guid] = (peer, gen, entry[2], ttl)  # an existing key keeps its place
+        return True
 
 
 def effective_ttl(ttl: int, hops: int) -> int:
@@ -322,8 +353,9 @@ class Router:
     """Routing decisions for one servent; peers are opaque int ids.
 
     Counters: `drops` (Counter[DropReason]), `received`, `forwarded` (copies sent,
-    relays and route-backs) and `local` (Counter by message type), and `qrp_skips`
-    (query copies not sent to a peer because its QRP table did not match).
+    relays and route-backs) and `local` (Counter by message type), `qrp_skips`
+    (query copies not sent to a peer because its QRP table did not match) and
+    `dup_ttl_relays` (duplicate QUERYs relayed again for their higher TTL).
 
     `core` (fastpath.RelayCore) shares the seen cache and the QUERY reverse routes and settles
     the common relay case over whole chunks (node.on_frames); its counts are folded into the
@@ -371,6 +403,7 @@ class Router:
         self._forwarded: Counter[int] = collections.Counter()
         self._local_counts: Counter[int] = collections.Counter()
         self._qrp_skips = 0
+        self._dup_ttl_relays = 0
         self.core = RelayCore(mode, self._seen, self._query_routes)
         # The runtime settles whole chunks through `core` while this is True (a switch for
         # benchmarks and debugging: False routes every message through route()).
@@ -380,17 +413,27 @@ class Router:
     # --- counters (the core's C counts folded in on read) --------------------------------
 
     def _sync(self) -> None:
-        received, forwarded, local, dup, own, flow, skips = self.core.take_counts()
+        received, forwarded, local, dup, own, flow, skips, dup_ttl = self.core.take_counts()
         if not received and not flow:
             return
         self._qrp_skips += skips
+        self._dup_ttl_relays += dup_ttl
         for counter, key, value in (
-            (self._received, MSG_QUERY, received), (self._forwarded, MSG_QUERY, forwarded),
-            (self._local_counts, MSG_QUERY, local), (self._drops, DropReason.DUPLICATE, dup),
-            (self._drops, DropReason.OWN_MESSAGE, own), (self._drops, DropReason.FLOW_CONTROL, flow),
+            (self._received, MSG_QUERY, received),
+            (self._forwarded, MSG_QUERY, forwarded),
+            (self._local_counts, MSG_QUERY, local),
+            (self._drops, DropReason.DUPLICATE, dup),
+            (self._drops, DropReason.OWN_MESSAGE, own),
+            (self._drops, DropReason.FLOW_CONTROL, flow),
         ):
             if value:
                 counter[key] += value
+
+    @property
+    def dup_ttl_relays(self) -> int:
+        """Duplicate QUERYs relayed again because they carried a higher relay TTL (not drops)."""
+        self._sync()
+        return self._dup_ttl_relays
 
     @property
     def qrp_skips(self) -> int:
@@ -604,14 +647,14 @@ class Router:
         guid = msg.guid
         if self._is_own(self._query_routes, guid, now):
             return self._drop(DropReason.OWN_MESSAGE)
+        out_ttl = relay_ttl(ttl, hops)
         if self._seen.seen(guid, MSG_QUERY, now):
-            return self._drop(DropReason.DUPLICATE)
+            return self._route_dup_query(peer, guid, payload, out_ttl, now)
         self._local_counts[MSG_QUERY] += 1
         if self.mode == "leaf":
             # A leaf answers from its shares straight to `peer` and never relays.
             return RouteDecision(Action.LOCAL, (), True)
-        self._query_routes.put(guid, peer, self._peers[peer].gen, now)
-        out_ttl = relay_ttl(ttl, hops)
+        self._query_routes.put(guid, peer, self._peers[peer].gen, now, out_ttl)
         if out_ttl == 0:
             # Spent here, but an ultrapeer's leaves sit inside its horizon (LimeWire's
             # forwardQueryToLeaves): matching leaves still get it, with TTL 1.
@@ -625,6 +668,27 @@ class Router:
             return RouteDecision(Action.LOCAL, (), True)
         self._forwarded[MSG_QUERY] += len(targets)
         return RouteDecision(Action.FORWARD, targets, True, ttl=out_ttl)
+
+    def _route_dup_query(
+        self, peer: int, guid: bytes, payload: bytes, out_ttl: int, now: float
+    ) -> RouteDecision:
+        """A QUERY already seen: relayed again (not handled) when its relay TTL beats every earlier one.
+
+        Such a copy is never a DUPLICATE, even when no peer is left to relay it to (FORWARD with no
+        targets): its sender is not replaying anything and the node must not count it as such.
+        """
+        sender = self._peers[peer]
+        if (
+            out_ttl > 0
+            and self.mode != "leaf"
+            and sender.role != PeerRole.LEAF
+            and self._query_routes.reroute(guid, peer, sender.gen, out_ttl, now)
+        ):
+            targets = self._select_targets(peer, None, payload, out_ttl)
+            self._dup_ttl_relays += 1
+            self._forwarded[MSG_QUERY] += len(targets)
+            return RouteDecision(Action.FORWARD, targets, False, ttl=out_ttl)
+        return self._drop(DropReason.DUPLICATE)
 
     def _is_own(self, table: RouteTable, guid: bytes, now: float) -> bool:
         route = table.get(guid, now)

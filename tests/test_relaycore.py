@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nethelpers import RawPeer, start_node, wait_for
+from nethelpers import RawPeer, link, start_node, wait_for
 
 from gnut import loops, messages
 from gnut.constants import (
@@ -47,7 +47,7 @@ def qpayload(text: str, ext: bytes = b"") -> bytes:
 @given(
     cap=st.integers(1, 150),
     ops=st.lists(
-        st.tuples(st.sampled_from("pgg"), st.integers(0, 40), st.integers(-1, 5), st.floats(0, 3)),
+        st.tuples(st.sampled_from("pggr"), st.integers(0, 40), st.integers(-1, 6), st.floats(0, 3)),
         max_size=400,
     ),
 )
@@ -68,9 +68,14 @@ def test_routemap_behaves_as_routetable(cap, ops):
         now += step
         guid = key.to_bytes(16, "little")
         if op == "p":
-            ref.put(guid, peer, key, now)
+            ttl = max(peer, 0)
+            ref.put(guid, peer, key, now, ttl)
             for m in maps:
-                m.put(guid, peer, key, now)
+                m.put(guid, peer, key, now, ttl)
+        elif op == "r":  # reroute to `peer` when `peer` (as a TTL) beats the recorded one
+            want = ref.reroute(guid, peer, key + 1, max(peer, 0), now)
+            for m in maps:
+                assert m.reroute(guid, peer, key + 1, max(peer, 0), now) is want
         else:
             want = ref.get(guid, now)
             for m in maps:
@@ -105,6 +110,15 @@ def test_routemap_argument_errors(impl):
         m.put(bytes(16), 1, -1, 0.0)
     with pytest.raises(LocalProtocolError, match="16 bytes"):
         m.get(b"", 0.0)
+    for bad_ttl in (-1, 256):
+        with pytest.raises(LocalProtocolError, match="TTL"):
+            m.put(bytes(16), 1, 1, 0.0, bad_ttl)
+        with pytest.raises(LocalProtocolError, match="TTL"):
+            m.reroute(bytes(16), 1, 1, bad_ttl, 0.0)
+    with pytest.raises(LocalProtocolError, match="out of range"):
+        m.reroute(bytes(16), 1, -1, 1, 0.0)
+    with pytest.raises(LocalProtocolError, match="16 bytes"):
+        m.reroute(b"x", 1, 1, 1, 0.0)
     assert m.capacity == 4 and m.max_age == 1.0
 
 
@@ -228,6 +242,7 @@ class World:
             dict(self.shed),
             self.dups,
             r.qrp_skips,
+            r.dup_ttl_relays,
         )
 
 
@@ -457,6 +472,71 @@ def qrp_stream(rng: random.Random, mode: str):
                 raws.append(raw_msg(g, MSG_PING, 1, 0, b""))
         bases = {p: rng.choice((0, 0, 0, 100, 400, 1000, -1)) for p in live}
         yield ("chunk", sender, raws, now, bases)
+
+
+def dup_stream(rng: random.Random, mode: str):
+    """World events where a few GUIDs come back again and again: from every peer (the first sender's
+    own link too), at every TTL and hop count, so copies with a higher, equal and lower relay TTL
+    than the highest one relayed mix with echoes of our own queries, spent queries, QRP-filtered
+    targets (ultrapeer mode), flow control and route records evicted or aged before the seen cache."""
+    relay_role = PeerRole.FLOOD if mode == "flood" else PeerRole.ULTRAPEER
+    live: dict[int, PeerRole] = {}
+    pool = [rng.randbytes(16) for _ in range(rng.choice((2, 4, 8)))]
+    now = 0.0
+    n_peers = rng.randrange(3, 9)
+    for pid in range(1, n_peers + 1):
+        role = relay_role if pid <= 2 or rng.random() < 0.6 else PeerRole.LEAF
+        live[pid] = role
+        yield ("add", pid, role)
+        if mode == "ultrapeer" and (role == PeerRole.LEAF or rng.random() < 0.4):
+            yield ("table", pid, ("table", rng.choice((5, 8, 12)), rng.sample(VOCAB, rng.randrange(1, 10))))
+    for _ in range(rng.randrange(10, 40)):
+        r = rng.random()
+        if r < 0.04:
+            yield ("own", rng.choice(pool))
+            continue
+        if r < 0.08:
+            pool[rng.randrange(len(pool))] = rng.randbytes(16)  # a new query takes a slot
+            continue
+        now += rng.choice((0.0, 0.0, 0.01, 0.5, 2.0, 6.0))  # 6 s: past the route and seen ages
+        relays = [p for p, role in live.items() if role != PeerRole.LEAF]
+        sender = rng.choice(relays) if rng.random() < 0.9 else rng.choice(sorted(live))
+        raws = []
+        for _ in range(rng.randrange(1, 20)):
+            g = rng.choice(pool) if rng.random() < 0.85 else rng.randbytes(16)
+            hops = rng.choice((0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 9))
+            ttl = min(rng.choice((1, 1, 2, 2, 3, 3, 4, 5, 7, 9)), 15 - hops)
+            text = " ".join(rng.sample(VOCAB[:6], rng.choice((1, 1, 2))))
+            raws.append(raw_msg(g, MSG_QUERY, ttl, hops, qpayload(text)))
+        bases = {p: rng.choice((0, 0, 0, 0, 100, 400, 1000, -1)) for p in live}
+        yield ("chunk", sender, raws, now, bases)
+
+
+@pytest.mark.parametrize("mode", ["flood", "ultrapeer", "leaf"])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_core_relays_higher_ttl_duplicates_exactly_as_router_route(impl, mode, seed):
+    events = list(dup_stream(random.Random(seed), mode))
+    alone_world = World(impl, mode, use_core=False)
+    alone = run_world(alone_world, events)
+    assert run_world(World(impl, mode, use_core=True), events) == alone
+    if mode == "leaf":
+        assert alone_world.router.dup_ttl_relays == 0
+
+
+def test_dup_streams_exercise_every_duplicate_outcome(impl):
+    """The random duplicate streams above do reach each outcome, in C as well as in Python."""
+    totals: Counter[str] = Counter()
+    for seed in range(40):
+        events = list(dup_stream(random.Random(seed), "ultrapeer"))
+        w = World(impl, "ultrapeer", use_core=True)
+        run_world(w, events)
+        r = w.router
+        totals["relayed again"] += r.dup_ttl_relays
+        totals["duplicate"] += r.drops[DropReason.DUPLICATE]
+        totals["own"] += r.drops[DropReason.OWN_MESSAGE]
+        totals["python"] += w.stops[impl.STOP_ROUTE]
+    assert min(totals.values()) > 0, totals
 
 
 @pytest.mark.parametrize("mode", ["ultrapeer", "flood"])
@@ -922,10 +1002,83 @@ def test_ultrapeer_node_relays_to_matching_leaves_through_the_core(tmp_path, loo
             }
             assert [m.guid for m in other.of_type(MSG_QUERY)] == [g["jazz"], g["blues"], g["none"], g["live"]]
             # All five were settled in C (taken before anything folds them into the Router's counters):
-            # received, copies, new queries, duplicates, own echoes, flow-control drops, QRP skips.
-            assert node.router.core.take_counts() == (5, 10, 5, 0, 0, 0, 2 + 2 + 2 + 3)
+            # received, copies, new queries, duplicates, own echoes, flow-control drops, QRP skips,
+            # duplicates relayed again.
+            assert node.router.core.take_counts() == (5, 10, 5, 0, 0, 0, 2 + 2 + 2 + 3, 0)
             assert node.stats()["sent"]["QUERY"] == 4 + 6
         finally:
             await node.stop()
 
     loops.run(go(), loop)
+
+
+# --- duplicates with a higher TTL, on real sockets --------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_holder_three_hops_away_found_when_the_long_way_arrived_first(tmp_path, loop):
+    """Querier Q has two links: to X (the long way, Q-X-Y-A) and to A (the short way, Q-A-B-T).
+    Its TTL 4 query reaches A first the long way (TTL 2 left: A relays it with 1, so B cannot go
+    on to T), then the direct copy arrives with TTL 4. A relays that copy again with TTL 3; B, whose
+    first copy came from A too, takes the higher-TTL copy on the same link as genuine and relays it
+    to T, 3 hops from Q, which answers. The hit goes back the short way (T-B-A-Q): its TTL (hops + 2)
+    would not last the first route (T-B-A-Y-X-Q, 5 hops). With duplicates always dropped (the rule
+    before), T never saw the query."""
+
+    async def go():
+        x, y, a, b = [await start_node(tmp_path, name) for name in ("x", "y", "a", "b")]
+        t = await start_node(tmp_path, "t", files={"needle in a haystack.txt": b"n" * 100})
+        nodes = (x, y, a, b, t)
+        try:
+            for u, v in ((x, y), (y, a), (a, b), (b, t)):
+                await link(u, v)
+            q_long, q_short = RawPeer(), RawPeer()
+            await q_long.connect(x)
+            await q_short.connect(a)
+            guid = new_guid()
+            payload = messages.Query(text="needle").encode()
+            q_long.send(raw_msg(guid, MSG_QUERY, 4, 0, payload))
+            await wait_for(lambda: b.router.received[MSG_QUERY] == 1, what="the long-way copy at B")
+            assert t.router.received[MSG_QUERY] == 0  # TTL spent at B: T is out of reach so far
+            q_short.send(raw_msg(guid, MSG_QUERY, 4, 0, payload))
+            await wait_for(lambda: q_short.of_type(MSG_QUERYHIT), what="T's hit, back the short way")
+            hits = q_short.of_type(MSG_QUERYHIT)
+            assert [m.guid for m in hits] == [guid] and hits[0].hops == 2
+            assert messages.QueryHit.decode(hits[0].payload).servent_guid == t.servent_guid
+            assert a.router.dup_ttl_relays == 1 and b.router.dup_ttl_relays == 1
+            assert t.router.received[MSG_QUERY] == 1 and t.events["queries_answered"] == 1
+            # Relayed again, answered once: nobody handled a copy twice.
+            assert all(n.router.local[MSG_QUERY] == 1 for n in nodes)
+            assert not q_long.of_type(MSG_QUERYHIT) and not any(n.router.drops for n in (a, b, t))
+            # B's same-link copy was no replay: nothing held against A's link.
+            assert all(p.dups_resent == 0 for p in b.peers.values())
+        finally:
+            for n in nodes:
+                await n.stop()
+
+    loops.run(go(), loop)
+
+
+def test_same_link_resends_count_as_replays_unless_they_raise_the_ttl(tmp_path):
+    async def go():
+        node = await start_node(tmp_path, "n")
+        try:
+            src, a = RawPeer(), RawPeer()
+            for p in (src, a):
+                await p.connect(node)
+            guid = new_guid()
+            # TTL 1 .. 7: each copy beats the last relay TTL (0, then 1 .. 6), no replay; TTL 8 clamps
+            # to 7 (relay TTL 6 again): the first replay.
+            src.send(b"".join(raw_msg(guid, MSG_QUERY, ttl, 0, qpayload("omega")) for ttl in range(1, 9)))
+            await wait_for(lambda: len(a.of_type(MSG_QUERY)) == 6, what="six higher-TTL copies")
+            assert [m.ttl for m in a.of_type(MSG_QUERY)] == [1, 2, 3, 4, 5, 6]
+            assert node.router.dup_ttl_relays == 6 and node.router.drops == {DropReason.DUPLICATE: 1}
+            # From there on every resend is a replay: BYE 401 after DUP_RESENT_MAX of them.
+            src.send(raw_msg(guid, MSG_QUERY, 7, 0, qpayload("omega")) * 60)
+            await wait_for(lambda: src.closed, what="BYE for a replayer")
+            await asyncio.sleep(0)
+            assert node.events["bye_duplicates"] == 1 and len(a.of_type(MSG_QUERY)) == 6
+        finally:
+            await node.stop()
+
+    loops.run(go(), "asyncio")

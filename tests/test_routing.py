@@ -270,16 +270,103 @@ def test_qrp_skips_counted_and_words_parsed_lazily():
 # --- duplicates and our own messages ------------------------------------------------------
 
 
-def test_duplicate_broadcasts_dropped_even_with_higher_ttl():
+def test_duplicate_broadcasts_dropped():
     router = ultrapeer_router()
     first = router.route(1, message(MSG_QUERY, 2, 1, query_payload("x")), 0.0)
     assert first.action is Action.FORWARD
-    again = router.route(2, message(MSG_QUERY, 5, 1, query_payload("x")), 1.0)
+    again = router.route(2, message(MSG_QUERY, 2, 1, query_payload("x")), 1.0)
     assert_decision(again, Action.DROP, (), DropReason.DUPLICATE)
     # Same GUID, different type: not a duplicate (key is (GUID, type)).
     assert router.route(1, message(MSG_PING, 1, 0), 1.0).action is Action.LOCAL
     assert router.route(2, message(MSG_PING, 1, 0), 1.0).reason is DropReason.DUPLICATE
-    assert router.drops[DropReason.DUPLICATE] == 2
+    # A PING is answered, never relayed: a copy with more TTL is a duplicate all the same.
+    assert router.route(5, message(MSG_PING, 7, 0), 1.0).reason is DropReason.DUPLICATE
+    assert router.drops[DropReason.DUPLICATE] == 3 and router.dup_ttl_relays == 0
+
+
+# (mode, first copy (sender, ttl, hops), duplicate (sender, ttl, hops), text, action, targets, reason, ttl)
+DUP_ROWS = [
+    # Relay TTL 3 beats the first copy's 1: relayed again to all but its sender (leaf 3 matches "foo").
+    ("ultrapeer", (1, 2, 1), (2, 4, 1), "foo", Action.FORWARD, (1, 5, 3), None, 3),
+    ("ultrapeer", (1, 2, 1), (2, 3, 0), "bar", Action.FORWARD, (1, 5), None, 2),
+    ("ultrapeer", (1, 3, 1), (2, 3, 1), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),  # equal
+    ("ultrapeer", (1, 4, 0), (2, 2, 1), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),  # lower
+    # Compared after the soft-limit clamp: raw TTL 9 at hops 4 relays with 2, as the first copy did.
+    ("ultrapeer", (1, 3, 2), (2, 9, 4), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),
+    ("ultrapeer", (1, 3, 3), (2, 7, 3), "foo", Action.FORWARD, (1, 5, 3), None, 3),  # 2 -> clamped 3
+    # The first copy was spent here (leaves only, relay TTL 0): a last-hop copy now goes on, QRP applied.
+    ("ultrapeer", (1, 1, 3), (2, 2, 1), "foo", Action.FORWARD, (1, 3), None, 1),
+    ("ultrapeer", (1, 1, 3), (2, 1, 1), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),  # spent again
+    # Resent on its first link with more TTL: an upstream that got the short-path copy late.
+    ("ultrapeer", (1, 2, 1), (1, 4, 1), "foo", Action.FORWARD, (2, 5, 3), None, 3),
+    ("ultrapeer", (1, 2, 1), (1, 2, 1), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),
+    ("ultrapeer", (1, 2, 1), (4, 4, 0), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),  # from a leaf
+    ("flood", (1, 2, 0), (2, 4, 0), "foo", Action.FORWARD, (1, 5, 3), None, 3),
+    ("flood", (1, 2, 0), (2, 2, 0), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),
+    ("leaf", (1, 2, 1), (2, 4, 0), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),  # a leaf never relays
+]
+
+
+@pytest.mark.parametrize("mode, first, dup, text, action, targets, reason, out_ttl", DUP_ROWS)
+def test_duplicate_query_with_higher_relay_ttl_table(
+    mode, first, dup, text, action, targets, reason, out_ttl
+):
+    router = FACTORIES[mode]()
+    payload = query_payload(text)
+    d1 = router.route(first[0], message(MSG_QUERY, first[1], first[2], payload), 0.0)
+    assert d1.action is not Action.DROP and d1.local
+    d = router.route(dup[0], message(MSG_QUERY, dup[1], dup[2], payload), 1.0)
+    assert_decision(d, action, targets, reason, out_ttl)
+    assert not d.local  # answered once, with the first copy
+    assert not d.disconnect
+    assert router.local[MSG_QUERY] == 1
+    if action is Action.FORWARD:
+        assert router.dup_ttl_relays == 1 and DropReason.DUPLICATE not in router.drops
+        assert router.forwarded[MSG_QUERY] == len(d1.targets) + len(targets)
+    else:
+        assert router.dup_ttl_relays == 0 and router.drops == {DropReason.DUPLICATE: 1}
+    # Replies go back the way of the copy with the most TTL (leaves keep no routes).
+    route = dup[0] if action is Action.FORWARD else first[0]
+    if mode != "leaf":
+        assert router.first_sender(guid(1), MSG_QUERY, 2.0) == route
+        hit = router.route(5, message(MSG_QUERYHIT, 3, 1, hit_payload(OTHER_SERVENT)), 2.0)
+        assert hit.targets == (route,)
+
+
+def test_each_duplicate_relay_must_raise_the_ttl_again():
+    router = flood_router()
+    payload = query_payload("zzz")
+    router.route(1, message(MSG_QUERY, 2, 0, payload), 0.0)  # relayed with 1
+    d = router.route(2, message(MSG_QUERY, 3, 0, payload), 1.0)  # 2 beats 1
+    assert_decision(d, Action.FORWARD, (1, 5), None, 2)
+    assert router.route(5, message(MSG_QUERY, 3, 0, payload), 1.0).reason is DropReason.DUPLICATE
+    assert router.route(1, message(MSG_QUERY, 3, 0, payload), 1.0).reason is DropReason.DUPLICATE
+    d = router.route(5, message(MSG_QUERY, 7, 0, payload), 1.0)  # 6: the soft-limit maximum
+    assert_decision(d, Action.FORWARD, (1, 2), None, 6)
+    assert router.route(2, message(MSG_QUERY, 15, 0, payload), 1.0).reason is DropReason.DUPLICATE
+    assert router.dup_ttl_relays == 2 and router.drops == {DropReason.DUPLICATE: 3}
+    assert router.local[MSG_QUERY] == 1
+
+
+def test_duplicate_relay_with_no_target_is_no_drop_and_needs_a_live_record():
+    lone = make_router("flood", {1: FLOOD})
+    lone.route(1, message(MSG_QUERY, 1, 0, query_payload("x")), 0.0)  # spent: nobody to relay to
+    d = lone.route(1, message(MSG_QUERY, 4, 0, query_payload("x")), 1.0)
+    assert_decision(d, Action.FORWARD, (), None, 3)  # only its own sender to go to: no replay either
+    assert not d.local and lone.dup_ttl_relays == 1 and not lone.drops
+    # The reverse route (and the TTL it holds) ages out before the seen cache: a plain duplicate.
+    router = flood_router(seen_max_age=100.0, route_max_age=5.0)
+    router.route(1, message(MSG_QUERY, 2, 0, query_payload("x")), 0.0)
+    d = router.route(2, message(MSG_QUERY, 5, 0, query_payload("x")), 6.0)
+    assert_decision(d, Action.DROP, (), DropReason.DUPLICATE)
+
+
+def test_own_query_echo_with_higher_ttl_is_still_own():
+    router = ultrapeer_router()
+    router.register_own(guid(9), MSG_QUERY, 0.0)
+    d = router.route(1, message(MSG_QUERY, 7, 0, query_payload("x"), guid(9)), 1.0)
+    assert_decision(d, Action.DROP, (), DropReason.OWN_MESSAGE)
+    assert router.dup_ttl_relays == 0
 
 
 def test_duplicate_cache_ages_out():
@@ -495,6 +582,18 @@ def test_route_table_ageing():
         RouteTable(0, 1.0)
     with pytest.raises(LocalProtocolError):
         RouteTable(1, 0.0)
+
+
+def test_route_table_reroute():
+    table = RouteTable(10, 5.0)
+    table.put(guid(1), 1, 1, 0.0, 2)
+    assert not table.reroute(guid(1), 2, 7, 2, 1.0) and not table.reroute(guid(1), 2, 7, 1, 1.0)
+    assert table.get(guid(1), 1.0) == (1, 1)
+    assert table.reroute(guid(1), 2, 7, 3, 1.0) and not table.reroute(guid(1), 3, 8, 3, 1.0)
+    assert table.get(guid(1), 1.0) == (2, 7)
+    assert not table.reroute(guid(2), 2, 7, 4, 1.0)  # unknown
+    assert not table.reroute(guid(1), 2, 7, 6, 5.0)  # aged out (rerouting does not refresh the age)
+    assert len(table) == 0
 
 
 def test_router_route_capacity_and_age():
