@@ -24,9 +24,6 @@ N_QUERIES = 5
 MISS_QUERY = "nonexistentword"
 # One in this many nodes is an ultrapeer; the rest are leaves under two ultrapeers each.
 LEAVES_PER_ULTRAPEER = 4
-# Seen-GUID and route tables per demo node: a 20-node demo sees a few hundred GUIDs, and the
-# servent default (1M entries, ~32 MB each) would make 20 in-process nodes cost 640 MB.
-DEMO_CACHE_SIZE = 1 << 14
 # Seconds each demo search listens for hits.
 SEARCH_WINDOW = 2.0
 
@@ -70,8 +67,7 @@ async def run_demo(n_nodes: int = 20, seed: int = 7, out=print) -> int:
             make_files(share, rng, rng.randint(2, 6))
             cfg = NodeConfig(listen_host="127.0.0.1", listen_port=0, mode=mode, home=root / f"node{i:02d}",
                              share_dirs=[share], control=False, save_hosts=False,
-                             out_links=2 if mode == "leaf" else 3, max_leaves=64,
-                             seen_cache_size=DEMO_CACHE_SIZE, route_table_size=DEMO_CACHE_SIZE)
+                             out_links=2 if mode == "leaf" else 3, max_leaves=64)
             node = Node(cfg)
             await node.start()
             nodes.append(node)
