@@ -441,7 +441,7 @@ class RelayCore:
         gen = st[0]
         up = self._mode == "ultrapeer"
         routes, seen = self._routes, self._seen
-        counts, chunk = self._counts, self._chunk
+        counts, chunk, app, shed, filled = self._counts, self._chunk, self._app, self._shed, self._filled
         slots, op_leaf, op_relay = self._slots(bufs, bases)
         for i in range(start, n):
             m = msgs[i]
@@ -482,85 +482,63 @@ class RelayCore:
                     continue
                 if route[0] == peer_id and route[1] == gen:
                     return i, STOP_ROUTE  # resent on its own link: the node watches for replayers
-            if seen.seen(g, constants.MSG_QUERY, now):
-                counts[0] += 1
-                if route is not None and out_ttl > route[3]:
-                    # A duplicate with more TTL left than any copy we relayed came a shorter way:
-                    # relayed again, not handled again, and replies now go back its way.
-                    routes._entries[g] = (peer_id, gen, route[2], out_ttl)
-                    self._emit(peer_id, raw, out_ttl, hops, last, False, codes, slots, low_water, high_water)
-                    counts[7] += 1
-                    continue
+            counts[0] += 1
+            leaves_only = False
+            fresh = not seen.seen(g, constants.MSG_QUERY, now)
+            if fresh:
+                counts[2] += 1
+                routes._put(g, peer_id, gen, now, out_ttl)
+                if out_ttl == 0 and up and eff >= 1 and self._leaf_qrp:
+                    out_ttl = 1  # spent here: matching leaves still get it (Router._route_query)
+                    leaves_only = True
+            elif route is not None and out_ttl > route[3]:
+                # A duplicate with more TTL left than any copy we relayed came a shorter way:
+                # relayed again below, not handled again, and replies now go back its way.
+                routes._entries[g] = (peer_id, gen, route[2], out_ttl)
+                counts[7] += 1
+            else:
                 counts[3] += 1
                 chunk[1] += 1
                 continue
-            counts[0] += 1
-            counts[2] += 1
-            routes._put(g, peer_id, gen, now, out_ttl)
-            leaves_only = False
-            if out_ttl == 0 and up and eff >= 1 and self._leaf_qrp:
-                out_ttl = 1  # spent here: matching leaves still get it (Router._route_query)
-                leaves_only = True
             if out_ttl:
-                self._emit(
-                    peer_id, raw, out_ttl, hops, last, leaves_only, codes, slots, low_water, high_water
-                )
+                out = raw[:17] + bytes((out_ttl, hops + 1)) + raw[19:]
+                low = hops >= 2
+                for k, pid, buf, base, leaf, kind, table, shift in slots:
+                    if pid == peer_id:
+                        continue
+                    if leaf:
+                        if kind == _QRP_NONE:
+                            continue  # a leaf without a table gets nothing
+                        if not _codes_match(table, shift, codes):
+                            counts[6] += 1
+                            continue
+                    elif leaves_only:
+                        continue
+                    elif last and kind != _QRP_NONE:
+                        if not _codes_match(table, shift, codes):
+                            counts[6] += 1
+                            continue
+                    counts[1] += 1
+                    if base < 0:
+                        if base == -1:
+                            counts[5] += 1
+                        continue
+                    size = len(buf)
+                    if base + size > high_water or (low and base + size > low_water):
+                        shed[k] += 1
+                        counts[5] += 1
+                        continue
+                    if not size:
+                        filled[k] = True
+                    buf += out
+                    app[k] += 1
+                    chunk[0] += 1
+            if not fresh:
+                continue
             if self._may_match(raw[HEADER_LEN:], codes, known):
                 return i, STOP_LOCAL
             chunk[2] += 1
         return n, STOP_END
-
-    def _emit(
-        self,
-        peer_id: int,
-        raw: bytes,
-        out_ttl: int,
-        hops: int,
-        last: bool,
-        leaves_only: bool,
-        codes: list[int] | None,
-        slots: list,
-        low_water: int,
-        high_water: int,
-    ) -> int:
-        """Append raw's relayed copy (TTL out_ttl, hops + 1) to every target's buffer (Router._select_targets
-        rules, flow control as Peer.enqueue); return the number of targets chosen (sheds included)."""
-        counts, chunk, app, shed, filled = self._counts, self._chunk, self._app, self._shed, self._filled
-        out = raw[:17] + bytes((out_ttl, hops + 1)) + raw[19:]
-        low = hops >= 2
-        chosen = 0
-        for k, pid, buf, base, leaf, kind, table, shift in slots:
-            if pid == peer_id:
-                continue
-            if leaf:
-                if kind == _QRP_NONE:
-                    continue  # a leaf without a table gets nothing
-                if not _codes_match(table, shift, codes):
-                    counts[6] += 1
-                    continue
-            elif leaves_only:
-                continue
-            elif last and kind != _QRP_NONE:
-                if not _codes_match(table, shift, codes):
-                    counts[6] += 1
-                    continue
-            chosen += 1
-            counts[1] += 1
-            if base < 0:
-                if base == -1:
-                    counts[5] += 1
-                continue
-            size = len(buf)
-            if base + size > high_water or (low and base + size > low_water):
-                shed[k] += 1
-                counts[5] += 1
-                continue
-            if not size:
-                filled[k] = True
-            buf += out
-            app[k] += 1
-            chunk[0] += 1
-        return chosen
 
     def end_chunk(self) -> tuple[int, int, int, list[tuple[int, int, int, bool]]]:
         """Hand over and zero the per-chunk figures.

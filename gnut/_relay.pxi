@@ -555,9 +555,9 @@ cdef class RelayCore:
             i += 1
         return n
 
-    cdef Py_ssize_t _emit(self, int peer_id, Message m, int out_ttl, int hops, bint last, bint leaves_only,
-                          const uint32_t *codes, Py_ssize_t nw, list bufs, Py_ssize_t low_water,
-                          Py_ssize_t high_water) except -1:
+    cdef inline Py_ssize_t _emit(self, int peer_id, Message m, int out_ttl, int hops, bint last,
+                                 bint leaves_only, const uint32_t *codes, Py_ssize_t nw, list bufs,
+                                 Py_ssize_t low_water, Py_ssize_t high_water) except -1:
         """Append m's relayed copy (TTL out_ttl, hops + 1) to every target's buffer (Router._select_targets
         rules, flow control as Peer.enqueue); return the number of targets chosen (sheds included)."""
         cdef Py_ssize_t ns = self._nslots, k, size, room, base, mlen = m._len, chosen = 0
