@@ -470,6 +470,9 @@ async def _null_relay() -> int:
     return 0
 
 
+MSG_PING_TYPE = 0x00  # the greeting PING's message type
+
+
 class _NullLink(asyncio.Protocol):
     def __init__(self, links: list, cfg: hs.HandshakeConfig) -> None:
         self.links = links
@@ -509,6 +512,9 @@ class _NullLink(asyncio.Protocol):
                 conn.accept()
             elif isinstance(ev, cx.HandshakeComplete):
                 self.open = True
+                # Like a node, greet each new link with a PING: the load generator waits for one
+                # message per link, so no round starts before every link is in the relay set.
+                conn.send_raw(messages.build(os.urandom(16), MSG_PING_TYPE, 1, 0, b""))
             elif isinstance(ev, cx.Frames):
                 out = b"".join([m.raw for m in ev.messages])
                 for other in self.links:
@@ -545,7 +551,7 @@ def _throughput(tmp: Path, quick: bool) -> dict:
     try:
         wired = {}
         for kind, proc in relays.items():
-            links = open_links(proc.address, 1 + SINKS, wait_first_message=kind != "null")
+            links = open_links(proc.address, 1 + SINKS, wait_first_message=True)
             wired[kind] = (links[0], links[1:])
         null_stream = build_stream(payloads, MESSAGES["null"][size], 1)  # no GUID memory: one stream
         seed = 100

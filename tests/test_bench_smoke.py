@@ -170,7 +170,7 @@ def test_relay_round_through_a_real_process(kind, tmp_path):
     br = _relay_module()
     proc = br.RelayProcess(kind, tmp_path)
     try:
-        links = br.open_links(proc.address, 1 + br.SINKS, wait_first_message=kind != "null")
+        links = br.open_links(proc.address, 1 + br.SINKS, wait_first_message=True)
         n = 3000
         fig = br.run_round(
             links[0], links[1:], br.build_stream(br.query_payloads(100), n, 5), n, kind != "null"
