@@ -532,6 +532,8 @@ class Node(LinkManager):
             "received": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(r.received.items())},
             "sent": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(self.sent.items())},
             "drops": {k.name.lower(): v for k, v in r.drops.items() if v},
+            "qrp_skips": r.qrp_skips,
+            "dup_ttl_relays": r.dup_ttl_relays,
             "events": dict(self.events),
             "dynamic_queries": self.dq.stats(),
             "hosts_known": len(self.hosts),
