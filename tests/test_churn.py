@@ -32,9 +32,8 @@ OUT_LINKS = 3
 HOSTS_KNOWN = 12
 QUERIERS = 5
 # Queries carry the largest TTL a node relays (the soft limit 7) and every holder within HORIZON
-# hops must answer.  With TTL 4 a holder at distance 3-4 is sometimes missed: the first copy to
-# reach a node may have come the long way with less TTL left, and the router drops the later,
-# shorter-path copy as a duplicate (routing.py's documented choice; RELIABILITY.md has the figures).
+# hops of the querier's node must answer: a TTL-4 query from a client one hop further out cannot
+# reach distance 4 at all (RELIABILITY.md has the figures).
 TTL = 7
 HORIZON = 4
 
