@@ -144,7 +144,7 @@ class LinkManager:
         self._learn_own_ip(ev.headers.get("Remote-IP"))
         if ev.peer_listen:
             peer.listen_addr = ev.peer_listen
-            if peer.role != rt.PeerRole.LEAF:  # leaves come and go and take no incoming links
+            if ev.peer_is_ultrapeer and peer.role != rt.PeerRole.LEAF:  # leaves come and go, take no links
                 self.hosts.add(ev.peer_listen[0], ev.peer_listen[1], "handshake", time.time())
         if peer.outgoing and peer.listen_addr:
             self.hosts.succeeded(*peer.listen_addr, time.time())

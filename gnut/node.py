@@ -43,6 +43,8 @@ flow = logging.getLogger("gnut.flow")
 
 # Housekeeping period: deadlines, keep-alives, redials, host-cache saves.
 TICK = 1.0
+# On stop, seconds to wait for the listener's accepted connections to go after BYE and abort.
+SERVER_CLOSE_WAIT = 1.0
 # Pongs we keep to answer PINGs without flooding them (pong caching), and how many we return.
 PONG_CACHE_SIZE = 64
 PONG_REPLY_MAX = 6
@@ -161,7 +163,13 @@ class Node(LinkManager):
             if p.transport is not None:
                 p.transport.abort()
         if self._server is not None:
-            await self._server.wait_closed()
+            # wait_closed() also waits for connections the server accepted (uvloop, 3.12+):
+            # one that a peer opened during shutdown must not hold the exit up.
+            try:
+                async with asyncio.timeout(SERVER_CLOSE_WAIT):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                log.info("listener closed with connections still attached")
         try:
             self.hosts.save()
         except OSError as exc:
