@@ -32,6 +32,13 @@ FILE_SIZE = 300_000
 BIG_SIZE = 64 * 1024 * 1024
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT back to its default action. A harness that runs the suite as a background job
+    of a non-interactive shell hands every child SIGINT ignored, and Python keeps an inherited SIG_IGN, so
+    Ctrl-C tests would test nothing (or hang) there."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["GNUT_HOME"] = str(home)
@@ -42,8 +49,15 @@ def _env(home: Path) -> dict[str, str]:
 
 def cli(home: Path, *args: str, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
     """Run one `gnut` command to completion with GNUT_HOME=home; never a traceback."""
-    res = subprocess.run([*GNUT, *args], env=_env(home), capture_output=True, text=True, timeout=timeout,
-                         cwd=home.parent)
+    res = subprocess.run(
+        preexec_fn=_default_signals,
+        args=[*GNUT, *args],
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=home.parent,
+    )
     assert "Traceback" not in res.stderr, res.stderr
     return res
 
@@ -56,8 +70,14 @@ class NodeProc:
         home.mkdir(parents=True, exist_ok=True)
         self.log_path = home / "node.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([*GNUT, "node", "--listen", "127.0.0.1:0", *args], env=_env(home),
-                                     stdout=subprocess.DEVNULL, stderr=self._log, cwd=home)
+        self.proc = subprocess.Popen(
+            preexec_fn=_default_signals,
+            args=[*GNUT, "node", "--listen", "127.0.0.1:0", *args],
+            env=_env(home),
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            cwd=home,
+        )
         self.port = 0
         self.port = int(self.wait_log(LISTEN_RE).group(1))
 
@@ -73,8 +93,10 @@ class NodeProc:
             if len(found) >= count:
                 return found[count - 1]
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"no {rx.pattern!r} in the log of {self.home.name} "
-                                     f"(exit {self.proc.poll()}):\n{self.log()[-3000:]}")
+                raise AssertionError(
+                    f"no {rx.pattern!r} in the log of {self.home.name} "
+                    f"(exit {self.proc.poll()}):\n{self.log()[-3000:]}"
+                )
             time.sleep(0.02)
 
     @property
@@ -141,8 +163,16 @@ def net(tmp_path_factory):
         procs.append(b)
         c = NodeProc(root / "c", "--mode", "ultrapeer", "--connect", b.addr, "--share", str(root / "c-share"))
         procs.append(c)
-        f = NodeProc(root / "f", "--mode", "ultrapeer", "--connect", b.addr, "--share", str(root / "f-share"),
-                     "--firewalled")
+        f = NodeProc(
+            root / "f",
+            "--mode",
+            "ultrapeer",
+            "--connect",
+            b.addr,
+            "--share",
+            str(root / "f-share"),
+            "--firewalled",
+        )
         procs.append(f)
         for p in (b, c, f):
             p.wait_log(r"connected to #\d+ ")
@@ -162,15 +192,34 @@ def test_version_names_fastpath(tmp_path):
 
 def test_search_standalone_text_and_json(net, tmp_path):
     a, c = net["a"], net["c"]
-    res = cli(tmp_path / "s1", "search", "quokka farnode", "--connect", a.addr, "--timeout", "8",
-              "--max-results", "1")
+    res = cli(
+        tmp_path / "s1",
+        "search",
+        "quokka farnode",
+        "--connect",
+        a.addr,
+        "--timeout",
+        "8",
+        "--max-results",
+        "1",
+    )
     assert res.returncode == 0, res.stderr
     line = next(ln for ln in res.stdout.splitlines() if FAR_NAME in ln)
     assert "300,000" in line and c.addr in line and urn_of(net["far"]) in line and "1 src" in line
     assert "1 result(s)" in res.stderr
 
-    res = cli(tmp_path / "s2", "search", "quokka", "--connect", a.addr, "--timeout", "8", "--json",
-              "--max-results", "2")
+    res = cli(
+        tmp_path / "s2",
+        "search",
+        "quokka",
+        "--connect",
+        a.addr,
+        "--timeout",
+        "8",
+        "--json",
+        "--max-results",
+        "2",
+    )
     assert res.returncode == 0, res.stderr
     hits = {h["name"]: h for h in json_lines(res.stdout)}
     assert set(hits) == {FAR_NAME, "quokka notes.txt"}
@@ -183,8 +232,14 @@ def test_search_prints_live_and_stops_at_max_results(net, tmp_path):
     home = tmp_path / "s"
     home.mkdir()
     started = time.monotonic()
-    proc = subprocess.Popen([*GNUT, "search", "quokka", "--connect", net["a"].addr, "--timeout", "8", "--json"],
-                            env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        preexec_fn=_default_signals,
+        args=[*GNUT, "search", "quokka", "--connect", net["a"].addr, "--timeout", "8", "--json"],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = json.loads(proc.stdout.readline())
         assert proc.poll() is None, "the first hit must be printed while the search still runs"
@@ -225,8 +280,18 @@ def test_get_standalone_bytes_match(net, tmp_path):
 
 def test_get_through_push_from_firewalled_node(net, tmp_path):
     a, f = net["a"], net["f"]
-    res = cli(tmp_path / "p", "search", "walrus", "--connect", a.addr, "--timeout", "8", "--json",
-              "--max-results", "1")
+    res = cli(
+        tmp_path / "p",
+        "search",
+        "walrus",
+        "--connect",
+        a.addr,
+        "--timeout",
+        "8",
+        "--json",
+        "--max-results",
+        "1",
+    )
     (hit,) = json_lines(res.stdout)
     assert hit["firewalled"] is True and hit["port"] == f.port
     givs = status_json(f.home)["events"].get("giv_sent", 0)
@@ -274,8 +339,10 @@ def test_http_range_and_traversal_on_gnutella_port(net):
     urn = urn_of(far)
     index = None  # the share index of FAR_NAME on C: found by asking C for /get/<i>/<name>
     for i in range(1, 4):
-        code, _, _ = _http(c.port, f"HEAD /get/{i}/{quote(FAR_NAME)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                           .encode())
+        code, _, _ = _http(
+            c.port,
+            f"HEAD /get/{i}/{quote(FAR_NAME)} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+        )
         if code == 200:
             index = i
     assert index is not None
@@ -297,11 +364,19 @@ def test_http_range_and_traversal_on_gnutella_port(net):
     assert (code, body) == (200, far)
 
     secret = b"SECRET-NOT-SHARED"
-    for target in ("/get/1/../../secret/passwd", "/get/1/..%2f..%2fsecret%2fpasswd", "/../secret/passwd",
-                   "/get/1/%2e%2e/%2e%2e/secret/passwd", "/get/1/..%252f..%252fsecret%252fpasswd",
-                   "/get/1/..\\..\\secret\\passwd", "/get/1/%c0%ae%c0%ae/secret/passwd", "/etc/passwd",
-                   "/get/1//etc/passwd", "/uri-res/N2R?urn:sha1:../../secret/passwd",
-                   "/get/99/" + quote(FAR_NAME)):
+    for target in (
+        "/get/1/../../secret/passwd",
+        "/get/1/..%2f..%2fsecret%2fpasswd",
+        "/../secret/passwd",
+        "/get/1/%2e%2e/%2e%2e/secret/passwd",
+        "/get/1/..%252f..%252fsecret%252fpasswd",
+        "/get/1/..\\..\\secret\\passwd",
+        "/get/1/%c0%ae%c0%ae/secret/passwd",
+        "/etc/passwd",
+        "/get/1//etc/passwd",
+        "/uri-res/N2R?urn:sha1:../../secret/passwd",
+        "/get/99/" + quote(FAR_NAME),
+    ):
         code, _, body = get(target)
         assert secret not in body and b"root:" not in body, target
         assert code in (400, 404), (target, code)
@@ -319,9 +394,14 @@ def test_resume_after_source_killed(net, tmp_path):
     try:
         r.wait_log(r"connected to #\d+ ")
         out = tmp_path / "out"
-        getter = subprocess.Popen([*GNUT, "get", urn, "--connect", a.addr, "--out", str(out), "--timeout", "5",
-                                   "--json"], env=_env(tmp_path / "g"), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        getter = subprocess.Popen(
+            preexec_fn=_default_signals,
+            args=[*GNUT, "get", urn, "--connect", a.addr, "--out", str(out), "--timeout", "5", "--json"],
+            env=_env(tmp_path / "g"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             sidecars = out / ".gnut-partial"
             deadline = time.monotonic() + 20
@@ -371,8 +451,14 @@ def test_sigint_and_sigterm_exit_0_after_bye_200(net, tmp_path):
 def test_ctrl_c_ends_a_search_quietly(net, tmp_path):
     home = tmp_path / "s"
     home.mkdir()
-    proc = subprocess.Popen([*GNUT, "search", "quokka", "--connect", net["a"].addr, "--timeout", "30", "--json"],
-                            env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        preexec_fn=_default_signals,
+        args=[*GNUT, "search", "quokka", "--connect", net["a"].addr, "--timeout", "30", "--json"],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "quokka" in json.loads(proc.stdout.readline())["name"]
         proc.send_signal(signal.SIGINT)
