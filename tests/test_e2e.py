@@ -39,6 +39,18 @@ def _default_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _spawn(home: Path, *args: str) -> subprocess.Popen:
+    """A `gnut` command running in the background with its own home, text pipes for its output."""
+    return subprocess.Popen(
+        [*GNUT, *args],
+        preexec_fn=_default_signals,
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["GNUT_HOME"] = str(home)
@@ -232,14 +244,7 @@ def test_search_prints_live_and_stops_at_max_results(net, tmp_path):
     home = tmp_path / "s"
     home.mkdir()
     started = time.monotonic()
-    proc = subprocess.Popen(
-        preexec_fn=_default_signals,
-        args=[*GNUT, "search", "quokka", "--connect", net["a"].addr, "--timeout", "8", "--json"],
-        env=_env(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _spawn(home, "search", "quokka", "--connect", net["a"].addr, "--timeout", "8", "--json")
     try:
         first = json.loads(proc.stdout.readline())
         assert proc.poll() is None, "the first hit must be printed while the search still runs"
@@ -394,13 +399,8 @@ def test_resume_after_source_killed(net, tmp_path):
     try:
         r.wait_log(r"connected to #\d+ ")
         out = tmp_path / "out"
-        getter = subprocess.Popen(
-            preexec_fn=_default_signals,
-            args=[*GNUT, "get", urn, "--connect", a.addr, "--out", str(out), "--timeout", "5", "--json"],
-            env=_env(tmp_path / "g"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        getter = _spawn(
+            tmp_path / "g", "get", urn, "--connect", a.addr, "--out", str(out), "--timeout", "5", "--json"
         )
         try:
             sidecars = out / ".gnut-partial"
@@ -451,14 +451,7 @@ def test_sigint_and_sigterm_exit_0_after_bye_200(net, tmp_path):
 def test_ctrl_c_ends_a_search_quietly(net, tmp_path):
     home = tmp_path / "s"
     home.mkdir()
-    proc = subprocess.Popen(
-        preexec_fn=_default_signals,
-        args=[*GNUT, "search", "quokka", "--connect", net["a"].addr, "--timeout", "30", "--json"],
-        env=_env(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _spawn(home, "search", "quokka", "--connect", net["a"].addr, "--timeout", "30", "--json")
     try:
         assert "quokka" in json.loads(proc.stdout.readline())["name"]
         proc.send_signal(signal.SIGINT)
