@@ -3,7 +3,7 @@
 # Strategy
 # --------
 # Three relays run as separate processes, so the load generator (this process) never shares
-# their CPU core: the null relay (this file run with --null-relay: Cython framing on uvloop,
+# their CPU core: the null relay (bench/null_relay.py: Cython framing on uvloop,
 # every message written to every other link, no routing, lossless backpressure), the
 # `gnut node --mode flood` on the Cython fast path, and the same node with GNUT_NO_EXTENSIONS=1.
 # The load generator is one selector loop over raw sockets: one source link writes a
@@ -18,8 +18,6 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import pstats
 import random
@@ -79,8 +77,6 @@ HANDSHAKE_TIMEOUT = 30.0  # per batch of CONNECT_BATCH links
 SETTLE = 1.0
 SEND_CHUNK = 256 * 1024  # one send() of the source
 RECV_CHUNK = 1024 * 1024  # one recv() of a sink
-# Null relay backpressure: pause reading the source while any sink has this much unsent.
-NULL_HIGH_WATER = 1024 * 1024
 WORDS = 600  # vocabulary of the generated query texts
 TOP_PROFILE = 15  # profile rows reported
 _LISTEN_RE = re.compile(rb"listening on 127\.0\.0\.1:(\d+)")
@@ -166,7 +162,7 @@ class RelayProcess:
         if profile is not None:
             py += ["-m", "cProfile", "-o", str(profile)]
         if kind == "null":
-            cmd = py + [str(Path(__file__).resolve()), "--null-relay"]
+            cmd = py + [str(BENCH_DIR / "null_relay.py")]
         else:
             cmd = py + [
                 "-m",
@@ -435,100 +431,6 @@ def run_round(source: Link, sinks: list[Link], stream: bytes, sent: int, routing
         "out_per_s": received / seconds,
         "loss_pct": 100.0 * max(0, target - received) / target if target else 0.0,
     }
-
-
-# --- null relay (subprocess entry point) ---------------------------------------------------------
-def null_relay_main() -> int:
-    """Run the null relay: accept links, handshake, relay every message to every other link.
-
-    Framing is the Cython FrameReader (inside gnut.connection), writes go straight to the
-    transports, one write per target per received chunk, and the sender stops being read
-    while a target has NULL_HIGH_WATER bytes unsent: the fastest lossless relay on this stack.
-    """
-    from gnut import loops
-
-    raise_fd_limit()
-    return loops.run(_null_relay(), "uvloop")
-
-
-async def _null_relay() -> int:
-    loop = asyncio.get_running_loop()
-    links: list[_NullLink] = []
-    stop = asyncio.Event()
-    cfg = hs.HandshakeConfig(
-        mode="flood", user_agent="null-relay/1", listen_ip="", listen_port=0, accept_deflate=False
-    )
-    server = await loop.create_server(lambda: _NullLink(links, cfg), "127.0.0.1", 0, backlog=1024)
-    port = server.sockets[0].getsockname()[1]
-    print(f"null relay listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
-    for link in links:
-        link.transport.abort()
-    return 0
-
-
-MSG_PING_TYPE = 0x00  # the greeting PING's message type
-
-
-class _NullLink(asyncio.Protocol):
-    def __init__(self, links: list, cfg: hs.HandshakeConfig) -> None:
-        self.links = links
-        self.cfg = cfg
-        self.transport = None
-        self.conn = cx.Connection(cfg, outgoing=False)
-        self.open = False
-        self.blocked = False
-        self.waiting: list[_NullLink] = []  # senders paused because of us
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.set_write_buffer_limits(high=NULL_HIGH_WATER)
-        self.links.append(self)
-
-    def connection_lost(self, exc) -> None:
-        if self in self.links:
-            self.links.remove(self)
-
-    def pause_writing(self) -> None:
-        self.blocked = True
-
-    def resume_writing(self) -> None:
-        self.blocked = False
-        for sender in self.waiting:
-            sender.transport.resume_reading()
-        self.waiting.clear()
-
-    def data_received(self, data: bytes) -> None:
-        conn = self.conn
-        conn.receive_data(data)
-        while True:
-            ev = conn.next_event()
-            if ev is cx.NEED_DATA:
-                break
-            if isinstance(ev, cx.HandshakeRequest):
-                conn.accept()
-            elif isinstance(ev, cx.HandshakeComplete):
-                self.open = True
-                # Like a node, greet each new link with a PING: the load generator waits for one
-                # message per link, so no round starts before every link is in the relay set.
-                conn.send_raw(messages.build(os.urandom(16), MSG_PING_TYPE, 1, 0, b""))
-            elif isinstance(ev, cx.Frames):
-                out = b"".join([m.raw for m in ev.messages])
-                for other in self.links:
-                    if other is not self and other.open:
-                        other.transport.write(out)
-                        if other.blocked:
-                            other.waiting.append(self)
-                            self.transport.pause_reading()
-            elif isinstance(ev, (cx.ProtocolViolation, cx.ConnectionClosed)):
-                self.transport.close()
-                return
-        out = conn.data_to_send()
-        if out:
-            self.transport.write(out)
 
 
 # --- the benchmark ----------------------------------------------------------------------------------
@@ -831,18 +733,5 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`bench_relay.py --null-relay` runs the null relay process; otherwise use bench/run.py relay."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--null-relay", action="store_true", help="run the null relay (a subprocess of run())"
-    )
-    args = parser.parse_args(argv)
-    if args.null_relay:
-        return null_relay_main()
-    parser.error("run the benchmark with: python bench/run.py relay [--quick]")
-    return 2
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit("run the benchmark with: python bench/run.py relay [--quick]")
