@@ -1,4 +1,4 @@
-"""Build gnut._fastpath from gnut/_fastpath.pyx, unless GNUT_NO_EXTENSIONS=1 asks for pure Python."""
+"""Build gnut._fastpath from src/gnut/_fastpath.pyx, unless GNUT_NO_EXTENSIONS=1 asks for pure Python."""
 
 import os
 import sys
@@ -21,8 +21,8 @@ else:
         [
             Extension(
                 "gnut._fastpath",
-                ["gnut/_fastpath.pyx"],
-                depends=["gnut/_guidcache.pxi", "gnut/_relay.pxi", "gnut/_routemap.pxi"],
+                ["src/gnut/_fastpath.pyx"],
+                depends=["src/gnut/_guidcache.pxi", "src/gnut/_relay.pxi", "src/gnut/_routemap.pxi"],
                 extra_compile_args=["-O3"],
                 define_macros=macros,
             )

@@ -2,7 +2,7 @@
 
 # Strategy
 # --------
-# Every node is a real gnut.node.Node with its own listening socket on 127.0.0.1, all in this
+# Every node is a real gnut.runtime.node.Node with its own listening socket on 127.0.0.1, all in this
 # process on one uvloop (50-200 nodes fit one core; the figures are therefore those of a
 # network whose nodes share one CPU). A topology (random G(n, m) made connected, or
 # Barabasi-Albert power-law) is dialled link by link. In "flood" mode every node is a flood
@@ -43,17 +43,17 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-if str(REPO_DIR) not in sys.path:
-    sys.path.insert(0, str(REPO_DIR))
+if str(REPO_DIR / "src") not in sys.path:
+    sys.path.insert(0, str(REPO_DIR / "src"))
 
 import networkx as nx  # noqa: E402
 
-from gnut import loops  # noqa: E402
-from gnut import routing as rt  # noqa: E402
-from gnut.config import NodeConfig  # noqa: E402
 from gnut.constants import MSG_QUERY, MSG_QUERYHIT  # noqa: E402
 from gnut.fastpath import IMPLEMENTATION  # noqa: E402
-from gnut.node import Node  # noqa: E402
+from gnut.protocol import routing as rt  # noqa: E402
+from gnut.runtime import loops  # noqa: E402
+from gnut.runtime.config import NodeConfig  # noqa: E402
+from gnut.runtime.node import Node  # noqa: E402
 
 # Hybrid mode: one node in five is an ultrapeer (a small network needs a dense core for the
 # leaves to be reachable), each leaf keeps 2 ultrapeer links (LimeWire-family leaves keep 2-3).
@@ -476,7 +476,7 @@ def measure_specs(items: list[Spec]) -> list[dict]:
 def _child(impl: str, quick: bool) -> subprocess.Popen:
     # Each implementation runs in its own process (the fast path is chosen once, at import);
     # the two run at the same time, one per core, under the same conditions.
-    env = dict(os.environ, PYTHONPATH=str(REPO_DIR))
+    env = dict(os.environ, PYTHONPATH=str(REPO_DIR / "src"))
     env.pop("GNUT_NO_EXTENSIONS", None)
     if impl == "python":
         env["GNUT_NO_EXTENSIONS"] = "1"

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gnut.qrp import QrpReceiver, QrpTable, QueryHashes, keywords, query_words  # noqa: E402
+from gnut.protocol.qrp import QrpReceiver, QrpTable, QueryHashes, keywords, query_words  # noqa: E402
 
 # Repeats per timing; the best one is kept.
 REPEATS = 3

@@ -36,15 +36,15 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-if str(REPO_DIR) not in sys.path:
-    sys.path.insert(0, str(REPO_DIR))
+if str(REPO_DIR / "src") not in sys.path:
+    sys.path.insert(0, str(REPO_DIR / "src"))
 
 from gnut._fastpath import FrameReader  # noqa: E402  (the load generator always counts with Cython)
 
-from gnut import connection as cx  # noqa: E402
-from gnut import handshake as hs  # noqa: E402
-from gnut import messages  # noqa: E402
 from gnut.constants import MSG_QUERY  # noqa: E402
+from gnut.protocol import connection as cx  # noqa: E402
+from gnut.protocol import handshake as hs  # noqa: E402
+from gnut.protocol import messages  # noqa: E402
 
 SINKS = 4  # the shape: one source, four sinks
 # Messages per round, per relay: enough for rounds of ~0.3-1.5 s (rates are per second, so
@@ -154,7 +154,7 @@ class RelayProcess:
         self.kind = kind
         home = tmp / f"home-{kind}-{os.getpid()}-{time.monotonic_ns()}"
         home.mkdir(parents=True)
-        env = dict(os.environ, GNUT_HOME=str(home), PYTHONPATH=str(REPO_DIR))
+        env = dict(os.environ, GNUT_HOME=str(home), PYTHONPATH=str(REPO_DIR / "src"))
         env.pop("GNUT_NO_EXTENSIONS", None)
         if kind == "python":
             env["GNUT_NO_EXTENSIONS"] = "1"

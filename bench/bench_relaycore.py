@@ -31,7 +31,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-for _p in (str(BENCH_DIR), str(REPO_DIR)):
+for _p in (str(BENCH_DIR), str(REPO_DIR / "src")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
@@ -55,7 +55,7 @@ def _vocabulary(rng: random.Random) -> list[str]:
 
 
 def _payloads(rng: random.Random, vocab: list[str], count: int) -> list[bytes]:
-    from gnut import messages
+    from gnut.protocol import messages
 
     b32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
     out = []
@@ -91,8 +91,8 @@ def _frame(stream: bytes) -> list[list]:
 
 async def _raw_link(node, mode: str = "ultrapeer", deflate: bool = False):
     """Open a handshaken raw Gnutella link to `node` and return (its Connection, the writer)."""
-    from gnut import connection as cx
-    from gnut import handshake as hs
+    from gnut.protocol import connection as cx
+    from gnut.protocol import handshake as hs
 
     cfg = hs.HandshakeConfig(mode=mode, listen_ip="127.0.0.1", listen_port=1, accept_deflate=deflate)
     conn = cx.Connection(cfg, outgoing=True, remote_ip="127.0.0.1")
@@ -112,9 +112,9 @@ async def _raw_link(node, mode: str = "ultrapeer", deflate: bool = False):
 
 def _send_table(conn, writer, words) -> None:
     """Send a QRP table holding `words` (and their prefixes) over a raw link, as a leaf does."""
-    from gnut import messages, qrp
     from gnut.constants import MSG_QRP
-    from gnut.guid import new_guid
+    from gnut.protocol import messages, qrp
+    from gnut.protocol.guid import new_guid
 
     table = qrp.QrpTable()
     for w in words:
@@ -148,9 +148,9 @@ async def _ultrapeer_links(node, rng: random.Random, vocab: list[str]) -> list:
 
 async def _measure(quick: bool) -> dict:
     from gnut import fastpath
-    from gnut.config import NodeConfig
-    from gnut.node import Node
-    from gnut.routing import PeerRole
+    from gnut.protocol.routing import PeerRole
+    from gnut.runtime.config import NodeConfig
+    from gnut.runtime.node import Node
 
     size = "quick" if quick else "full"
     count, repeats = MESSAGES[size], REPEATS[size]
@@ -239,7 +239,7 @@ async def _measure(quick: bool) -> dict:
 
 
 def _child(quick: bool) -> None:
-    from gnut import loops
+    from gnut.runtime import loops
 
     print(json.dumps(loops.run(_measure(quick), "asyncio")))
 
@@ -252,7 +252,7 @@ def run(quick: bool) -> dict:
     """
     out = {}
     for impl in ("cython", "python"):
-        env = dict(os.environ, PYTHONPATH=str(REPO_DIR))
+        env = dict(os.environ, PYTHONPATH=str(REPO_DIR / "src"))
         env.pop("GNUT_NO_EXTENSIONS", None)
         if impl == "python":
             env["GNUT_NO_EXTENSIONS"] = "1"

@@ -2,7 +2,7 @@
 
 # Strategy: each job builds one overlay (random, power-law, two-tier, tree), places 100+
 # objects with a replication scheme, and runs a batch of Zipf-drawn queries per search
-# algorithm through gnut.sim.  Jobs run in a pool of worker processes (one fresh process
+# algorithm through gnut.sim.engine.  Jobs run in a pool of worker processes (one fresh process
 # per job, so the RSS each reports is its own).  The analytic checks (horizon formula,
 # last-hop share, Lv et al.'s flood/walk ordering) are computed from the same rows.
 
@@ -16,9 +16,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gnut import fastpath, sim  # noqa: E402
+from gnut import fastpath  # noqa: E402
+from gnut.sim import engine as sim  # noqa: E402
 
 # Worker processes: the machine has 2 cores.
 WORKERS = min(2, os.cpu_count() or 1)

@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parents[1]
-if str(REPO_DIR) not in sys.path:
-    sys.path.insert(0, str(REPO_DIR))
+if str(REPO_DIR / "src") not in sys.path:
+    sys.path.insert(0, str(REPO_DIR / "src"))
 
 from bench_relay import raise_fd_limit  # noqa: E402
 
-from gnut import connection as cx  # noqa: E402
-from gnut import handshake as hs  # noqa: E402
-from gnut import messages  # noqa: E402
+from gnut.protocol import connection as cx  # noqa: E402
+from gnut.protocol import handshake as hs  # noqa: E402
+from gnut.protocol import messages  # noqa: E402
 
 # Null relay backpressure: pause reading the source while any sink has this much unsent.
 NULL_HIGH_WATER = 1024 * 1024
@@ -29,11 +29,11 @@ NULL_HIGH_WATER = 1024 * 1024
 def null_relay_main() -> int:
     """Run the null relay: accept links, handshake, relay every message to every other link.
 
-    Framing is the Cython FrameReader (inside gnut.connection), writes go straight to the
+    Framing is the Cython FrameReader (inside gnut.protocol.connection), writes go straight to the
     transports, one write per target per received chunk, and the sender stops being read
     while a target has NULL_HIGH_WATER bytes unsent: the fastest lossless relay on this stack.
     """
-    from gnut import loops
+    from gnut.runtime import loops
 
     raise_fd_limit()
     return loops.run(_null_relay(), "uvloop")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-for _path in (str(BENCH_DIR), str(REPO_DIR)):
+for _path in (str(BENCH_DIR), str(REPO_DIR / "src")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 

@@ -41,7 +41,7 @@ INPUT_TIMEOUT = 10
 def _child(name: str, runs: int, corpus: Path, artifacts: Path, max_len: int) -> None:
     import atheris
 
-    sys.path[:0] = [str(HERE), str(ROOT)]
+    sys.path[:0] = [str(HERE), str(ROOT / "src")]
     with atheris.instrument_imports(include=["gnut", "h11", "targets"]):
         import targets
     target = targets.TARGETS[name]
@@ -91,7 +91,7 @@ def run_target(name: str, runs: int, max_len: int, keep_corpus: Path | None) -> 
     artifacts = work / "artifacts"
     artifacts.mkdir()
     started = time.monotonic()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run(
         [
             sys.executable,
@@ -134,7 +134,7 @@ def run_target(name: str, runs: int, max_len: int, keep_corpus: Path | None) -> 
 
 def replay() -> int:
     """Run every stored regression input through its target; return the number still failing."""
-    sys.path[:0] = [str(HERE), str(ROOT)]
+    sys.path[:0] = [str(HERE), str(ROOT / "src")]
     import targets
 
     failing = 0
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("atheris is not installed: pip install atheris (the 'fuzz' extra)", file=sys.stderr)
         return 2
-    sys.path[:0] = [str(HERE), str(ROOT)]
+    sys.path[:0] = [str(HERE), str(ROOT / "src")]
     import targets
 
     names = args.targets or list(targets.TARGETS)

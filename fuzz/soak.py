@@ -27,13 +27,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from nethelpers import RawPeer, start_node, wait_for  # noqa: E402
 
-from gnut import loops, messages  # noqa: E402
 from gnut.constants import MSG_BYE, MSG_QUERY, MSG_QUERYHIT  # noqa: E402
-from gnut.guid import new_guid  # noqa: E402
+from gnut.protocol import messages  # noqa: E402
+from gnut.protocol.guid import new_guid  # noqa: E402
+from gnut.runtime import loops  # noqa: E402
 
 # Frames written per socket write in the floods (about 100 KiB).
 BATCH = 2000

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import h11
 
-from gnut import connection as cx
-from gnut import ggep, handshake, http, messages, qrp
-from gnut import routing as rt
 from gnut.constants import GUID_LEN, HEADER_LEN, MAX_PAYLOAD
 from gnut.errors import LocalProtocolError, RemoteProtocolError
+from gnut.protocol import connection as cx
+from gnut.protocol import ggep, handshake, messages, qrp
+from gnut.protocol import routing as rt
+from gnut.runtime import http
 
 # Largest input a target looks at: bigger inputs only slow the fuzzer down (limits are tested apart).
 MAX_INPUT = 256 * 1024
@@ -281,7 +282,7 @@ def _share():
     """A real ShareIndex over two small files in a private temporary folder (built once per process)."""
     global _SHARE
     if _SHARE is None:
-        from gnut.share import ShareIndex
+        from gnut.runtime.share import ShareIndex
 
         root = Path(tempfile.mkdtemp(prefix="gnut-fuzz-"))
         (root / "share").mkdir()
@@ -336,8 +337,8 @@ TARGETS = {
     "http": http_request,
 }
 
-# Seeds: captured real-servent bytes (../shared/vectors) when present, plus a few built here.
-VECTORS = Path(os.environ.get("GNUT_VECTORS", Path(__file__).resolve().parents[2] / "shared" / "vectors"))
+# Seeds: captured real-servent bytes (tests/vectors), plus a few built here.
+VECTORS = Path(os.environ.get("GNUT_VECTORS", Path(__file__).resolve().parents[1] / "tests" / "vectors"))
 
 
 def seeds(name: str) -> list[bytes]:

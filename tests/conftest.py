@@ -9,7 +9,7 @@ import os
 import pytest
 from nethelpers import LOOPS  # every real-socket test runs on uvloop and on asyncio
 
-from gnut import loops
+from gnut.runtime import loops
 
 # The Cython half is imported directly (never via gnut.fastpath), so a missing build is an error,
 # not a silent second run of the pure twin. `--no-cython` or GNUT_NO_EXTENSIONS=1 deselects it.

@@ -6,10 +6,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from gnut import connection as cx
-from gnut import handshake as hs
-from gnut.config import NodeConfig
-from gnut.node import Node
+from gnut.protocol import connection as cx
+from gnut.protocol import handshake as hs
+from gnut.runtime.config import NodeConfig
+from gnut.runtime.node import Node
 
 LOOPS = ["uvloop", "asyncio"]
 

@@ -15,8 +15,8 @@ if str(BENCH_DIR) not in sys.path:
 
 import bench_network as bn  # noqa: E402
 
-from gnut import loops  # noqa: E402
 from gnut.constants import MSG_QUERY  # noqa: E402
+from gnut.runtime import loops  # noqa: E402
 
 
 def _relay_module():

@@ -22,9 +22,10 @@ import networkx as nx
 import pytest
 from nethelpers import LOOPS, RawPeer, start_node, wait_for
 
-from gnut import loops, messages
 from gnut.constants import MSG_QUERY, MSG_QUERYHIT
-from gnut.guid import new_guid
+from gnut.protocol import messages
+from gnut.protocol.guid import new_guid
+from gnut.runtime import loops
 
 NODES = 50
 KILLED = 15  # 30 %
@@ -179,8 +180,8 @@ def test_fifty_nodes_thirty_percent_killed_during_searches(tmp_path, loop_name):
 _WRITER = r"""
 import os, sys, time
 from pathlib import Path
-from gnut.hostcache import HostCache
-from gnut.share import ShareIndex
+from gnut.runtime.hostcache import HostCache
+from gnut.runtime.share import ShareIndex
 
 home = Path(sys.argv[1])
 share = home / "share"
@@ -206,14 +207,14 @@ def test_kill_9_at_random_moments_leaves_state_files_readable(tmp_path):
     import sys
     from pathlib import Path
 
-    from gnut.hostcache import HostCache
-    from gnut.share import ShareIndex
+    from gnut.runtime.hostcache import HostCache
+    from gnut.runtime.share import ShareIndex
 
     home = tmp_path / "home"
     home.mkdir()
     root = Path(__file__).resolve().parents[1]
     rng = random.Random(9)
-    env = dict(os.environ, PYTHONPATH=str(root))
+    env = dict(os.environ, PYTHONPATH=str(root / "src"))
     known = 0
     for _ in range(6):
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(home)], stdout=subprocess.PIPE, env=env)

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from nethelpers import start_node, wait_for
 
-from gnut import cli, client, control, loops
-from gnut.config import NodeConfig
-from gnut.node import Node
+from gnut.app import cli, client, control, runner
+from gnut.runtime import loops
+from gnut.runtime.config import NodeConfig
+from gnut.runtime.node import Node
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -215,7 +216,7 @@ def test_client_search_and_get_standalone(tmp_path, capsys):
 
 
 def test_client_joins_through_the_host_cache(tmp_path, capsys):
-    from gnut.hostcache import HostCache
+    from gnut.runtime.hostcache import HostCache
 
     async def go():
         up = await start_node(tmp_path, "up", "ultrapeer", files={"plover dawn.bin": b"p" * 5000})
@@ -253,10 +254,8 @@ async def control_node(tmp_path: Path, files: dict[str, bytes] | None = None) ->
     (home / "share").mkdir(parents=True)
     for name, data in (files or {}).items():
         (home / "share" / name).write_bytes(data)
-    node = Node(NodeConfig(listen_host="127.0.0.1", listen_port=0, home=home, share_dirs=[home / "share"],
-                           save_hosts=False, out_links=0))
-    await node.start()
-    return node
+    return await runner.start_node(NodeConfig(listen_host="127.0.0.1", listen_port=0, home=home,
+                                              share_dirs=[home / "share"], save_hosts=False, out_links=0))
 
 
 def test_control_socket_is_private_and_answers_status(tmp_path, capsys):
@@ -342,7 +341,7 @@ def test_get_leaves_no_empty_partial_folder(tmp_path):
         try:
             async with client.ephemeral_node(tmp_path / "c", [up.address], 5.0) as leaf:
                 await wait_for(lambda: leaf.peers, what="leaf linked")
-                from gnut.actions import fetch
+                from gnut.app.actions import fetch
 
                 path = await fetch(leaf, urn_of(data), None, None, tmp_path / "out", 10.0)
         finally:

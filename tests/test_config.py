@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gnut.config import NodeConfig, load_config_file, parse_hostport
+from gnut.app.configfile import load_config_file
+from gnut.runtime.config import NodeConfig, parse_hostport
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from gnut.download import (
+from gnut.errors import LocalProtocolError
+from gnut.protocol.guid import new_guid
+from gnut.runtime.download import (
     CHUNK_SIZE,
     PARTIAL_DIR,
     Download,
@@ -27,8 +29,6 @@ from gnut.download import (
     parse_magnet,
     safe_name,
 )
-from gnut.errors import LocalProtocolError
-from gnut.guid import new_guid
 
 SIZE = 300_000
 TEST_DEADLINE = 60.0  # no single test may hang the suite
@@ -507,7 +507,7 @@ def test_add_source_rejects_other_file_and_duplicates(tmp_path: Path) -> None:
 CRASH_SCRIPT = """
 import asyncio, sys
 from pathlib import Path
-from gnut.download import Download, Source
+from gnut.runtime.download import Download, Source
 urn, size, port, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 src = Source("127.0.0.1", port, 1, "f", size, urn, bytes(16), False)
 d = Download(urn, size, "f", out, sources=[src], chunk_size=16384, assume_private_firewalled=False)
@@ -519,7 +519,7 @@ asyncio.run(d.run())
 @aio
 async def test_kill_9_leaves_a_readable_sidecar_that_resumes(tmp_path: Path, kill_at: int) -> None:
     data = make_data()
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     async with FileServer(data, throttle=0.05) as srv:  # 220 KB takes > STATE_FLUSH_INTERVAL
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", CRASH_SCRIPT, urn_of(data), str(SIZE), str(srv.port), str(tmp_path), env=env
@@ -652,14 +652,14 @@ def test_needs_push() -> None:
 @pytest.mark.parametrize("with_urn", [True, False])
 @aio
 async def test_download_from_gnut_http_upload_server(tmp_path: Path, with_urn: bool) -> None:
-    from gnut.http import HttpContext, handle_http
-    from gnut.share import ShareIndex
+    from gnut.runtime.http import HttpContext, handle_http
+    from gnut.runtime.share import ShareIndex
 
     data = make_data()
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    (shared / "song one.ogg").write_bytes(data)
-    index = ShareIndex([shared])
+    music = tmp_path / "music"
+    music.mkdir()
+    (music / "song one.ogg").write_bytes(data)
+    index = ShareIndex([music])
     index.scan()
     (sf,) = index.files
     ctx = HttpContext(share=index)

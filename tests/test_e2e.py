@@ -54,7 +54,7 @@ def _spawn(home: Path, *args: str) -> subprocess.Popen:
 def _env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["GNUT_HOME"] = str(home)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -94,9 +94,9 @@ def test_differential_targets_really_run_the_cython_module():
 def test_finding_query_with_more_ggep_items_than_one_block_may_hold():
     # fuzz/regressions/message_codecs/crash-3ee0726bd0490e0d: several GGEP blocks in one query held
     # more items together than encode_ggep accepts in a block, so a decoded query did not re-encode.
-    from gnut import messages
     from gnut.errors import RemoteProtocolError
-    from gnut.ggep import GGEP_MAX_ITEMS, GgepItem, encode_ggep
+    from gnut.protocol import messages
+    from gnut.protocol.ggep import GGEP_MAX_ITEMS, GgepItem, encode_ggep
 
     block = encode_ggep([GgepItem(f"X{i}", b"") for i in range(GGEP_MAX_ITEMS // 2 + 1)])
     payload = b"\x80\x00text\x00" + block + b"\x1c" + block

@@ -1,4 +1,4 @@
-"""Tests for gnut.ggep: GGEP block decode/encode, COBS, deflate, limits."""
+"""Tests for gnut.protocol.ggep: GGEP block decode/encode, COBS, deflate, limits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gnut.errors import LocalProtocolError, RemoteProtocolError
-from gnut.ggep import (
+from gnut.protocol.ggep import (
     GGEP_MAGIC,
     GGEP_MAX_INFLATED,
     GGEP_MAX_ITEMS,

@@ -1,4 +1,4 @@
-"""Tests for gnut.handshake: block framing/parsing, our headers, admission policy."""
+"""Tests for gnut.protocol.handshake: block framing/parsing, our headers, admission policy."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import gnut
 from gnut.constants import HANDSHAKE_MAX_HEADER_BYTES
 from gnut.errors import RemoteProtocolError
-from gnut.handshake import (
+from gnut.protocol.handshake import (
     HandshakeConfig,
     Headers,
     PeerCounts,
@@ -31,11 +31,11 @@ from gnut.handshake import (
     peer_listen_address,
 )
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parent / "vectors"  # captured real-servent bytes (vectors/README.md)
 HANDSHAKE_VECTORS = sorted(
     [*VECTORS.glob("gtk-gnutella/*_handshake_*.bin"), *VECTORS.glob("gnutellabun/handshake_*.bin")]
 )
-needs_vectors = pytest.mark.skipif(not HANDSHAKE_VECTORS, reason=f"captured vectors absent under {VECTORS}")
+assert HANDSHAKE_VECTORS, f"captured handshakes missing under {VECTORS}"
 
 ROOMY = PeerCounts(ultrapeers=0, leaves=0, max_ultrapeers=32, max_leaves=30)
 UP_FULL = PeerCounts(ultrapeers=32, leaves=0, max_ultrapeers=32, max_leaves=30)
@@ -44,8 +44,6 @@ LEAVES_FULL = PeerCounts(ultrapeers=0, leaves=30, max_ultrapeers=32, max_leaves=
 
 def vector(name: str) -> bytes:
     path = VECTORS / name
-    if not path.exists():
-        pytest.skip(f"vector {name} absent")
     return path.read_bytes()
 
 
@@ -65,7 +63,6 @@ def incremental_end(data: bytes) -> int:
 # --- framing -----------------------------------------------------------------------------
 
 
-@needs_vectors
 @pytest.mark.parametrize("path", HANDSHAKE_VECTORS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_captured_block_frames_and_parses(path):
     data = path.read_bytes()
@@ -379,7 +376,6 @@ def test_evaluate_response_deflate_flags():
 # --- captured vectors through the policy -------------------------------------------------------
 
 
-@needs_vectors
 @pytest.mark.parametrize(
     "name, peer_up, deflate",
     [
@@ -397,7 +393,6 @@ def test_captured_connects_admitted_by_ultrapeer(name, peer_up, deflate):
     assert (v.code, v.peer_is_ultrapeer, v.deflate_out) == (200, peer_up, deflate)
 
 
-@needs_vectors
 @pytest.mark.parametrize(
     "name, code, deflate_in, deflate_out",
     [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 
-from gnut.hostcache import DIAL_BACKOFF_BASE, HostCache
+from gnut.runtime.hostcache import DIAL_BACKOFF_BASE, HostCache
 
 
 def test_add_pick_and_persist(tmp_path):

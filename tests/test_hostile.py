@@ -16,12 +16,12 @@ import zlib
 import pytest
 from nethelpers import RawPeer, established, start_node, wait_for
 
-from gnut import messages
 from gnut.constants import HANDSHAKE_MAX_HEADER_BYTES, MSG_BYE, MSG_PING, MSG_QRP, MSG_QUERY, MSG_QUERYHIT
-from gnut.ggep import GGEP_MAX_INFLATED, GgepItem, encode_ggep
-from gnut.guid import new_guid
-from gnut.node import BYE_DUPLICATES, DUP_RESENT_MAX
-from gnut.routing import DropReason
+from gnut.protocol import messages
+from gnut.protocol.ggep import GGEP_MAX_INFLATED, GgepItem, encode_ggep
+from gnut.protocol.guid import new_guid
+from gnut.protocol.routing import DropReason
+from gnut.runtime.node import BYE_DUPLICATES, DUP_RESENT_MAX
 
 FILES = {"honest answer.txt": b"h" * 2048}
 

@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 from nethelpers import RawPeer, link, start_node, wait_for
 
-from gnut import dynquery as dq
-from gnut import loops, messages
 from gnut.constants import MSG_BYE, MSG_QUERY, MSG_QUERYHIT, MSG_VENDOR
-from gnut.dynquery import Done, DoneReason, DynamicQuery, LinkInfo, horizon, select_ttl
-from gnut.guid import new_guid
-from gnut.node import Node
-from gnut.qrp import keywords
-from gnut.routing import DropReason, PeerRole
+from gnut.protocol import messages
+from gnut.protocol.guid import new_guid
+from gnut.protocol.qrp import keywords
+from gnut.protocol.routing import DropReason, PeerRole
+from gnut.runtime import dynquery as dq
+from gnut.runtime import loops
+from gnut.runtime.dynquery import Done, DoneReason, DynamicQuery, LinkInfo, horizon, select_ttl
+from gnut.runtime.node import Node
 
-VECTORS = Path("/work/shared/vectors")
+VECTORS = Path(__file__).resolve().parent / "vectors"  # captured real-servent bytes (vectors/README.md)
 # Per-hop wait of the dynamic queries in these tests: loopback answers within milliseconds.
 HOP = 0.1
 # A test network sees a few hundred GUIDs: small seen/route tables start 40 nodes in a blink

@@ -7,10 +7,10 @@ import random
 
 from nethelpers import RawPeer, established, link, start_node, wait_for
 
-from gnut import messages
 from gnut.constants import MSG_QUERY, MSG_QUERYHIT
-from gnut.guid import new_guid
-from gnut.routing import DropReason
+from gnut.protocol import messages
+from gnut.protocol.guid import new_guid
+from gnut.protocol.routing import DropReason
 
 
 def query(text: str, ttl: int, guid: bytes | None = None) -> tuple[bytes, bytes]:

@@ -17,9 +17,9 @@ from gnut.constants import (
     MSG_QUERYHIT,
 )
 from gnut.errors import LocalProtocolError
-from gnut.guid import new_guid
-from gnut.qrp import QrpTable, keywords, qrp_hashcode, query_words
-from gnut.routing import DropReason, PeerRole, Router, RouteTable, query_terms
+from gnut.protocol.guid import new_guid
+from gnut.protocol.qrp import QrpTable, keywords, qrp_hashcode, query_words
+from gnut.protocol.routing import DropReason, PeerRole, Router, RouteTable, query_terms
 
 SERVENT = bytes(range(16))
 SEED = 12345

@@ -10,16 +10,17 @@ from hypothesis import strategies as st
 from nethelpers import RawPeer, link, start_node, wait_for
 from test_relaycore import HIGH, LOW, SERVENT, make_router, qpayload, raw_msg  # noqa: F401  (shared helpers)
 
-from gnut import loops, messages
 from gnut.constants import (
     MSG_QRP,
     MSG_QUERY,
     MSG_QUERYHIT,
 )
-from gnut.guid import new_guid
-from gnut.qrp import QrpTable, keywords
-from gnut.routing import DropReason, PeerRole, Router
-from gnut.share import ShareIndex
+from gnut.protocol import messages
+from gnut.protocol.guid import new_guid
+from gnut.protocol.qrp import QrpTable, keywords
+from gnut.protocol.routing import DropReason, PeerRole, Router
+from gnut.runtime import loops
+from gnut.runtime.share import ShareIndex
 
 # --- the local filter ----------------------------------------------------------------------------
 

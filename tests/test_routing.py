@@ -1,4 +1,4 @@
-"""Tests for gnut.routing: rule tables per mode, reverse routes, bounds, and routing properties."""
+"""Tests for gnut.protocol.routing: rule tables per mode, reverse routes, bounds, and routing properties."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from gnut.constants import (
 )
 from gnut.errors import LocalProtocolError
 from gnut.fastpath import Message
-from gnut.routing import (
+from gnut.protocol.routing import (
     BYE_LEAF_RELAYED,
     Action,
     DropReason,
@@ -747,8 +747,8 @@ URN = "urn:sha1:PLSTHIPQGSSZTS5FJUPAKUZWUGYQYPFB"
 
 
 def test_real_qrp_tables_as_matchers():
-    from gnut.messages import Query
-    from gnut.qrp import QrpTable
+    from gnut.protocol.messages import Query
+    from gnut.protocol.qrp import QrpTable
 
     small, big = QrpTable(14), QrpTable(16)  # different sizes: hashes are rescaled per table
     small.add_words(["hello", "world"])
@@ -784,7 +784,7 @@ def test_query_terms_with_bad_extensions_keep_the_text_words():
     ttl=st.integers(0, 9),
 )
 def test_any_query_payload_gets_a_decision(body, ttl):
-    from gnut.qrp import QrpTable
+    from gnut.protocol.qrp import QrpTable
 
     table = QrpTable(12)
     table.add_words(["hello"])

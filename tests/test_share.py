@@ -1,4 +1,4 @@
-"""Tests for gnut.share: scanning real files, the SHA-1 cache, keyword/urn matching and QUERYHIT building."""
+"""Tests for gnut.runtime.share: scanning real files, the SHA-1 cache, keyword/urn matching and QUERYHIT building."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gnut.share import (
+from gnut.runtime.share import (
     MAX_NAME_BYTES,
     ShareIndex,
     sha1_to_urn,
@@ -154,7 +154,7 @@ def test_rescan_picks_up_added_changed_removed(share_dir: Path) -> None:
 
 
 def test_words_come_from_qrp() -> None:
-    from gnut.qrp import keywords, query_words
+    from gnut.protocol.qrp import keywords, query_words
 
     idx_words = ShareIndex([]).all_words()
     assert idx_words == frozenset()
@@ -202,9 +202,9 @@ GUID = bytes(range(16))
 
 def test_build_hits_decode_back(share_dir: Path) -> None:
     from gnut.constants import VENDOR_CODE
-    from gnut.ggep import find
-    from gnut.messages import QueryHit
-    from gnut.share import HITS_PER_MESSAGE, build_hits
+    from gnut.protocol.ggep import find
+    from gnut.protocol.messages import QueryHit
+    from gnut.runtime.share import HITS_PER_MESSAGE, build_hits
 
     idx = ShareIndex([share_dir])
     idx.scan()
@@ -237,8 +237,8 @@ def test_build_hits_decode_back(share_dir: Path) -> None:
 def test_build_hits_batches_and_size_cap(tmp_path: Path) -> None:
     from gnut.constants import MAX_PAYLOAD
     from gnut.errors import LocalProtocolError
-    from gnut.messages import QueryHit
-    from gnut.share import SharedFile, build_hits
+    from gnut.protocol.messages import QueryHit
+    from gnut.runtime.share import SharedFile, build_hits
 
     files = [
         SharedFile(

@@ -1,12 +1,12 @@
-"""Tests for gnut.sim: exact message counts on small overlays computed by hand, and reproducibility."""
+"""Tests for gnut.sim.engine: exact message counts on small overlays computed by hand, and reproducibility."""
 
 from __future__ import annotations
 
 import pytest
 
-from gnut import sim
 from gnut.errors import LocalProtocolError
-from gnut.routing import DropReason
+from gnut.protocol.routing import DropReason
+from gnut.sim import engine as sim
 
 NO_OBJECT = sim.Content(holders=[[]], node_objects={}, cumulative=[1.0])
 

@@ -1,5 +1,0 @@
-"""`python -m gnut` is the `gnut` command."""
-
-from gnut.cli import main
-
-raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""`python -m gnut` is the `gnut` command."""
+
+from gnut.app.cli import main
+
+raise SystemExit(main())

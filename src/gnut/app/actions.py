@@ -1,0 +1,111 @@
+"""What users do with a node, shared by the control API and the stand-alone CLI: search, fetch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gnut.errors import LocalProtocolError
+from gnut.runtime import download as dl
+from gnut.runtime.search import Hit
+
+if TYPE_CHECKING:
+    from gnut.runtime.node import Node
+
+# How long `fetch` listens for more sources after the first one answered before starting.
+SOURCE_GATHER = 1.0
+# Text sent with a urn-only query: LimeWire-family servents use a lone backslash.
+URN_QUERY_TEXT = "\\"
+
+
+class FetchError(Exception):
+    """A download that could not complete (no source, timeout, verification failed)."""
+
+
+async def search_stream(node: Node, text: str, timeout: float, max_results: int,
+                        urns: tuple[str, ...] = ()) -> AsyncIterator[Hit]:
+    """Send a query and yield its hits as they arrive, until `timeout` or `max_results`."""
+    search = node.searches.start(text, urns)
+    q = search.listen()
+    deadline = time.monotonic() + timeout
+    count = 0
+    try:
+        while count < max_results:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                async with asyncio.timeout(left):  # not wait_for: 3.11's can swallow a Ctrl-C cancel
+                    hit = await q.get()
+            except TimeoutError:
+                return
+            count += 1
+            yield hit
+    finally:
+        search.listeners.remove(q)
+
+
+def hit_source(h: Hit) -> dl.Source:
+    """A download source from a search hit."""
+    return dl.Source(host=h.host, port=h.port, index=h.index, name=h.name, size=h.size, urn=h.urn,
+                     servent_guid=bytes.fromhex(h.servent_guid), firewalled=h.firewalled)
+
+
+async def fetch(node: Node, target: str, name: str | None, size: int | None, out: Path, timeout: float,
+                progress: Callable | None = None) -> Path:
+    """Find sources for a urn or magnet and download the file, verified.
+
+    Args:
+        target: "urn:sha1:..." or a magnet link.
+        name, size: known from the magnet or a previous search; learned from hits otherwise.
+        out: folder for the finished file.
+        timeout: overall seconds for finding sources and downloading.
+        progress: called with download.DownloadProgress.
+
+    Raises:
+        FetchError: no source answered, the download failed or did not verify.
+    """
+    try:
+        urn, m_name, m_size = dl.parse_magnet(target)
+    except LocalProtocolError as exc:
+        raise FetchError(str(exc)) from None
+    if urn is None:
+        raise FetchError(f"not a urn:sha1 or magnet link with one: {target!r}")
+    name = name or m_name
+    size = size or m_size
+    deadline = time.monotonic() + timeout
+    search = node.searches.start(URN_QUERY_TEXT, (urn,))
+    q = search.listen()
+    sources: dict[tuple[str, int, int], Hit] = {}
+    first_at = None
+    try:
+        while True:
+            now = time.monotonic()
+            wait = (first_at + SOURCE_GATHER - now) if first_at else (deadline - now)
+            if wait <= 0:
+                break
+            try:
+                async with asyncio.timeout(wait):
+                    h = await q.get()
+            except TimeoutError:
+                break
+            if h.urn and h.urn.lower() == urn.lower():
+                sources[(h.host, h.port, h.index)] = h
+                first_at = first_at or time.monotonic()
+    finally:
+        search.listeners.remove(q)
+    if not sources:
+        raise FetchError(f"no source found for {urn} within {timeout:.0f} s")
+    any_hit = next(iter(sources.values()))
+    left = max(1.0, deadline - time.monotonic())
+    try:
+        return await node.transfers.download(urn, size or any_hit.size, name or any_hit.name,
+                                             [hit_source(h) for h in sources.values()], out, progress, left)
+    except TimeoutError:
+        raise FetchError(f"download of {urn} timed out after {timeout:.0f} s "
+                         f"(the partial file is kept; run the command again to resume)") from None
+    except (dl.DownloadError, OSError) as exc:
+        raise FetchError(f"download of {urn} failed: {exc}") from exc

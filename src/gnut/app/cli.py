@@ -1,0 +1,192 @@
+"""Command line: options -> NodeConfig -> node / control client. No protocol logic here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import gnut
+from gnut.app.configfile import load_config_file
+from gnut.constants import DEFAULT_PORT
+from gnut.errors import FastPathMissing
+from gnut.runtime.config import MODES, NodeConfig, default_home, parse_hostport
+from gnut.runtime.loops import LOOP_CHOICES, loop_name
+
+# NodeConfig.verbose from this level on logs every routed message (node.py's "gnut.flow" logger).
+FLOW_VERBOSITY = 2
+# Exit status after Ctrl-C in a client command (128 + SIGINT, the shell convention).
+EXIT_INTERRUPTED = 130
+# Exit status when the compiled fast path is missing (an installation problem, like bad usage).
+EXIT_NO_FASTPATH = 2
+
+
+def version_text() -> str:
+    from gnut.fastpath import IMPLEMENTATION
+
+    return f"gnut {gnut.__version__} (fastpath: {IMPLEMENTATION}, loop: {loop_name('auto')})"
+
+
+def _address(text: str, lowest_port: int) -> tuple[str, int]:
+    try:
+        host, port = parse_hostport(text)
+    except ValueError:
+        host, port = "", -1
+    if not host or not lowest_port <= port < 65536:
+        raise argparse.ArgumentTypeError(f"bad address {text!r}: expected HOST:PORT with a port in "
+                                         f"{lowest_port}..65535")
+    return host, port
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    """A peer address for --connect (port 1..65535)."""
+    return _address(text, 1)
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    """An address for --listen (port 0 lets the system pick a free one)."""
+    return _address(text, 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gnut", description="A Gnutella 0.6 servent.")
+    p.add_argument("--version", action="version", version=version_text())
+    p.add_argument("--home", type=Path, default=None, help="state folder (default $GNUT_HOME or ~/.gnut)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="node: -v logs every message routed (connections and departures are always logged); "
+                        "clients: -v logs their connections")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    n = sub.add_parser("node", help="run a servent")
+    n.add_argument("--listen", type=_listen_address, default=None, metavar="HOST:PORT",
+                   help=f"address to listen on (default 127.0.0.1:{DEFAULT_PORT})")
+    n.add_argument("--connect", type=_hostport, action="append", default=[], metavar="HOST:PORT",
+                   help="peer to connect to (repeatable)")
+    n.add_argument("--share", type=Path, action="append", default=[], metavar="DIR", help="folder to share (repeatable)")
+    n.add_argument("--mode", choices=MODES, default=None, help="ultrapeer (default), leaf, or flood (classic all-relay)")
+    n.add_argument("--loop", choices=LOOP_CHOICES, default=None, help="event loop (default auto: uvloop)")
+    n.add_argument("--max-peers", type=int, default=None, metavar="N", help="ultrapeer/flood links accepted (default 32)")
+    n.add_argument("--max-leaves", type=int, default=None, metavar="N", help="leaves an ultrapeer takes (default 30)")
+    n.add_argument("--out-links", type=int, default=None, metavar="N", help="links to keep dialled (default 3)")
+    n.add_argument("--firewalled", action="store_true", default=None, help="act as firewalled: downloads from us need PUSH")
+    n.add_argument("--download-dir", type=Path, default=None, metavar="DIR")
+    n.add_argument("--no-control", action="store_true", help="do not serve the local control API")
+    n.add_argument("--config", type=Path, default=None, metavar="FILE", help="TOML file with the same settings")
+    n.add_argument("-v", "--verbose", action="count", default=0, dest="node_verbose",
+                   help="log every message routed (its type, peer, TTL/hops and the decision)")
+
+    s = sub.add_parser("search", help="search the network")
+    s.add_argument("term")
+    s.add_argument("--connect", type=_hostport, action="append", default=[], metavar="HOST:PORT")
+    s.add_argument("--timeout", type=float, default=10.0, metavar="S")
+    s.add_argument("--max-results", type=int, default=100, metavar="N")
+    s.add_argument("--json", action="store_true", help="one JSON object per result")
+    s.add_argument("--loop", choices=LOOP_CHOICES, default="auto")
+
+    g = sub.add_parser("get", help="download a file by urn:sha1 or magnet link")
+    g.add_argument("target", metavar="URN_OR_MAGNET")
+    g.add_argument("--connect", type=_hostport, action="append", default=[], metavar="HOST:PORT")
+    g.add_argument("--out", type=Path, default=Path("."), metavar="DIR")
+    g.add_argument("--timeout", type=float, default=120.0, metavar="S")
+    g.add_argument("--json", action="store_true", help="JSON progress lines instead of a progress bar")
+    g.add_argument("--loop", choices=LOOP_CHOICES, default="auto")
+
+    st = sub.add_parser("status", help="peers, traffic, drops and transfers of the running node")
+    st.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("demo", help="run a local demo network with real searches and a download")
+    d.add_argument("--nodes", type=int, default=20)
+    d.add_argument("--loop", choices=LOOP_CHOICES, default="auto")
+    d.add_argument("--seed", type=int, default=7)
+    return p
+
+
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """Turn `gnut node` options (over an optional config file) into a NodeConfig."""
+    kw: dict = load_config_file(args.config) if args.config else {}
+    if args.listen:
+        kw["listen_host"], kw["listen_port"] = args.listen
+    if args.connect:
+        kw["connect"] = list(args.connect)
+    if args.share:
+        kw["share_dirs"] = list(args.share)
+    for opt, key in (("mode", "mode"), ("loop", "loop"), ("max_peers", "max_peers"), ("max_leaves", "max_leaves"),
+                     ("out_links", "out_links"), ("firewalled", "firewalled"), ("download_dir", "download_dir")):
+        if getattr(args, opt) is not None:
+            kw[key] = getattr(args, opt)
+    if args.no_control:
+        kw["control"] = False
+    kw["home"] = args.home or kw.get("home") or default_home()
+    count = args.verbose + args.node_verbose
+    kw["verbose"] = FLOW_VERBOSITY + count - 1 if count else int(kw.get("verbose", 0))
+    if kw.get("mode") == "leaf" and "out_links" not in kw:
+        kw["out_links"] = 3
+    return NodeConfig(**kw)
+
+
+def setup_logging(verbose: int) -> None:
+    """Log to stderr: INFO (connections, departures and their reasons), DEBUG from FLOW_VERBOSITY on."""
+    level = logging.DEBUG if verbose >= FLOW_VERBOSITY else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `gnut` command line.
+
+    Returns:
+        The exit status: 0 success, 1 the operation failed, 2 bad usage, 130 interrupted.
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("gnut: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except FastPathMissing as exc:
+        print(f"gnut: {exc}", file=sys.stderr)
+        return EXIT_NO_FASTPATH
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    from gnut.runtime import loops
+
+    if args.command == "node":
+        try:
+            cfg = node_config(args)
+        except (ValueError, OSError) as exc:
+            print(f"gnut node: {exc}", file=sys.stderr)
+            return 2
+        setup_logging(cfg.verbose)
+        from gnut.app.runner import run_node
+
+        try:
+            return loops.run(run_node(cfg), cfg.loop)
+        except OSError as exc:
+            print(f"gnut node: {exc}", file=sys.stderr)  # e.g. the listen address is in use
+            return 1
+    home = args.home or default_home()
+    if args.verbose:
+        setup_logging(args.verbose)
+    from gnut.app import client
+
+    if args.command == "search":
+        return loops.run(client.search(args, home), args.loop)
+    if args.command == "get":
+        return loops.run(client.get(args, home), args.loop)
+    if args.command == "status":
+        return loops.run(client.status(args, home))
+    if args.command == "demo":
+        from gnut.app.demo import run_demo
+
+        return loops.run(run_demo(args.nodes, args.seed), args.loop)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Node configuration: one dataclass built from CLI flags and an optional TOML file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gnut.constants import DEFAULT_PORT, DEFAULT_TTL, GUID_CACHE_CAPACITY, ROUTE_TABLE_CAPACITY
+
+MODES = ("ultrapeer", "leaf", "flood")
+
+
+def default_home() -> Path:
+    """Where a node keeps its host cache, SHA-1 cache, control socket and downloads."""
+    env = os.environ.get("GNUT_HOME")
+    return Path(env) if env else Path.home() / ".gnut"
+
+
+def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Parse "host:port" (or "[v6]:port", or a bare host) into (host, port).
+
+    Raises:
+        ValueError: when the port is not a number in 1..65535.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    p = int(port) if port else default_port
+    if not (0 <= p < 65536) or not host:
+        raise ValueError(f"bad address {text!r}: expected HOST:PORT")
+    return host, p
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node needs to run; CLI flags and the config file fill it."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = DEFAULT_PORT
+    connect: list[tuple[str, int]] = field(default_factory=list)
+    share_dirs: list[Path] = field(default_factory=list)
+    mode: str = "ultrapeer"
+    loop: str = "auto"
+    # Ultrapeer (or flood) links we accept in total; gtk-gnutella defaults to 32.
+    max_peers: int = 32
+    # Leaves an ultrapeer shields; gtk-gnutella's default is in this range.
+    max_leaves: int = 30
+    # Links we dial ourselves and keep up: a leaf keeps 3 ultrapeers, others a few peers.
+    out_links: int = 3
+    home: Path = field(default_factory=default_home)
+    download_dir: Path | None = None
+    # Pretend to be firewalled: hits carry the push flag and downloads from us need PUSH.
+    firewalled: bool = False
+    # A private/loopback source address means "needs PUSH" (true on the Internet, false on a lab LAN).
+    private_means_firewalled: bool = False
+    control: bool = True
+    upload_slots: int = 4
+    max_results_per_query: int = 64
+    query_ttl: int = DEFAULT_TTL
+    # Dynamic querying: results wanted before an ultrapeer stops widening (spec default 150).
+    dq_target_results: int = 150
+    # Ultrapeer: run leaves' and own queries as dynamic queries (False: flood them to all ultrapeers).
+    dynamic_query: bool = True
+    # Dynamic querying waits this long per hop before widening (LimeWire: 2.4 s; tests use less).
+    dq_hop_wait: float = 2.4
+    verbose: int = 0
+    save_hosts: bool = True
+    # Offer and use deflate on links (gtk-gnutella ultrapeers refuse leaves that do not).
+    deflate: bool = True
+    # Seen-GUID cache and reverse-route table sizes: the memory bound under a flood of unique GUIDs.
+    seen_cache_size: int = GUID_CACHE_CAPACITY
+    route_table_size: int = ROUTE_TABLE_CAPACITY
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        self.home = Path(self.home)
+        self.share_dirs = [Path(p) for p in self.share_dirs]
+        if self.download_dir is None:
+            self.download_dir = self.home / "downloads"
+        self.download_dir = Path(self.download_dir)
+
+    @property
+    def control_path(self) -> Path:
+        return self.home / "control.sock"
+
+    @property
+    def hosts_path(self) -> Path:
+        return self.home / "hosts.json"
+
+    @property
+    def sha1_cache_path(self) -> Path:
+        return self.home / "sha1-cache.json"

@@ -1,0 +1,529 @@
+"""HTTP on the Gnutella port, upload side: GET/HEAD of shared files, Range, browse host, GIV hand-off."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes
+
+import h11
+
+from gnut import __version__
+from gnut.constants import GUID_LEN, USER_AGENT_PRODUCT
+from gnut.errors import RemoteProtocolError
+from gnut.runtime.share import SharedFile, ShareIndex
+
+# Strategy
+# --------
+# h11 frames requests and responses; this module decides what to answer. A file can only
+# ever be served through the ShareIndex: the request target is parsed into an index+name
+# or a urn:sha1, looked up, and the file is opened by the path the index holds (never a
+# path built from the request), without following a symlink, and only while its size and
+# mtime still match the scan (a changed file answers 410 until the next rescan).
+#
+# Ranges: one range is served (206 + Content-Range). With several ranges ("a-b,c-d")
+# only the FIRST is served, as gtk-gnutella does; a range that is malformed, reversed
+# (b < a) or starts at/after the end answers 416 with "Content-Range: bytes */size".
+#
+# Slots: a connection takes an upload slot at its first GET of a file and keeps it until
+# it closes (gtk-gnutella's model: a downloader fetching chunks on keep-alive keeps its
+# place). With every slot taken the answer is 503 Busy with Retry-After, then close.
+#
+# Time limits: waiting for the next request on a kept-alive connection is bounded by
+# idle_timeout; once its first byte arrived, a request must be complete within
+# request_timeout (slowloris); a stalled downloader is dropped after stall_timeout.
+
+# Header block limit: real download requests are < 1 KiB; above this answer 431.
+MAX_HEADER_BYTES = 8 * 1024
+# A started request must be complete within this (slowloris defence), seconds.
+REQUEST_TIMEOUT = 10.0
+# A kept-alive connection with no new request for this long is closed, seconds.
+IDLE_TIMEOUT = 20.0
+# Requests served on one connection (chunked downloads use a few dozen); then close.
+MAX_REQUESTS_PER_CONNECTION = 100
+# A downloader that accepts no data for this long is dropped, seconds.
+STALL_TIMEOUT = 60.0
+# File data is sent in chunks of this size (read + write + drain).
+SEND_CHUNK = 64 * 1024
+# With loop.sendfile the file goes in segments of this size, each under STALL_TIMEOUT.
+SENDFILE_SEGMENT = 1024 * 1024
+# Bytes read from the socket at once while parsing a request.
+READ_CHUNK = 16 * 1024
+# A GET/HEAD has no body; a body up to this size is read and discarded, beyond: 413.
+MAX_REQUEST_BODY = 64 * 1024
+# A GIV block ("GIV index:guid/name" + blank line) is short; above this the peer lies.
+GIV_MAX_BYTES = 2048
+# After refusing a request mid-way we read and drop this much (for this long) before
+# closing, so the peer reads our error response instead of a connection reset.
+LINGER_BYTES = 256 * 1024
+LINGER_TIMEOUT = 1.0
+# Retry-After on 503 Busy, seconds (gtk-gnutella asks for about a minute).
+RETRY_AFTER = 60
+# Range numbers longer than this many digits are garbage (a 64-bit size has 20 digits).
+MAX_RANGE_DIGITS = 20
+# File indices longer than this many digits are garbage (our indices are small ints).
+MAX_INDEX_DIGITS = 10
+
+BROWSE_MIME = "application/x-gnutella-packets"
+HTTP_PREFIXES = (b"GET ", b"HEAD ", b"GIV ")
+# Bytes the node must peek to tell HTTP from a Gnutella handshake with is_http_start().
+HTTP_SNIFF_BYTES = max(len(p) for p in HTTP_PREFIXES)
+
+GivCallback = Callable[[int, bytes, str, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class HttpContext:
+    """What the upload side needs from the node, and the counters it keeps."""
+
+    share: ShareIndex
+    upload_slots: int = 4
+    servent_guid: bytes = bytes(GUID_LEN)
+    user_agent: str = f"{USER_AGENT_PRODUCT}/{__version__}"
+    # Full QUERYHIT messages (header included) for browse host; None disables browse host.
+    browse_hits: Callable[[], list[bytes]] | None = None
+    on_giv: GivCallback | None = None
+    request_timeout: float = REQUEST_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    stall_timeout: float = STALL_TIMEOUT
+    max_requests: int = MAX_REQUESTS_PER_CONNECTION
+    active_uploads: int = 0
+    stats: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            (
+                "requests",
+                "uploads_started",
+                "uploads_finished",
+                "uploads_refused",
+                "bytes_sent",
+                "browses",
+                "givs",
+            ),
+            0,
+        )
+    )
+
+
+def is_http_start(first_bytes: bytes) -> bool:
+    """True when a connection's first bytes are an HTTP request or a GIV (not a Gnutella handshake).
+
+    Args:
+        first_bytes: at least HTTP_SNIFF_BYTES bytes for a definite answer ("HEAD " is 5 bytes).
+
+    Returns:
+        Whether the bytes start with "GET ", "HEAD " or "GIV ".
+    """
+    return first_bytes.startswith(HTTP_PREFIXES)
+
+
+def parse_giv(block: bytes) -> tuple[int, bytes, str]:
+    """Parse a GIV block: "GIV <index>:<servent guid hex>/<name>" followed by a blank line.
+
+    Args:
+        block: the bytes up to and including the blank line (LF or CRLF line ends).
+
+    Returns:
+        (file index, 16-byte servent GUID, file name); undecodable name bytes become U+FFFD.
+
+    Raises:
+        RemoteProtocolError: when the line does not have that shape.
+    """
+    line = block.split(b"\n", 1)[0].rstrip(b"\r")
+    if not line.startswith(b"GIV "):
+        raise RemoteProtocolError(f"GIV line expected, got {line[:40]!r}")
+    head, slash, name = line[4:].partition(b"/")
+    index_text, colon, guid_hex = head.partition(b":")
+    if not slash or not colon:
+        raise RemoteProtocolError(f"GIV line is not 'GIV index:guid/name': {line[:80]!r}")
+    if not index_text.isdigit() or len(index_text) > MAX_INDEX_DIGITS:
+        raise RemoteProtocolError(f"GIV index is not a number: {index_text[:20]!r}")
+    try:
+        guid = bytes.fromhex(guid_hex.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        guid = b""
+    if len(guid) != GUID_LEN:
+        raise RemoteProtocolError(f"GIV servent GUID is not 32 hex digits: {guid_hex[:40]!r}")
+    return int(index_text), guid, name.decode("utf-8", "replace")
+
+
+def parse_range(value: bytes, size: int) -> tuple[int, int] | None:
+    """Resolve a Range header against a file size (first range only, see the strategy note).
+
+    Args:
+        value: the header value, e.g. b"bytes=0-499", b"bytes=500-", b"bytes=-100".
+        size: the file size in bytes.
+
+    Returns:
+        (first, last) inclusive byte positions to send, or None when the range is malformed
+        or unsatisfiable (answer 416).
+    """
+    unit, eq, specs = value.partition(b"=")
+    if not eq or unit.strip().lower() != b"bytes":
+        return None
+    spec = next((s.strip() for s in specs.split(b",") if s.strip()), b"")
+    first_text, dash, last_text = spec.partition(b"-")
+    first_text, last_text = first_text.strip(), last_text.strip()
+    for text in (first_text, last_text):
+        if text and (not text.isdigit() or len(text) > MAX_RANGE_DIGITS):
+            return None
+    if not dash or (not first_text and not last_text):
+        return None
+    if not first_text:  # suffix range "-n": the last n bytes
+        n = int(last_text)
+        if n == 0 or size == 0:
+            return None
+        return max(0, size - n), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last < first or first >= size:
+        return None
+    return first, min(last, size - 1)
+
+
+def _lookup(target: bytes, share: ShareIndex) -> SharedFile | None:
+    """The shared file a request target names, or None (never touches the filesystem)."""
+    path, _, query = target.partition(b"?")
+    if path.startswith(b"/get/"):
+        index_text, slash, raw_name = path[5:].partition(b"/")
+        if not slash or not index_text.isdigit() or len(index_text) > MAX_INDEX_DIGITS:
+            return None
+        sf = share.by_index(int(index_text))
+        try:
+            name = unquote_to_bytes(raw_name).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return sf if sf is not None and name == sf.name else None
+    if path.lower() == b"/uri-res/n2r":
+        try:
+            urn = unquote_to_bytes(query).decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return share.by_urn(urn)
+    return None
+
+
+def _open_checked(sf: SharedFile):
+    """Open the indexed file read-only if it is still the file we scanned; None otherwise."""
+    flags = (
+        os.O_RDONLY
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_NONBLOCK", 0)
+        | getattr(os, "O_CLOEXEC", 0)
+    )
+    try:
+        fd = os.open(sf.path, flags)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != sf.size or st.st_mtime_ns != sf.mtime_ns:
+            os.close(fd)
+            return None
+        return open(fd, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
+    except OSError:
+        os.close(fd)
+        return None
+
+
+class _Span:
+    """Stands in for a file segment in h11's Data event so the body can go out by sendfile."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class _Upload:
+    """One HTTP connection: reads requests with h11, answers them, keeps slot and timers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: HttpContext) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.ctx = ctx
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.loop = asyncio.get_running_loop()
+        self.has_slot = False
+        self.served = 0
+        self.method = b"GET"  # of the request being answered (HEAD responses carry no body)
+        self.keep_open = False  # True once a GIV handed the socket to ctx.on_giv
+        self.linger = False  # refused mid-request: drain the rest before closing (no RST)
+
+    def _headers(self, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [("Server", self.ctx.user_agent), ("X-Features", "browse/1.0"), *extra]
+
+    async def _write(self, data: bytes) -> None:
+        if data:
+            self.writer.write(data)
+            await asyncio.wait_for(self.writer.drain(), self.ctx.stall_timeout)
+
+    async def _simple(
+        self, status: int, reason: str, extra: list[tuple[str, str]] | None = None, close: bool = False
+    ) -> None:
+        body = f"{status} {reason}\r\n".encode()
+        headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *(extra or [])]
+        if close:
+            headers.append(("Connection", "close"))
+        out = self.conn.send(h11.Response(status_code=status, reason=reason, headers=self._headers(headers)))
+        if self.method != b"HEAD":
+            out += self.conn.send(h11.Data(data=body))
+        out += self.conn.send(h11.EndOfMessage())
+        await self._write(out)
+
+    async def _read_request(self) -> h11.Request | None:
+        """Next complete request (its body discarded), or None when the peer is done or idle."""
+        deadline = self.loop.time() + self.ctx.request_timeout if self.conn.trailing_data[0] else None
+        request = None
+        body = 0
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                if deadline is None:
+                    timeout = self.ctx.idle_timeout
+                else:
+                    timeout = deadline - self.loop.time()
+                    if timeout <= 0:
+                        raise TimeoutError
+                try:
+                    data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+                except TimeoutError:
+                    if deadline is None:
+                        return None
+                    raise
+                if data and deadline is None:
+                    deadline = self.loop.time() + self.ctx.request_timeout
+                self.conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                # h11 bounds only an incomplete block; one that arrived whole is measured here.
+                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if size > MAX_HEADER_BYTES:
+                    raise _Refused(431, "Request Header Fields Too Large")
+                request = event
+            elif isinstance(event, h11.Data):
+                body += len(event.data)
+                if body > MAX_REQUEST_BODY:
+                    raise _Refused(413, "Content Too Large")
+            elif isinstance(event, h11.EndOfMessage):
+                return request
+            else:  # ConnectionClosed
+                return None
+
+    async def run(self) -> None:
+        try:
+            first = await asyncio.wait_for(self.reader.readexactly(4), self.ctx.request_timeout)
+        except (TimeoutError, asyncio.IncompleteReadError, OSError):
+            return
+        if first == b"GIV ":
+            await self._giv(first)
+            return
+        self.conn.receive_data(first)
+        while True:
+            self.method = b"GET"
+            try:
+                request = await self._read_request()
+            except h11.RemoteProtocolError as exc:
+                self.linger = True
+                if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    status = exc.error_status_hint
+                    reason = "Request Header Fields Too Large" if status == 431 else "Bad Request"
+                    await self._simple(status, reason, close=True)
+                return
+            except _Refused as exc:
+                self.linger = True
+                await self._simple(exc.status, exc.reason, close=True)
+                return
+            except TimeoutError:
+                if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    await self._simple(408, "Request Timeout", close=True)
+                return
+            if request is None:
+                return
+            self.served += 1
+            self.ctx.stats["requests"] += 1
+            self.method = request.method
+            await self._answer(request)
+            if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+                return
+            self.conn.start_next_cycle()
+
+    async def _giv(self, first: bytes) -> None:
+        block = first
+        try:
+            while not block.endswith((b"\n\n", b"\n\r\n")):
+                line = await asyncio.wait_for(self.reader.readline(), self.ctx.request_timeout)
+                if not line or len(block) + len(line) > GIV_MAX_BYTES:
+                    return
+                block += line
+            index, guid, name = parse_giv(block)
+        except (TimeoutError, ValueError, OSError, RemoteProtocolError):
+            return
+        self.ctx.stats["givs"] += 1
+        if self.ctx.on_giv is not None:
+            self.keep_open = True
+            await self.ctx.on_giv(index, guid, name, self.reader, self.writer)
+
+    async def _answer(self, request: h11.Request) -> None:
+        ctx = self.ctx
+        last = self.served >= ctx.max_requests
+        if request.method not in (b"GET", b"HEAD"):
+            await self._simple(405, "Method Not Allowed", [("Allow", "GET, HEAD")], close=last)
+            return
+        target = request.target
+        if target == b"/" or target.startswith(b"/?"):
+            await self._browse(request, last)
+            return
+        sf = _lookup(target, ctx.share)
+        if sf is None:
+            await self._simple(404, "Not Found", close=last)
+            return
+        fh = _open_checked(sf)
+        if fh is None:
+            await self._simple(410, "Gone", close=last)
+            return
+        with fh:
+            ranges = b",".join(v for k, v in request.headers if k == b"range")
+            urn = [("X-Gnutella-Content-URN", sf.urn)]
+            if ranges:
+                span = parse_range(ranges, sf.size)
+                if span is None:
+                    await self._simple(
+                        416,
+                        "Range Not Satisfiable",
+                        [("Content-Range", f"bytes */{sf.size}"), *urn],
+                        close=last,
+                    )
+                    return
+                status, reason = 206, "Partial Content"
+                extra = [("Content-Range", f"bytes {span[0]}-{span[1]}/{sf.size}")]
+            else:
+                span = (0, sf.size - 1)
+                status, reason, extra = 200, "OK", []
+            if request.method == b"GET" and not self.has_slot:
+                if ctx.active_uploads >= ctx.upload_slots:
+                    ctx.stats["uploads_refused"] += 1
+                    await self._simple(503, "Busy", [("Retry-After", str(RETRY_AFTER))], close=True)
+                    return
+                ctx.active_uploads += 1
+                self.has_slot = True
+            count = span[1] - span[0] + 1
+            headers = [
+                ("Content-Type", "application/binary"),
+                ("Content-Length", str(count)),
+                ("Accept-Ranges", "bytes"),
+                *extra,
+                *urn,
+            ]
+            if last:
+                headers.append(("Connection", "close"))
+            head = self.conn.send(
+                h11.Response(status_code=status, reason=reason, headers=self._headers(headers))
+            )
+            await self._write(head)
+            if request.method == b"GET" and count:
+                ctx.stats["uploads_started"] += 1
+                await self._send_file(fh, span[0], count)
+                ctx.stats["uploads_finished"] += 1
+            await self._write(self.conn.send(h11.EndOfMessage()))
+
+    async def _send_file(self, fh, offset: int, count: int) -> None:
+        """Send `count` bytes of `fh` from `offset` as the response body (sendfile when the loop has it)."""
+        self.conn.send_with_data_passthrough(h11.Data(data=_Span(count)))
+        sent = 0
+        transport = self.writer.transport
+        try:
+            while sent < count:
+                seg = min(SENDFILE_SEGMENT, count - sent)
+                n = await asyncio.wait_for(
+                    self.loop.sendfile(transport, fh, offset + sent, seg), self.ctx.stall_timeout
+                )
+                if n != seg:
+                    raise ConnectionError("file shrank during upload")
+                sent += n
+                self.ctx.stats["bytes_sent"] += n
+            return
+        except NotImplementedError:  # uvloop: no loop.sendfile; nothing was sent yet
+            if sent:
+                raise
+        fh.seek(offset)
+        while sent < count:
+            chunk = fh.read(min(SEND_CHUNK, count - sent))
+            if not chunk:
+                raise ConnectionError("file shrank during upload")
+            await self._write(chunk)
+            sent += len(chunk)
+            self.ctx.stats["bytes_sent"] += len(chunk)
+
+    async def _browse(self, request: h11.Request, last: bool) -> None:
+        accept = b",".join(v for k, v in request.headers if k == b"accept").lower()
+        if self.ctx.browse_hits is None:
+            await self._simple(404, "Not Found", close=last)
+            return
+        if BROWSE_MIME.encode() not in accept:
+            await self._simple(406, "Not Acceptable", close=last)
+            return
+        body = b"".join(self.ctx.browse_hits())
+        self.ctx.stats["browses"] += 1
+        headers = [("Content-Type", BROWSE_MIME), ("Content-Length", str(len(body)))]
+        if last:
+            headers.append(("Connection", "close"))
+        out = self.conn.send(h11.Response(status_code=200, reason="OK", headers=self._headers(headers)))
+        if request.method == b"GET" and body:
+            out += self.conn.send(h11.Data(data=body))
+        out += self.conn.send(h11.EndOfMessage())
+        await self._write(out)
+
+    async def drain_input(self) -> None:
+        """Half-close and discard what the peer still sends, so our error response is not lost to a RST."""
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            async with asyncio.timeout(LINGER_TIMEOUT):
+                left = LINGER_BYTES
+                while left > 0 and (data := await self.reader.read(READ_CHUNK)):
+                    left -= len(data)
+
+    def release(self) -> None:
+        if self.has_slot:
+            self.has_slot = False
+            self.ctx.active_uploads -= 1
+
+
+class _Refused(Exception):
+    """A request we answer with `status` and then close (too large header block or body)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+async def handle_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: HttpContext) -> None:
+    """Serve one connection that starts with an HTTP request or a GIV.
+
+    Args:
+        reader: the connection's stream, still holding the bytes the node peeked.
+        writer: its writer; closed on return unless a GIV handed the socket to ctx.on_giv.
+        ctx: shares, slots, callbacks and counters.
+
+    Only network errors and timeouts end a connection early; none escapes this coroutine.
+    """
+    upload = _Upload(reader, writer, ctx)
+    try:
+        await upload.run()
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, h11.ProtocolError):
+        pass
+    finally:
+        upload.release()
+        if upload.linger:
+            await upload.drain_input()
+        if not upload.keep_open:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)

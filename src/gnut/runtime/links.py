@@ -1,0 +1,197 @@
+"""The node's links: dialing, admission of incoming peers and the outcome of handshakes."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from gnut.protocol import handshake as hs
+from gnut.protocol import routing as rt
+from gnut.runtime.peer import Peer
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger("gnut.runtime.node")
+
+# A dial that has not connected by then is a failure (GnutellaBun's own timeout is 2.5 s).
+DIAL_TIMEOUT = 5.0
+# Connection storms: more accepts than this per minute from one IP are closed at once.
+ACCEPTS_PER_IP_PER_MINUTE = 120
+# X-Try-Ultrapeers entries offered with a refusal.
+TRY_HOSTS_OFFERED = 10
+
+
+class LinkManager:
+    """Mixin of Node: everything about opening, admitting and losing links.
+
+    Strategy: Node owns the state (peers, host cache, router); these methods are the
+    link-lifecycle half of it, kept apart so the message path in node.py stays readable.
+    """
+
+    def dial(self, host: str, port: int) -> None:
+        """Start an outgoing connection to host:port unless one exists or is under way."""
+        key = (host, port)
+        if key == self.address or key in self._dialing or self.stopping:
+            return
+        if any(p.listen_addr == key for p in self.peers.values()):
+            return
+        self._dialing.add(key)
+        self.spawn(self._dial(host, port))
+
+    async def _dial(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: Peer(self, outgoing=True, addr=(host, port)), host, port),
+                DIAL_TIMEOUT,
+            )
+        except (TimeoutError, OSError) as exc:
+            log.info("dial %s:%d failed: %s", host, port, exc or "timeout")
+            self.hosts.failed(host, port, time.time())
+            self.events["dial_failed"] += 1
+        finally:
+            self._dialing.discard((host, port))
+
+    def peer_opened(self, peer: Peer) -> None:
+        if not peer.outgoing and peer.addr is not None:
+            now = time.monotonic()
+            q = self._accepts.setdefault(peer.addr[0], collections.deque())
+            while q and now - q[0] > 60.0:
+                q.popleft()
+            if len(q) >= self.accepts_per_ip_per_minute:  # refused accepts are not stored: q stays bounded
+                self.events["refused_storm"] += 1
+                peer.transport.abort()
+                return
+            q.append(now)
+        self.peers[peer.id] = peer
+
+    def peer_closed(self, peer: Peer) -> None:
+        if self.peers.pop(peer.id, None) is None:
+            return
+        self._qrp_sent.pop(peer.id, None)
+        if peer.counted:
+            if peer.role == rt.PeerRole.LEAF:
+                self.n_leaves -= 1
+            else:
+                self.n_ultrapeers -= 1
+        if peer.established:
+            self.router.remove_peer(peer.id)
+            log.info("left %s: %s", peer.describe(), peer.close_reason)
+            self._qrp_dirty = True
+        if peer in self._dirty:
+            self._dirty.remove(peer)
+
+    def protocol_error(self, peer: Peer, exc: Exception) -> None:
+        self.events["protocol_errors"] += 1
+        log.info("protocol error from %s: %s", peer.describe(), exc)
+        if peer.established:
+            peer.send_bye(400, str(exc)[:80])
+        else:
+            peer.close(f"protocol error: {exc}")
+
+    def counts(self) -> hs.PeerCounts:
+        max_leaves = self.cfg.max_leaves if self.cfg.mode == "ultrapeer" else 0
+        return hs.PeerCounts(
+            ultrapeers=self.n_ultrapeers,
+            leaves=self.n_leaves,
+            max_ultrapeers=self.cfg.max_peers,
+            max_leaves=max_leaves,
+        )
+
+    def try_hosts(self) -> list[str]:
+        rows = [
+            p.listen_addr
+            for p in self.peers.values()
+            if p.established and p.listen_addr and p.role != rt.PeerRole.LEAF
+        ]
+        rows += self.hosts.sample(TRY_HOSTS_OFFERED)
+        seen, out = set(), []
+        for h in rows:
+            if h not in seen and h != self.address:
+                seen.add(h)
+                out.append(f"{h[0]}:{h[1]}")
+        return out[:TRY_HOSTS_OFFERED]
+
+    def on_handshake_request(self, peer: Peer, ev) -> None:
+        # X-Try-Ultrapeers is built only for a refusal (it walks the peers and the host cache).
+        verdict = hs.evaluate_incoming(self.handshake_config, ev.headers, self.counts())
+        if verdict.code == 200:
+            peer.conn.accept(verdict.headers, peer_is_ultrapeer=verdict.peer_is_ultrapeer)
+        else:
+            self.events["refused"] += 1
+            log.info("refusing %s: %d %s", peer.describe(), verdict.code, verdict.reason)
+            peer.conn.refuse(verdict.code, verdict.reason, self.try_hosts())
+            peer._write_pending()
+            peer.close(f"refused: {verdict.code} {verdict.reason}")
+
+    def on_established(self, peer: Peer, ev) -> None:
+        if self.cfg.mode == "flood":
+            peer.role = rt.PeerRole.FLOOD
+        elif ev.peer_is_ultrapeer:
+            peer.role = rt.PeerRole.ULTRAPEER
+        else:
+            peer.role = rt.PeerRole.LEAF
+        if self.cfg.mode == "leaf" and peer.role != rt.PeerRole.ULTRAPEER:
+            peer.close("a leaf links only to ultrapeers")
+            return
+        peer.peer_headers = ev.headers
+        peer.user_agent = ev.user_agent or ""
+        self._learn_own_ip(ev.headers.get("Remote-IP"))
+        if ev.peer_listen:
+            peer.listen_addr = ev.peer_listen
+            if ev.peer_is_ultrapeer and peer.role != rt.PeerRole.LEAF:  # leaves come and go, take no links
+                self.hosts.add(ev.peer_listen[0], ev.peer_listen[1], "handshake", time.time())
+        if peer.outgoing and peer.listen_addr:
+            self.hosts.succeeded(*peer.listen_addr, time.time())
+        self.router.add_peer(peer.id, peer.role)
+        peer.counted = True
+        if peer.role == rt.PeerRole.LEAF:
+            self.n_leaves += 1
+        else:
+            self.n_ultrapeers += 1
+        log.info(
+            "connected %s %s as %s (%s, deflate in=%s out=%s)",
+            "to" if peer.outgoing else "from",
+            peer.describe(),
+            peer.role.name.lower(),
+            peer.user_agent,
+            ev.deflate_in,
+            ev.deflate_out,
+        )
+        self.send_qrp(peer)
+        # A first ping learns the neighbourhood (answered from the peer's pong cache).
+        self.send_ping(peer, ttl=2 if self.cfg.mode != "leaf" else 1)
+
+    def _learn_own_ip(self, remote_ip: str | None) -> None:
+        """Behind a wildcard bind, advertise the address the first peer says it sees."""
+        if not self.wildcard or not remote_ip:
+            return
+        try:
+            ip = ipaddress.ip_address(remote_ip.strip())
+        except ValueError:
+            return
+        if ip.version == 4 and not ip.is_unspecified:
+            self.wildcard = False
+            self.address = (str(ip), self.address[1])
+            self.handshake_config = self._handshake_config()
+            log.info("advertising %s:%d (as seen by our peers)", *self.address)
+
+    def on_refused(self, peer: Peer, ev) -> None:
+        self.events["refused_by_peer"] += 1
+        log.info("%s refused us: %d %s", peer.describe(), ev.code, ev.reason)
+        now = time.time()
+        if peer.listen_addr:
+            self.hosts.failed(*peer.listen_addr, now)
+        for host, port in ev.try_hosts:
+            self.hosts.add(host, port, "x-try", now)
+        peer.close(f"refused: {ev.code} {ev.reason}")
+
+    def switch_to_http(self, peer: Peer, first: bytes) -> None:
+        """Hand a connection whose first bytes are not Gnutella to the HTTP side."""
+        self.peers.pop(peer.id, None)
+        self.transfers.take_http(peer.transport, first)

@@ -1,0 +1,558 @@
+"""The servent runtime: listener, dialer, timers, and execution of the Router's decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from typing import Protocol
+
+from gnut.constants import (
+    HANDSHAKE_TIMEOUT,
+    IDLE_CLOSE_AFTER,
+    IDLE_PING_AFTER,
+    MSG_BYE,
+    MSG_PING,
+    MSG_PONG,
+    MSG_PUSH,
+    MSG_QRP,
+    MSG_QUERY,
+    MSG_QUERYHIT,
+    MSG_VENDOR,
+    MSG_VENDOR_STD,
+    SOFT_TTL_LIMIT,
+    TYPE_NAMES,
+)
+from gnut.errors import ProtocolError, RemoteProtocolError
+from gnut.fastpath import STOP_END, STOP_LOCAL, relay_rewrite
+from gnut.protocol import handshake as hs
+from gnut.protocol import messages, qrp
+from gnut.protocol import routing as rt
+from gnut.protocol.guid import new_guid
+from gnut.runtime.config import NodeConfig
+from gnut.runtime.dynquery import DqDriver
+from gnut.runtime.hostcache import HostCache
+from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
+from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
+from gnut.runtime.search import SearchManager
+
+log = logging.getLogger("gnut.runtime.node")
+flow = logging.getLogger("gnut.flow")
+
+# Housekeeping period: deadlines, keep-alives, redials, host-cache saves.
+TICK = 1.0
+# On stop, seconds to wait for the listener's accepted connections to go after BYE and abort.
+SERVER_CLOSE_WAIT = 1.0
+# Pongs we keep to answer PINGs without flooding them (pong caching), and how many we return.
+PONG_CACHE_SIZE = 64
+PONG_REPLY_MAX = 6
+# Duplicate floods: a peer that sends the same broadcast GUID twice on its own link more than
+# this many times within DUP_WINDOW seconds is replaying traffic; it gets BYE_DUPLICATES.
+# Honest servents deduplicate before relaying, so the count of an honest link stays at 0.
+DUP_RESENT_MAX = 50
+DUP_WINDOW = 60.0
+# BYE code for a duplicate flooder (4xx: the peer misbehaved).
+BYE_DUPLICATES = 401
+# Save the host cache at most this often.
+HOSTS_SAVE_EVERY = 30.0
+# Parallel outgoing dials while filling link slots.
+MAX_PARALLEL_DIALS = 4
+# Listening on these means "every interface": the address we advertise must come from elsewhere.
+WILDCARDS = ("0.0.0.0", "::")
+
+
+class Service(Protocol):
+    """Something that runs beside a node (Node.services): started after it, stopped before it."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class Node(LinkManager):
+    """A running servent. Create, `await start()`, use, `await stop()`."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.servent_guid = new_guid()
+        self.rng = random.Random()
+        self.router = rt.Router(cfg.mode, servent_guid=self.servent_guid, seen_capacity=cfg.seen_cache_size,
+                                route_capacity=cfg.route_table_size)
+        self.peers: dict[int, Peer] = {}
+        self._next_id = 0
+        self._dirty: list[Peer] = []
+        self.hosts = HostCache(cfg.hosts_path if cfg.save_hosts else None)
+        self.pong_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+        self.searches = SearchManager(self)
+        self.dq = DqDriver(self)
+        self.sent: collections.Counter[int] = collections.Counter()
+        self.events: collections.Counter[str] = collections.Counter()
+        self._accepts: dict[str, collections.deque] = {}
+        self._dialing: set[tuple[str, int]] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._last_save = 0.0
+        self._qrp_dirty = True
+        self._qrp_sent: dict[int, qrp.QrpTable] = {}
+        self.share = None
+        self.transfers = None
+        # Things run beside the node (the app's control API): started last, stopped first.
+        self.services: list[Service] = []
+        self.started = time.monotonic()
+        self.address: tuple[str, int] = (cfg.listen_host, cfg.listen_port)
+        self.handshake_config = self._handshake_config()
+        self.stopping = False
+        # Established links by role, kept up to date so admitting a peer is O(1), not O(links).
+        self.n_ultrapeers = 0
+        self.n_leaves = 0
+        self.wildcard = False
+        # Keep-alive and handshake deadlines (constants; tests shorten them on an instance).
+        self.idle_ping_after = IDLE_PING_AFTER
+        self.idle_close_after = IDLE_CLOSE_AFTER
+        self.handshake_timeout = HANDSHAKE_TIMEOUT
+        self.accepts_per_ip_per_minute = ACCEPTS_PER_IP_PER_MINUTE
+        self.tick_interval = TICK
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def start(self) -> tuple[str, int]:
+        """Scan shares, listen, start housekeeping and dial the configured peers.
+
+        Returns:
+            The (host, port) actually listened on (port 0 picks a free one).
+        """
+        from gnut.runtime.transfers import Transfers
+
+        loop = asyncio.get_running_loop()
+        self.transfers = Transfers(self)
+        self.share = self.transfers.share
+        await self.transfers.scan()
+        self._server = await loop.create_server(
+            lambda: Peer(self, outgoing=False), self.cfg.listen_host, self.cfg.listen_port, reuse_address=True
+        )
+        sock = self._server.sockets[0].getsockname()
+        # What we advertise (pongs, hits, PUSH, Listen-IP). A wildcard bind has no address of
+        # its own: loopback until a peer tells us how it sees us (Remote-IP).
+        self.wildcard = sock[0] in WILDCARDS
+        self.address = ("127.0.0.1" if self.wildcard else sock[0], sock[1])
+        self.handshake_config = self._handshake_config()
+        log.info("listening on %s:%d as %s (%d files shared)", *self.address, self.cfg.mode, len(self.share))
+        self.spawn(self._housekeeping())
+        for host, port in self.cfg.connect:
+            self.hosts.add(host, port, "config", time.time())
+            self.dial(host, port)
+        for service in self.services:
+            await service.start()
+        return self.address
+
+    async def stop(self) -> None:
+        """Send BYE 200 to every peer, close the listener and wait for the links to go."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for service in reversed(self.services):
+            await service.stop()
+        if self._server is not None:
+            self._server.close()
+        for p in list(self.peers.values()):
+            p.send_bye(200, "Servent shutdown")
+        for t in list(self._tasks):
+            t.cancel()
+        if self.transfers is not None:
+            await self.transfers.stop()
+        await asyncio.sleep(0)
+        deadline = time.monotonic() + 2.0
+        while self.peers and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for p in list(self.peers.values()):
+            if p.transport is not None:
+                p.transport.abort()
+        if self._server is not None:
+            # wait_closed() also waits for connections the server accepted (uvloop, 3.12+):
+            # one that a peer opened during shutdown must not hold the exit up.
+            try:
+                async with asyncio.timeout(SERVER_CLOSE_WAIT):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                log.info("listener closed with connections still attached")
+        try:
+            self.hosts.save()
+        except OSError as exc:
+            log.warning("could not save host cache: %s", exc)
+
+    def _handshake_config(self) -> hs.HandshakeConfig:
+        return hs.HandshakeConfig(mode=self.cfg.mode, listen_ip=self.address[0], listen_port=self.address[1],
+                                  accept_deflate=self.cfg.deflate)
+
+    def spawn(self, coro) -> asyncio.Task:
+        """Run `coro` as a task the node cancels on stop."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task failed: %r", task.exception(), exc_info=task.exception())
+
+    def next_peer_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def new_guid(self) -> bytes:
+        return new_guid()
+
+    # --- the hot path ---------------------------------------------------------------------
+    def mark_dirty(self, peer: Peer) -> None:
+        self._dirty.append(peer)
+
+    def flush(self) -> None:
+        """Write what this burst queued: one send per target peer."""
+        dirty = self._dirty
+        if dirty:
+            self._dirty = []
+            for p in dirty:
+                p.flush()
+
+    def on_frames(self, peer: Peer, msgs: list) -> None:
+        """Route a chunk's messages and queue the relayed copies per target.
+
+        Strategy: the Router's RelayCore settles runs of common relayed QUERYs in C, appending
+        copies straight into the targets' output buffers (flow control as Peer.enqueue); it
+        stops at each message Python must see, which goes through Router.route (STOP_ROUTE) or,
+        already relayed, only to local delivery (STOP_LOCAL). Per-peer counts are folded in once
+        per chunk. `-v` (one log line per message) routes everything through Router.route.
+        """
+        now = time.monotonic()
+        router = self.router
+        route = router.route
+        peers = self.peers
+        sent = self.sent
+        verbose = self.cfg.verbose > 0  # -v: one log line per message
+        # Dynamic querying: an ultrapeer's leaves' queries reach other ultrapeers step by step.
+        dq = self.dq if self.dq.enabled else None
+        dq_leaf = dq is not None and peer.role == rt.PeerRole.LEAF
+        core = router.core if router.use_core and not verbose and router.core.active else None
+        if core is not None:
+            router.set_local_words(self.share.all_words() if self.share is not None else None)
+            targets, bufs, bases = [], [], []
+            for pid in core.slot_ids:
+                p = peers.get(pid)
+                targets.append(p)
+                if p is None:
+                    bufs.append(bytearray())
+                    bases.append(-2)
+                else:
+                    bufs.append(p.outbuf)
+                    t = p.transport
+                    bases.append(-1 if p.closed else t.get_write_buffer_size() if t is not None else 0)
+        n_msgs = len(msgs)
+        i = 0
+        try:
+            while i < n_msgs:
+                if core is not None:
+                    i, kind = core.relay(peer.id, msgs, i, now, bufs, bases, LOW_WATER, HIGH_WATER)
+                    if kind == STOP_END:
+                        break
+                    msg = msgs[i]
+                    i += 1
+                    if kind == STOP_LOCAL:
+                        try:
+                            self._local(peer, msg)
+                        except RemoteProtocolError as exc:
+                            router.drops[rt.DropReason.MALFORMED] += 1
+                            log.debug("malformed QUERY from %s: %s", peer.describe(), exc)
+                        if peer.closed:
+                            return
+                        continue
+                else:
+                    msg = msgs[i]
+                    i += 1
+                dec = route(peer.id, msg, now)
+                if verbose:
+                    flow.debug("%s from %s ttl=%d hops=%d -> %s %s", TYPE_NAMES.get(msg.type, hex(msg.type)),
+                               peer.describe(), msg.ttl, msg.hops, dec.action.name,
+                               dec.reason.name if dec.reason else "")
+                if dec.action == rt.Action.DROP:
+                    if dec.disconnect:
+                        peer.send_bye(dec.bye_code or 400, dec.reason.name.replace("_", " ").lower())
+                        return
+                    if dec.reason is rt.DropReason.DUPLICATE and self._duplicate_abuse(peer, msg, now):
+                        return
+                    continue
+                if dq is not None:
+                    if msg.type == MSG_QUERYHIT:
+                        dq.on_hit(msg)
+                    elif dq_leaf and msg.type == MSG_QUERY and dec.targets:
+                        dec = dq.on_leaf_query(peer, msg, dec)
+                if dec.targets:
+                    if dec.ttl == msg.ttl - 1:
+                        out = relay_rewrite(msg.raw)
+                    else:
+                        raw = msg.raw
+                        out = raw[:17] + bytes((dec.ttl, msg.hops + 1)) + raw[19:]
+                    prio = shed_priority(msg.type, msg.hops)
+                    n = 0
+                    for t in dec.targets:
+                        p = peers.get(t)
+                        if p is not None:
+                            if p.enqueue(out, prio):
+                                n += 1
+                            else:
+                                router.drops[rt.DropReason.FLOW_CONTROL] += 1
+                    sent[msg.type] += n
+                if dec.local:
+                    try:
+                        self._local(peer, msg)
+                    except RemoteProtocolError as exc:
+                        router.drops[rt.DropReason.MALFORMED] += 1
+                        log.debug("malformed %s from %s: %s", TYPE_NAMES.get(msg.type), peer.describe(), exc)
+                if peer.closed:
+                    return
+        finally:
+            if core is not None:
+                copies, dups, unseen, rows = core.end_chunk()
+                if copies:
+                    sent[MSG_QUERY] += copies
+                if dups:
+                    peer.dups += dups
+                if unseen:  # relayed queries that cannot match our shares: seen, not decoded
+                    self.events["queries_seen"] += unseen
+                for k, appended, shed, filled in rows:
+                    p = targets[k]
+                    p.msgs_out += appended
+                    p.shed += shed
+                    if filled:
+                        self.mark_dirty(p)
+
+    def _duplicate_abuse(self, peer: Peer, msg, now: float) -> bool:
+        """Count a duplicate from `peer`; BYE it (True) when it replays its own broadcasts too often."""
+        peer.dups += 1
+        if self.router.first_sender(msg.guid, msg.type, now) != peer.id:
+            return False  # first seen from another link: normal in a meshed network
+        if now - peer.dup_window_start > DUP_WINDOW:
+            peer.dup_window_start = now
+            peer.dups_resent = 0
+        peer.dups_resent += 1
+        if peer.dups_resent <= DUP_RESENT_MAX:
+            return False
+        self.events["bye_duplicates"] += 1
+        log.info("%s resent %d broadcasts within %.0f s: BYE", peer.describe(), peer.dups_resent, DUP_WINDOW)
+        peer.send_bye(BYE_DUPLICATES, "Too many duplicates")
+        return True
+
+    # --- messages for us -------------------------------------------------------------------
+    def _local(self, peer: Peer, msg) -> None:
+        t = msg.type
+        if t == MSG_QUERY:
+            self._answer_query(peer, msg)
+        elif t == MSG_QUERYHIT:
+            self.searches.on_hit(peer, msg)
+        elif t == MSG_PING:
+            self._answer_ping(peer, msg)
+        elif t == MSG_PONG:
+            self._on_pong(peer, msg)
+        elif t == MSG_PUSH:
+            self.transfers.on_push(messages.Push.decode(msg.payload))
+        elif t == MSG_BYE:
+            bye = messages.Bye.decode(msg.payload)
+            peer.close(f"peer said BYE {bye.code} {bye.reason}")
+        elif t == MSG_QRP:
+            self._on_qrp(peer, msg)
+        elif t in (MSG_VENDOR, MSG_VENDOR_STD):
+            if not self.dq.on_vendor(peer, msg):
+                self.events["vendor_ignored"] += 1
+
+    def send_to(self, peer: Peer, mtype: int, payload: bytes, ttl: int, guid: bytes | None = None) -> bytes:
+        raw = messages.build(guid or new_guid(), mtype, ttl, 0, payload)
+        if peer.enqueue(raw, PRIO_KEEP):
+            self.sent[mtype] += 1
+        return raw
+
+    def _answer_query(self, peer: Peer, msg) -> None:
+        q = messages.Query.decode(msg.payload)
+        self.events["queries_seen"] += 1
+        files = self.share.match(q.text, q.urns, self.cfg.max_results_per_query)
+        if not files:
+            return
+        self.events["queries_answered"] += 1
+        ttl = min(msg.hops + 2, SOFT_TTL_LIMIT) if msg.hops else 1
+        for payload in self.transfers.hit_payloads(files, ggep_h=bool(q.flags & messages.QF_GGEP_H)):
+            self.send_to(peer, MSG_QUERYHIT, payload, ttl=max(ttl, 1), guid=msg.guid)
+
+    def our_pong(self) -> messages.Pong:
+        host, port = self.address
+        return messages.Pong(port=port, ip=host, files=len(self.share), kbytes=self.share.total_kbytes)
+
+    def _answer_ping(self, peer: Peer, msg) -> None:
+        ttl = msg.hops + 1
+        crawler = msg.ttl == 2 and msg.hops == 0
+        if not crawler:
+            self.send_to(peer, MSG_PONG, self.our_pong().encode(), ttl, guid=msg.guid)
+        if msg.ttl > 1:
+            rows = [v for k, v in reversed(self.pong_cache.items()) if k != peer.listen_addr]
+            for payload in rows[:PONG_REPLY_MAX]:
+                self.send_to(peer, MSG_PONG, payload, ttl, guid=msg.guid)
+
+    def _on_pong(self, peer: Peer, msg) -> None:
+        pong = messages.Pong.decode(msg.payload)
+        key = (pong.ip, pong.port)
+        if key == self.address or not pong.port:
+            return
+        self.hosts.add(pong.ip, pong.port, "pong", time.time())
+        self.pong_cache[key] = msg.payload
+        self.pong_cache.move_to_end(key)
+        while len(self.pong_cache) > PONG_CACHE_SIZE:
+            self.pong_cache.popitem(last=False)
+
+    def send_ping(self, peer: Peer, ttl: int = 1) -> None:
+        guid = new_guid()
+        self.router.register_own(guid, MSG_PING, time.monotonic())
+        self.send_to(peer, MSG_PING, b"", ttl, guid=guid)
+
+    # --- QRP ----------------------------------------------------------------------------------
+    def _on_qrp(self, peer: Peer, msg) -> None:
+        if peer.qrp is None:
+            peer.qrp = qrp.QrpReceiver()
+        try:
+            done = peer.qrp.apply(messages.decode_qrp(msg.payload))
+        except RemoteProtocolError as exc:
+            self.events["qrp_rejected"] += 1
+            log.info("bad QRP table from %s: %s", peer.describe(), exc)
+            peer.send_bye(413, "Bad QRP table")
+            return
+        if done:
+            self.router.set_qrp(peer.id, peer.qrp.table)
+            self._qrp_dirty = True
+            log.debug("QRP table from %s installed", peer.describe())
+
+    def wants_our_qrp(self, peer: Peer) -> bool:
+        """Leaves send their table to ultrapeers; ultrapeers to ultrapeers that route on it."""
+        if self.cfg.mode == "leaf":
+            return peer.role == rt.PeerRole.ULTRAPEER
+        if self.cfg.mode == "ultrapeer" and peer.role == rt.PeerRole.ULTRAPEER and peer.peer_headers is not None:
+            return peer.peer_headers.get("X-Ultrapeer-Query-Routing") is not None
+        return False
+
+    def our_qrp_table(self) -> qrp.QrpTable:
+        """Our shares' words, merged with our leaves' tables when we are an ultrapeer."""
+        table = qrp.QrpTable()
+        table.add_words(self.share.all_words())
+        # URNs too, so urn:sha1 queries (source searches of downloads) reach us through QRP.
+        table.add_words(sf.urn for sf in self.share.files)
+        if self.cfg.mode == "ultrapeer":
+            for p in self.peers.values():
+                if p.role == rt.PeerRole.LEAF and p.qrp is not None and p.qrp.table is not None:
+                    table.merge(p.qrp.table)
+        return table
+
+    def send_qrp(self, peer: Peer, table: qrp.QrpTable | None = None) -> None:
+        if not peer.established or not self.wants_our_qrp(peer):
+            return
+        table = table or self.our_qrp_table()
+        prev = self._qrp_sent.get(peer.id)
+        if prev is not None and prev.same_as(table):
+            return
+        for m in table.to_messages(prev):
+            self.send_to(peer, MSG_QRP, m.encode(), 1)
+        self._qrp_sent[peer.id] = table
+
+    def shares_changed(self) -> None:
+        self._qrp_dirty = True
+
+    # --- housekeeping --------------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_interval)
+            try:
+                self.tick(time.monotonic())
+            except Exception:  # a bug here must not stop keep-alives for good
+                log.exception("housekeeping failed")
+
+    def tick(self, now: float) -> None:
+        # Forget addresses that stopped connecting: the storm table holds only the last minute.
+        for ip in [ip for ip, q in self._accepts.items() if not q or now - q[-1] > 60.0]:
+            del self._accepts[ip]
+        for p in list(self.peers.values()):
+            if p.closed:
+                continue
+            if not p.established:
+                if now - p.started > self.handshake_timeout:
+                    self.events["handshake_timeouts"] += 1
+                    p.close("handshake timeout")
+                continue
+            silent = now - p.last_rx
+            if silent > self.idle_close_after and p.ping_sent_at:
+                self.events["idle_closed"] += 1
+                p.send_bye(406, "Ping unanswered")
+            elif silent > self.idle_ping_after and (not p.ping_sent_at or now - p.ping_sent_at > self.idle_ping_after):
+                p.ping_sent_at = now
+                self.events["keepalive_pings"] += 1
+                self.send_ping(p, 1)
+            elif silent < self.idle_ping_after:
+                p.ping_sent_at = 0.0
+        if self._qrp_dirty:
+            self._qrp_dirty = False
+            table = None
+            for p in list(self.peers.values()):
+                if p.established and self.wants_our_qrp(p):
+                    table = table or self.our_qrp_table()
+                    self.send_qrp(p, table)
+        self.searches.tick(now)
+        if self.transfers is not None:
+            self.transfers.maybe_rescan(now)
+        self._keep_links(now)
+        self.flush()
+        if now - self._last_save > HOSTS_SAVE_EVERY:
+            self._last_save = now
+            try:
+                self.hosts.save()
+            except OSError as exc:
+                log.warning("could not save host cache: %s", exc)
+
+    def _keep_links(self, now: float) -> None:
+        """Dial from the host cache until we have `out_links` links (a leaf: ultrapeers)."""
+        if self.stopping:
+            return
+        have = sum(1 for p in self.peers.values() if p.role != rt.PeerRole.LEAF or not p.established)
+        want = self.cfg.out_links - have - len(self._dialing)
+        if want <= 0:
+            return
+        exclude = {p.listen_addr for p in self.peers.values() if p.listen_addr} | self._dialing | {self.address}
+        for host, port in self.hosts.pick(min(want, MAX_PARALLEL_DIALS), time.time(), exclude, self.rng):
+            self.dial(host, port)
+
+    # --- views -------------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Peers, traffic by message type, drops by reason, transfers: for `gnut status`."""
+        peers = []
+        for p in self.peers.values():
+            host, port = p.listen_addr or p.addr or ("?", 0)
+            peers.append({
+                "id": p.id, "host": host, "port": port, "role": p.role.name.lower() if p.role is not None else "handshake",
+                "outgoing": p.outgoing, "user_agent": p.user_agent, "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
+                "queued": p.queued() if p.transport else 0, "shed": p.shed,
+                "uptime": round(time.monotonic() - p.started, 1),
+            })
+        r = self.router
+        return {
+            "address": f"{self.address[0]}:{self.address[1]}",
+            "mode": self.cfg.mode,
+            "servent_guid": self.servent_guid.hex(),
+            "uptime": round(time.monotonic() - self.started, 1),
+            "peers": peers,
+            "received": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(r.received.items())},
+            "sent": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(self.sent.items())},
+            "drops": {k.name.lower(): v for k, v in r.drops.items() if v},
+            "qrp_skips": r.qrp_skips,
+            "dup_ttl_relays": r.dup_ttl_relays,
+            "events": dict(self.events),
+            "dynamic_queries": self.dq.stats(),
+            "hosts_known": len(self.hosts),
+            "shared_files": len(self.share) if self.share is not None else 0,
+            "transfers": self.transfers.stats() if self.transfers is not None else {},
+        }
+
+
+__all__ = ["Node", "Service", "ProtocolError"]

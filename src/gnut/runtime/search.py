@@ -1,0 +1,189 @@
+"""Our own searches: send the QUERY, collect QUERYHITs by GUID, hand results to whoever waits."""
+
+# Strategy: a flood node or a leaf sends the query to the peers the Router picks, at once.
+# An ultrapeer sends it at once only to its QRP-matching leaves and hands its ultrapeer
+# links to a dynamic query (gnut.runtime.dynquery), which widens step by step until enough
+# results came back.  A leaf marks its queries leaf-guided (flag 0x1000): it answers its
+# ultrapeers' Query Status Requests with the number of results it kept, and tells them to
+# stop (count 0xFFFF) when the search is stopped.
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from gnut.constants import MSG_QUERY, MSG_VENDOR
+from gnut.protocol import messages
+from gnut.protocol import routing as rt
+from gnut.protocol.guid import new_guid
+from gnut.runtime import dynquery
+
+if TYPE_CHECKING:
+    from gnut.runtime.host import NodeServices
+    from gnut.runtime.peer import Peer
+
+log = logging.getLogger("gnut.runtime.search")
+
+# A search nobody asked about for this long is forgotten (its late hits then count as NO_ROUTE
+# only after the router's own route table ages them out).
+SEARCH_MAX_AGE = 600.0
+# Results kept per search: more than any user reads; bounds memory against hit floods.
+MAX_RESULTS_KEPT = 2000
+# Queued results per listener before the oldest are dropped (a stalled control client).
+LISTENER_QUEUE = 4096
+
+
+@dataclass(slots=True)
+class Hit:
+    """One search result as users see it."""
+
+    name: str
+    size: int
+    urn: str | None
+    host: str
+    port: int
+    index: int
+    servent_guid: str
+    firewalled: bool
+    vendor: str
+    speed: int
+    hops: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Search:
+    """One of our queries in flight."""
+
+    def __init__(self, guid: bytes, text: str, urns: tuple[str, ...], now: float) -> None:
+        self.guid = guid
+        self.text = text
+        self.urns = urns
+        self.started = now
+        self.last_used = now
+        self.results: list[Hit] = []
+        self.listeners: list[asyncio.Queue] = []
+        self.direct_sent = 0
+        self.dq: dynquery.DqRecord | None = None
+
+    @property
+    def messages_sent(self) -> int:
+        """QUERY copies sent so far: at once, plus the dynamic query's steps (ultrapeer)."""
+        return self.direct_sent + (self.dq.sent if self.dq is not None else 0)
+
+    def listen(self) -> asyncio.Queue:
+        """A queue that receives every Hit from now on (and the ones already in)."""
+        q: asyncio.Queue = asyncio.Queue(LISTENER_QUEUE)
+        for h in self.results:
+            if not q.full():
+                q.put_nowait(h)
+        self.listeners.append(q)
+        return q
+
+    def add(self, hit: Hit) -> None:
+        if len(self.results) >= MAX_RESULTS_KEPT:
+            return
+        self.results.append(hit)
+        for q in self.listeners:
+            if q.full():
+                q.get_nowait()
+            q.put_nowait(hit)
+
+    def sources(self, urn: str) -> list[Hit]:
+        return [h for h in self.results if h.urn == urn]
+
+
+class SearchManager:
+    """Starts our queries and routes the QUERYHITs that come back for them."""
+
+    def __init__(self, node: NodeServices) -> None:
+        self.node = node
+        self.active: dict[bytes, Search] = {}
+
+    def start(self, text: str, urns: tuple[str, ...] = (), ttl: int | None = None) -> Search:
+        """Send a QUERY for `text` (and/or urns) to our peers and return its Search.
+
+        Args:
+            text: the search words (may be empty for a urn-only query).
+            urns: e.g. ("urn:sha1:...",).
+            ttl: TTL of the query; the node's configured query TTL by default.
+        """
+        node = self.node
+        now = time.monotonic()
+        guid = new_guid()
+        search = Search(guid, text, tuple(urns), now)
+        self.active[guid] = search
+        node.router.register_own(guid, MSG_QUERY, now)
+        flags = messages.QF_DEFAULT | (messages.QF_LEAF_GUIDED if node.cfg.mode == "leaf" else 0)
+        q = messages.Query(text=text, flags=flags, urns=tuple(urns))
+        ttl = ttl or node.cfg.query_ttl
+        payload = q.encode()
+        raw = messages.build(guid, MSG_QUERY, ttl, 0, payload)
+        targets = node.router.route_query_targets(None, None, ttl, payload=payload)
+        dynamic = node.dq.enabled
+        ups = 0
+        for pid in targets:
+            p = node.peers.get(pid)
+            if p is None:
+                continue
+            if dynamic and p.role != rt.PeerRole.LEAF:
+                ups += 1  # reached by the dynamic query below
+            elif p.enqueue(raw):
+                search.direct_sent += 1
+                node.sent[MSG_QUERY] += 1
+        node.flush()
+        if ups:
+            search.dq = node.dq.start(guid, payload, hops=0, origin=None, max_ttl=ttl,
+                                      target=node.dq.target_for(payload, leaf=False))
+        log.info("search %r sent to %d peers%s (guid %s)", text, search.direct_sent,
+                 f", {ups} ultrapeers by dynamic query" if ups else "", guid.hex())
+        return search
+
+    def on_hit(self, peer: Peer, msg) -> None:
+        """A QUERYHIT the router delivered locally: one of our searches' results."""
+        search = self.active.get(msg.guid)
+        if search is None:
+            self.node.router.drops[rt.DropReason.NO_ROUTE] += 1
+            return
+        qh = messages.QueryHit.decode(msg.payload)
+        vendor = qh.vendor.decode("latin-1") if qh.vendor else ""
+        for r in qh.results:
+            urn = next((u for u in r.urns if u.lower().startswith("urn:sha1:")), None)
+            search.add(Hit(
+                name=r.name, size=r.size, urn=urn, host=qh.ip, port=qh.port, index=r.index,
+                servent_guid=qh.servent_guid.hex(), firewalled=bool(qh.push), vendor=vendor,
+                speed=qh.speed, hops=msg.hops,
+            ))
+
+    def get(self, guid: bytes) -> Search | None:
+        return self.active.get(guid)
+
+    def stop(self, search: Search) -> None:
+        """Forget a search: its dynamic query ends, a leaf tells its ultrapeers to stop it."""
+        if self.active.pop(search.guid, None) is None:
+            return
+        node = self.node
+        node.dq.cancel(search.guid)
+        if node.cfg.mode == "leaf":
+            for p in list(node.peers.values()):
+                if p.established and p.role == rt.PeerRole.ULTRAPEER:
+                    node.send_to(p, MSG_VENDOR, dynquery.status_response(dynquery.QSTAT_STOP), 1, guid=search.guid)
+            node.flush()
+
+    def on_status_request(self, peer: Peer, guid: bytes) -> None:
+        """An ultrapeer asks how many results of our query `guid` we kept (BEAR/11): answer BEAR/12.
+
+        A query we no longer run gets 0xFFFF, which tells the ultrapeer to stop it.
+        """
+        search = self.active.get(guid)
+        kept = dynquery.QSTAT_STOP if search is None else len(search.results)
+        self.node.send_to(peer, MSG_VENDOR, dynquery.status_response(kept), 1, guid=guid)
+
+    def tick(self, now: float) -> None:
+        for guid, s in list(self.active.items()):
+            if now - s.started > SEARCH_MAX_AGE and not s.listeners:
+                del self.active[guid]

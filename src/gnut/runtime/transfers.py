@@ -1,0 +1,224 @@
+"""The node's file side: shares, HTTP uploads on the Gnutella port, downloads, PUSH and GIV."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gnut.constants import DEFAULT_TTL, MSG_PUSH, MSG_QUERYHIT
+from gnut.protocol import messages
+from gnut.runtime import download as dl
+from gnut.runtime import http
+from gnut.runtime.share import ShareIndex, build_hits
+
+if TYPE_CHECKING:
+    from gnut.runtime.host import NodeServices
+
+log = logging.getLogger("gnut.runtime.transfers")
+
+# How long we wait for a firewalled servent's GIV after routing it a PUSH.
+PUSH_WAIT = 15.0
+# PUSH callbacks we make at once (each is an outgoing connection we open on request).
+MAX_PUSH_CALLBACKS = 8
+# StreamReader buffer for HTTP connections taken over from the Gnutella port.
+HTTP_READ_LIMIT = 64 * 1024
+# Share rescan period: new and changed files get picked up and the QRP table refreshed.
+RESCAN_EVERY = 300.0
+
+
+class Transfers:
+    """Glue between the node and share.py / http.py / download.py."""
+
+    def __init__(self, node: NodeServices) -> None:
+        self.node = node
+        cfg = node.cfg
+        self.share = ShareIndex(cfg.share_dirs, cache_path=cfg.sha1_cache_path if cfg.share_dirs else None)
+        self.ctx = http.HttpContext(
+            share=self.share,
+            upload_slots=cfg.upload_slots,
+            servent_guid=node.servent_guid,
+            browse_hits=self.browse_hits,
+            on_giv=self.on_giv,
+        )
+        self._giv_waiters: dict[tuple[bytes, int], asyncio.Future] = {}
+        self._push_callbacks = 0
+        self._scanning = False
+        self._first_scan = True
+        self._last_scan = time.monotonic()
+        self.rescan_every = RESCAN_EVERY
+        self.downloads: dict[str, dict] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    async def scan(self) -> None:
+        """Scan the share folders in a worker thread (hashing can take a while)."""
+        if not self.node.cfg.share_dirs or self._scanning:
+            return
+        self._scanning = True
+        try:
+            report = await asyncio.get_running_loop().run_in_executor(None, self.share.scan)
+        finally:
+            self._scanning = False
+            self._last_scan = time.monotonic()
+        if report.added or report.removed or report.changed or self._first_scan:
+            log.info("shares scanned: %s", report)
+            self.node.shares_changed()
+        self._first_scan = False
+
+    def maybe_rescan(self, now: float) -> None:
+        """Rescan every RESCAN_EVERY seconds: new and changed files get shared, QRP tables follow."""
+        if self.node.cfg.share_dirs and not self._scanning and now - self._last_scan >= self.rescan_every:
+            self._spawn(self.scan())
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = self.node.spawn(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+
+    # --- answering queries and browse host ---------------------------------------------------
+    def hit_payloads(self, files, ggep_h: bool) -> list[bytes]:
+        host, port = self.node.address
+        return build_hits(
+            files, servent_guid=self.node.servent_guid, ip=host, port=port,
+            push=self.node.cfg.firewalled, busy=self.ctx_busy(), ggep_h=ggep_h,
+        )
+
+    def ctx_busy(self) -> bool:
+        return self.ctx.active_uploads >= self.ctx.upload_slots
+
+    def browse_hits(self) -> list[bytes]:
+        guid = self.node.new_guid()
+        return [
+            messages.build(guid, MSG_QUERYHIT, 1, 0, p) for p in self.hit_payloads(list(self.share.files), ggep_h=True)
+        ]
+
+    # --- HTTP on the Gnutella port ------------------------------------------------------------
+    def take_http(self, transport: asyncio.Transport, first: bytes) -> None:
+        """Switch a sniffed connection to an HTTP stream and serve it."""
+        if not http.is_http_start(first):
+            self.node.events["not_gnutella_or_http"] += 1
+            transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=HTTP_READ_LIMIT, loop=loop)
+        proto = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        writer = asyncio.StreamWriter(transport, proto, reader, loop)
+        reader.feed_data(first)
+        self._spawn(self._serve(reader, writer))
+
+    async def _serve(self, reader, writer) -> None:
+        try:
+            await http.handle_http(reader, writer, self.ctx)
+        finally:
+            if not writer.is_closing():
+                writer.close()
+
+    # --- PUSH: we are the firewalled side --------------------------------------------------------
+    def on_push(self, push) -> None:
+        """A PUSH for us: connect back to the requester, say GIV, serve its GET."""
+        if push.servent_guid != self.node.servent_guid:
+            return
+        f = self.share.by_index(push.index)
+        if f is None or self._push_callbacks >= MAX_PUSH_CALLBACKS:
+            self.node.events["push_ignored"] += 1
+            return
+        self._push_callbacks += 1
+        self._spawn(self._giv(push, f.name))
+
+    async def _giv(self, push, name: str) -> None:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(push.ip, push.port), 10.0)
+        except (TimeoutError, OSError) as exc:
+            log.info("push callback to %s:%d failed: %s", push.ip, push.port, exc)
+            self._push_callbacks -= 1
+            return
+        try:
+            writer.write(f"GIV {push.index}:{self.node.servent_guid.hex().upper()}/{name}\n\n".encode())
+            self.node.events["giv_sent"] += 1
+            await http.handle_http(reader, writer, self.ctx)
+        finally:
+            self._push_callbacks -= 1
+            writer.close()
+
+    # --- PUSH: we are the downloader --------------------------------------------------------------
+    async def on_giv(self, index: int, guid: bytes, name: str, reader, writer) -> None:
+        fut = self._giv_waiters.pop((guid, index), None)
+        if fut is None or fut.done():
+            self.node.events["giv_unexpected"] += 1
+            writer.close()
+            return
+        fut.set_result((reader, writer))
+        # Keep this handler alive while the downloader uses the socket.
+        await writer.wait_closed() if hasattr(writer, "wait_closed") else None
+
+    async def push_connect(self, source: dl.Source):
+        """Route a PUSH to `source`'s servent and wait for its GIV connection."""
+        node = self.node
+        peer_id = node.router.push_route(source.servent_guid, time.monotonic())
+        peer = node.peers.get(peer_id) if peer_id is not None else None
+        if peer is None:
+            raise dl.DownloadError(f"no route for PUSH to {source.servent_guid.hex()}")
+        host, port = node.address
+        payload = messages.Push(servent_guid=source.servent_guid, index=source.index, ip=host, port=port).encode()
+        fut = asyncio.get_running_loop().create_future()
+        key = (source.servent_guid, source.index)
+        self._giv_waiters[key] = fut
+        node.send_to(peer, MSG_PUSH, payload, DEFAULT_TTL)
+        node.flush()
+        node.events["push_sent"] += 1
+        try:
+            async with asyncio.timeout(PUSH_WAIT):  # not wait_for: 3.11's can swallow a cancel
+                return await fut
+        finally:
+            self._giv_waiters.pop(key, None)
+
+    # --- downloads ----------------------------------------------------------------------------------
+    async def download(self, urn: str, size: int, name: str, sources: list, out_dir: Path | None = None,
+                       progress=None, timeout: float = 600.0) -> Path:
+        """Download `urn` from `sources` (Source objects), verify it, return the final path."""
+        out = Path(out_dir or self.node.cfg.download_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {"urn": urn, "name": name, "size": size, "done": 0, "state": "running", "sources": len(sources),
+                 "out": str(out)}
+        self.downloads[urn] = state
+
+        def on_progress(p) -> None:
+            state.update(done=p.done, state=p.state, sources=p.sources_active, rate=p.rate_bps)
+            if progress is not None:
+                progress(p)
+
+        d = dl.Download(urn, size, name, out, sources=sources, push=self.push_connect,
+                        progress=on_progress, assume_private_firewalled=self.node.cfg.private_means_firewalled)
+        try:
+            async with asyncio.timeout(timeout):
+                path = await d.run()
+        except BaseException as exc:
+            state["state"] = f"failed: {exc}"
+            raise
+        state.update(state="complete", done=size, path=str(path))
+        if not any(d is not state and d.get("out") == str(out)
+                   and not str(d["state"]).startswith(("complete", "failed"))
+                   for d in self.downloads.values()):
+            with contextlib.suppress(OSError):  # rmdir: only when no other partial file is in there
+                (out / dl.PARTIAL_DIR).rmdir()
+        return path
+
+    def stats(self) -> dict:
+        c = self.ctx
+        return {
+            "uploads_active": c.active_uploads,
+            "uploads_done": c.stats.get("uploads_finished", 0) if isinstance(c.stats, dict) else 0,
+            "upload_bytes": c.stats.get("bytes_sent", 0) if isinstance(c.stats, dict) else 0,
+            "downloads": list(self.downloads.values()),
+        }
