@@ -262,3 +262,23 @@ def test_rescan_shares_new_files_and_updates_the_leaf_table(run, tmp_path):
             await stop_all(up, leaf)
 
     run(go)
+
+
+def test_a_stopping_node_admits_no_link_that_completes_late(run, tmp_path):
+    """A dial already under way when stop() begins must not become a link to a stopped node."""
+
+    async def go():
+        a = await start_node(tmp_path, "a")
+        b = await start_node(tmp_path, "b")
+        try:
+            a.dial(*b.address)  # create_connection is in flight ...
+            a.stopping = True  # ... when shutdown begins (stop() sets this first)
+            await wait_for(lambda: a.events["refused_stopping"] == 1, what="late dial refused")
+            await asyncio.sleep(0.2)
+            assert not a.peers
+            assert not any(p.established for p in b.peers.values())
+        finally:
+            a.stopping = False
+            await stop_all(a, b)
+
+    run(go)

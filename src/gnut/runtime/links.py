@@ -58,6 +58,13 @@ class LinkManager:
             self._dialing.discard((host, port))
 
     def peer_opened(self, peer: Peer) -> None:
+        if self.stopping:
+            # A connection the kernel accepted before the listener closed, or a dial that completed
+            # after stop() began: a node that is shutting down admits nobody. (Admitting it left a
+            # live, handshaken link to a node that had stopped: the churn test's stale link.)
+            self.events["refused_stopping"] += 1
+            peer.transport.abort()
+            return
         if not peer.outgoing and peer.addr is not None:
             now = time.monotonic()
             q = self._accepts.setdefault(peer.addr[0], collections.deque())
