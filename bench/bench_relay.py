@@ -150,7 +150,8 @@ def raise_fd_limit() -> int:
 class RelayProcess:
     """A relay under test in its own process: null relay or `gnut node` (cython or python)."""
 
-    def __init__(self, kind: str, tmp: Path, max_peers: int = 64, profile: Path | None = None) -> None:
+    def __init__(self, kind: str, tmp: Path, max_peers: int = 64, profile: Path | None = None,
+                 mode: str = "flood") -> None:
         self.kind = kind
         home = tmp / f"home-{kind}-{os.getpid()}-{time.monotonic_ns()}"
         home.mkdir(parents=True)
@@ -171,7 +172,7 @@ class RelayProcess:
                 "--listen",
                 "127.0.0.1:0",
                 "--mode",
-                "flood",
+                mode,
                 "--no-control",
                 "--out-links",
                 "0",

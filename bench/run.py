@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, help="where to write the JSON record (default bench/out/<name>.json)"
     )
     parser.add_argument("--plot", type=Path, help="write a PNG plot (benchmarks that define plot())")
+    parser.add_argument("--target", metavar="HOST:PORT",
+                        help="servent benchmark: measure the Gnutella servent at HOST:PORT instead of local ones")
     args = parser.parse_args(argv)
     if args.name == "all":
         status = 0
@@ -132,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"bench_{args.name}")
     if args.plot and not hasattr(module, "plot"):
         parser.error(f"benchmark {args.name!r} has no plot")
-    result = module.run(args.quick)
+    if args.target and args.name != "servent":
+        parser.error("--target applies to the servent benchmark only")
+    result = module.run(args.quick, target=args.target) if args.target else module.run(args.quick)
     record = {"benchmark": args.name, "quick": args.quick, "machine": machine_info(), "result": result}
     info = record["machine"]
     print(f"# {args.name} — {info['date']} — {info['cpu']} x{info['cpus']} — Python {info['python']}")

@@ -186,3 +186,21 @@ def test_relay_round_through_a_real_process(kind, tmp_path):
     assert fig["received"] == fig["expected"] == expected
     assert fig["loss_pct"] == 0.0 and fig["in_per_s"] > 0
     assert proc.proc.returncode == 0
+
+
+# --- servent bench: the compiled load generator counts exactly --------------------------------------
+@pytest.mark.needs_cython
+@pytest.mark.parametrize("mode", ["flood", "ultrapeer"])
+def test_servent_load_counts_every_relayed_query_exactly(tmp_path, mode):
+    """A small round against a real gnut node: every sink sees each query once, nothing foreign."""
+    bs = importlib.import_module("bench_servent")
+    exe = bs.build_loader(tmp_path / "bin")
+    templates = tmp_path / "templates.bin"
+    bs.write_templates(templates)
+    proc = bs.RelayProcess("cython", tmp_path, max_peers=16, mode=mode)
+    try:
+        result = bs.one_round(exe, templates, "127.0.0.1", proc.port, 3000, 77, None)
+    finally:
+        proc.stop()
+    assert result["sent"] == 3000
+    assert [(s["distinct"], s["dups"], s["foreign"], s["loss"]) for s in result["sinks"]] == [(3000, 0, 0, 0)] * 4
