@@ -350,3 +350,29 @@ def test_get_leaves_no_empty_partial_folder(tmp_path):
         assert [p.name for p in (tmp_path / "out").iterdir()] == ["finch.bin"]
 
     loops.run(go(), "asyncio")
+
+
+def test_a_source_tree_without_the_build_says_what_to_run(tmp_path):
+    """`python -m gnut` over an unbuilt copy of the package: one line naming the fix, no traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    import gnut
+
+    tree = tmp_path / "src"
+    shutil.copytree(Path(gnut.__file__).parent, tree / "gnut", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "GNUT_NO_EXTENSIONS"}
+    env["PYTHONPATH"] = str(tree)
+    for argv in (["--version"], ["demo"], ["status"]):
+        out = subprocess.run([sys.executable, "-m", "gnut", *argv], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=60)
+        assert out.returncode == 2, (argv, out)
+        assert "Traceback" not in out.stderr and out.stdout == ""
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "python3 -m pip install ." in lines[0] and "GNUT_NO_EXTENSIONS=1" in lines[0]
+    # The pure twin, asked for, runs from the same unbuilt tree.
+    env["GNUT_NO_EXTENSIONS"] = "1"
+    out = subprocess.run([sys.executable, "-m", "gnut", "--version"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=60)
+    assert out.returncode == 0 and "fastpath: python" in out.stdout
