@@ -151,7 +151,7 @@ class RelayProcess:
     """A relay under test in its own process: null relay or `gnut node` (cython or python)."""
 
     def __init__(self, kind: str, tmp: Path, max_peers: int = 64, profile: Path | None = None,
-                 mode: str = "flood") -> None:
+                 mode: str = "flood", extra: tuple[str, ...] = ()) -> None:
         self.kind = kind
         home = tmp / f"home-{kind}-{os.getpid()}-{time.monotonic_ns()}"
         home.mkdir(parents=True)
@@ -178,6 +178,7 @@ class RelayProcess:
                 "0",
                 "--max-peers",
                 str(max_peers),
+                *extra,
             ]
         self.log_path = home / "stderr.log"
         self._log = open(self.log_path, "wb")

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -151,6 +152,63 @@ def _local(kind: str, tmp: Path, servent_cpu) -> RelayProcess:
     return proc
 
 
+# The scale part: quiet leaf links held by one ultrapeer while the relay round runs.
+SCALE_LINKS = {"full": (100, 5_000, 19_000), "quick": (100, 2_000)}
+SCALE_COUNT = {"full": 500_000, "quick": 100_000}
+# Handshakes in flight at once (one process each): admission is measured as throughput, not latency.
+IDLE_WORKERS = 16
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def scale(exe: Path, templates: Path, tmp: Path, size: str, servent_cpu, load_cpu, run_id: int) -> list[dict]:
+    """An ultrapeer holding N quiet leaf links: admission rate, memory per link, relay rate."""
+    rows = []
+    for n in SCALE_LINKS[size]:
+        proc = RelayProcess("cython", tmp, max_peers=16, mode="ultrapeer",
+                            extra=("--max-leaves", str(n + 10)))
+        idle = None
+        try:
+            if servent_cpu is not None:
+                os.sched_setaffinity(proc.proc.pid, {servent_cpu})
+            time.sleep(0.3)
+            before = _rss_kb(proc.proc.pid)
+            idle = subprocess.Popen([str(exe), "idle", "127.0.0.1", str(proc.port), str(n), "leaf", str(IDLE_WORKERS)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    preexec_fn=_pin(load_cpu), start_new_session=True)
+            admit_s = 0.0
+            for _ in range(IDLE_WORKERS):
+                line = idle.stdout.readline().split()
+                if len(line) != 5 or line[0] != "admitted":
+                    raise RuntimeError(f"idle links failed: {idle.stderr.read().strip()}")
+                admit_s = max(admit_s, float(line[3]))
+            time.sleep(1.0)  # let the node settle (QRP, pings) before measuring
+            after = _rss_kb(proc.proc.pid)
+            r = one_round(exe, templates, "127.0.0.1", proc.port, SCALE_COUNT[size], run_id + n, load_cpu)
+            rate = statistics.median(s["rate"] for s in r["sinks"])
+            rows.append({
+                "links": n,
+                "admitted_per_s": n / admit_s if admit_s > 0 else None,
+                "kb_per_link": (after - before) / n,
+                "rate": rate,
+                "loss_max": max(s["loss"] for s in r["sinks"]),
+            })
+        finally:
+            if idle is not None:
+                os.killpg(idle.pid, signal.SIGKILL)  # the idle workers are one process group
+                idle.wait()
+            proc.stop()
+    base = rows[0]["rate"] if rows else None
+    for row in rows:
+        row["vs_fewest"] = row["rate"] / base if base else None
+    return rows
+
+
 def run(quick: bool, target: str | None = None) -> dict:
     """Measure `target` (HOST:PORT), or the local null relay and gnut nodes when target is None."""
     size = "quick" if quick else "full"
@@ -179,6 +237,7 @@ def run(quick: bool, target: str | None = None) -> dict:
             finally:
                 proc.stop()
             run_id += 1000
+        result["scale"] = scale(exe, templates, tmp, size, servent_cpu, load_cpu, run_id + 50_000)
     limit = result["servents"].get("null", {}).get("rate_median")
     pure = result["servents"].get("python-flood", {}).get("rate_median")
     for s in result["servents"].values():
@@ -203,4 +262,15 @@ def format_table(result: dict) -> str:
             f"{name:<22} {s['rate_median']:>21,.0f} {s['rate_min']:>11,.0f} {s['rate_max']:>11,.0f} "
             f"{s['loss_max']:>8,} {s['dups_max']:>6,} {rss:>10} {vs_null:>7} {vs_pure:>7}"
         )
+    if result.get("scale"):
+        lines += [
+            "",
+            "gnut ultrapeer (Cython) holding N quiet leaf links (each its own 127.1.x.y, answering PINGs):",
+            f"{'links':>7} {'admitted/s':>11} {'KB/link':>8} {'relayed q/s':>12} {'x fewest':>9} {'loss':>6}",
+        ]
+        for row in result["scale"]:
+            lines.append(
+                f"{row['links']:>7,} {row['admitted_per_s'] or 0:>11,.0f} {row['kb_per_link']:>8.1f} "
+                f"{row['rate']:>12,.0f} {row['vs_fewest'] or 0:>9.2f} {row['loss_max']:>6,}"
+            )
     return "\n".join(lines)

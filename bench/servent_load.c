@@ -15,6 +15,12 @@
  *       query (or at MAX_MS) and prints one JSON line: received, distinct, dups, foreign, bytes,
  *       first/last (ns).
  *
+ *   servent_load idle HOST PORT COUNT ROLE WORKERS
+ *       opens COUNT links (ROLE leaf or ultrapeer) from 127.1.x.y addresses: WORKERS processes each
+ *       run their share of the handshakes one after the other (each prints "admitted N in S s"),
+ *       then keep every link alive (answer PINGs, epoll) until killed. Leaves send no QRP table, so a servent relays them nothing: they cost only what
+ *       holding a quiet link costs.
+ *
  * Each link binds its own BIND_IP (127.0.0.x) and advertises its own Listen-IP port: real servents
  * allow one link per IP unless listen ports differ (gtk-gnutella), so this works against any of them.
  */
@@ -27,6 +33,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -65,8 +73,14 @@ static int write_all(int fd, const void *buf, size_t len) {
     return 0;
 }
 
-/* Connect from bind_ip and run the 0.6 handshake as an ultrapeer without deflate. */
+/* Connect from bind_ip and run the 0.6 handshake (as an ultrapeer, or a leaf) without deflate. */
+static int dial_as(const char *host, int port, const char *bind_ip, int listen_port, int leaf);
+
 static int dial(const char *host, int port, const char *bind_ip, int listen_port) {
+    return dial_as(host, port, bind_ip, listen_port, 0);
+}
+
+static int dial_as(const char *host, int port, const char *bind_ip, int listen_port, int leaf) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) die("socket");
     struct sockaddr_in me = {.sin_family = AF_INET};
@@ -81,9 +95,9 @@ static int dial(const char *host, int port, const char *bind_ip, int listen_port
     int n = snprintf(req, sizeof req,
                      "GNUTELLA CONNECT/0.6\r\n"
                      "User-Agent: gnut-bench/1\r\n"
-                     "X-Ultrapeer: True\r\n"
+                     "X-Ultrapeer: %s\r\n"
                      "X-Query-Routing: 0.2\r\n"
-                     "X-Ultrapeer-Query-Routing: 0.1\r\n"
+                     "%s"
                      "X-Degree: 32\r\n"
                      "X-Max-TTL: 4\r\n"
                      "X-Dynamic-Querying: 0.1\r\n"
@@ -93,6 +107,7 @@ static int dial(const char *host, int port, const char *bind_ip, int listen_port
                      "Listen-IP: %s:%d\r\n"
                      "Remote-IP: %s\r\n"
                      "\r\n",
+                     leaf ? "False" : "True", leaf ? "" : "X-Ultrapeer-Query-Routing: 0.1\r\n",
                      bind_ip, listen_port, host);
     if (write_all(fd, req, (size_t)n) < 0) die("handshake write");
     char resp[HANDSHAKE_MAX + 1];
@@ -303,7 +318,71 @@ static int run_source(int argc, char **argv) {
     return 0;
 }
 
+struct idle { int fd; size_t have; unsigned char buf[4096]; };
+
+static void idle_msg(const unsigned char *h, const unsigned char *payload, uint32_t plen, void *ctx) {
+    (void)payload; (void)plen;
+    if (h[16] == MSG_PING) pong_for(*(int *)ctx, h, "127.1.0.1", 6346);
+}
+
+static int run_idle(int argc, char **argv) {
+    if (argc != 7) { fprintf(stderr, "usage: idle HOST PORT COUNT leaf|ultrapeer WORKERS\n"); return 2; }
+    const char *host = argv[2];
+    int port = atoi(argv[3]), total = atoi(argv[4]), leaf = strcmp(argv[5], "leaf") == 0;
+    int workers = atoi(argv[6]), w = 0;
+    if (workers < 1) workers = 1;
+    pid_t driver = getppid();
+    for (w = 0; w < workers - 1; w++) { /* the parent keeps the last share */
+        pid_t child = fork();
+        if (child < 0) die("fork");
+        if (child == 0) break;
+    }
+    int first = (int)((long long)total * w / workers), count = (int)((long long)total * (w + 1) / workers) - first;
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    int ep = epoll_create1(0);
+    if (ep < 0) die("epoll");
+    struct idle *links = calloc((size_t)count, sizeof *links);
+    if (!links) die("calloc");
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < count; i++) {
+        char ip[32];
+        int g = first + i;
+        snprintf(ip, sizeof ip, "127.1.%d.%d", 1 + g / 250, 1 + g % 250); /* one address per link */
+        links[i].fd = dial_as(host, port, ip, 20000 + g % 40000, leaf);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, links[i].fd, &ev) < 0) die("epoll_ctl");
+    }
+    double s = (double)(now_ns() - t0) / 1e9;
+    printf("admitted %d in %.3f s\n", count, s);
+    fflush(stdout);
+    struct epoll_event evs[256];
+    for (;;) {
+        int n = epoll_wait(ep, evs, 256, 500);
+        if (getppid() != driver && getppid() == 1) break; /* the driver (or our parent) is gone */
+        for (int e = 0; e < n; e++) {
+            struct idle *l = &links[evs[e].data.u32];
+            ssize_t r = recv(l->fd, l->buf + l->have, sizeof l->buf - l->have, MSG_DONTWAIT);
+            if (r <= 0) {
+                if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+                epoll_ctl(ep, EPOLL_CTL_DEL, l->fd, NULL);
+                close(l->fd);
+                continue;
+            }
+            l->have += (size_t)r;
+            size_t used = frames(l->buf, l->have, idle_msg, &l->fd);
+            if (used == 0 && l->have == sizeof l->buf) l->have = 0; /* a message larger than we keep: skip */
+            memmove(l->buf, l->buf + used, l->have - used);
+            l->have -= used;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "idle") == 0) return run_idle(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "sink") == 0) return run_sink(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "source") == 0) return run_source(argc, argv);
     fprintf(stderr, "usage: servent_load source|sink ...\n");

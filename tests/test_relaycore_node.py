@@ -337,3 +337,52 @@ def test_same_link_resends_count_as_replays_unless_they_raise_the_ttl(tmp_path):
             await node.stop()
 
     loops.run(go(), "asyncio")
+
+
+def test_node_slot_lists_follow_the_core_through_link_churn(run, tmp_path):
+    """Links leave from the middle: the node's per-slot lists move exactly as the core's slots do,
+    and relayed queries still reach every remaining link (and only them)."""
+
+    async def go():
+        node = await start_node(tmp_path, "hub", max_peers=16)
+        raws = []
+        try:
+            for _ in range(6):
+                r = RawPeer(deflate=False)
+                await r.connect(node)
+                raws.append(r)
+            await wait_for(lambda: len(node._slot_peers) == 6, what="six slots")
+
+            def consistent() -> bool:
+                ids = list(node.router.core.slot_ids)
+                return (
+                    [p.id for p in node._slot_peers] == ids
+                    and all(b is p.outbuf for b, p in zip(node._slot_bufs, node._slot_peers, strict=True))
+                    and all(p.slot == k for k, p in enumerate(node._slot_peers))
+                    and len(node._slot_bases) == len(ids)
+                )
+
+            assert consistent()
+            for k in (1, 3):
+                await raws[k].close()
+            await wait_for(lambda: len(node._slot_peers) == 4, what="two links gone")
+            assert consistent()
+            extra = RawPeer(deflate=False)
+            await extra.connect(node)
+            await wait_for(lambda: len(node._slot_peers) == 5, what="a new link")
+            assert consistent()
+            live = [raws[0], raws[2], raws[4], raws[5], extra]
+            guid = new_guid()
+            live[0].send(raw_msg(guid, MSG_QUERY, 3, 0, qpayload("churny words")))
+            await wait_for(
+                lambda: all(any(m.guid == guid for m in r.of_type(MSG_QUERY)) for r in live[1:]),
+                what="the query at every remaining link",
+            )
+            assert not any(m.guid == guid for m in live[0].of_type(MSG_QUERY))
+            raws = live
+        finally:
+            for r in raws:
+                await r.close()
+            await node.stop()
+
+    run(go)

@@ -239,23 +239,17 @@ class RelayCore:
         self._mode = mode
         self._seen = seen
         self._routes = routes
-        # peer id -> [generation, is relay peer, QRP kind, slots bytearray or None, bits]
+        # peer id -> [generation, is relay peer, QRP kind, slots bytearray or None, bits, slot]
         self._peers: dict[int, list] = {}
-        self._slot_ids: tuple[int, ...] = ()
+        self._ids: list[int] = []  # per slot: the peer id (a removed slot is refilled by the last one)
+        self._cand: dict[int, None] = {}  # peers that may get copies: relay peers, leaves with a table
+        self._tabs: dict[int, None] = {}  # peers whose table the core reads (QRP_TABLE)
+        self._rows: dict[int, list] = {}  # this chunk: slot -> [appended, shed, filled]
         self._leaf_qrp = self._relay_qrp = self._leaf_opaque = self._relay_opaque = 0
         self._local_table: bytes | None = None
         self._local_shift = 32
         self._counts = [0] * 8
         self._chunk = [0, 0, 0]  # copies appended, duplicates, queries not handed over
-        self._reset_slots()
-
-    def _reset_slots(self) -> None:
-        self._reset_counts()
-        self._static: list | None = None  # per-slot peer rows, rebuilt when peers or tables change
-
-    def _reset_counts(self) -> None:
-        n = len(self._slot_ids)
-        self._app, self._shed, self._filled = [0] * n, [0] * n, [False] * n
 
     @property
     def active(self) -> bool:
@@ -264,8 +258,12 @@ class RelayCore:
 
     @property
     def slot_ids(self) -> tuple[int, ...]:
-        """Every peer's id in slot order (relay peers and leaves): relay()'s `bufs` and `bases` follow it."""
-        return self._slot_ids
+        """Every peer's id in slot order (relay peers and leaves): relay()'s `bufs` and `bases` follow it.
+
+        A new peer takes the next slot; a removed peer's slot is taken by the last one (so a link
+        change costs O(1), and the caller's per-slot lists follow with the same two moves).
+        """
+        return tuple(self._ids)
 
     def add_peer(self, peer_id: int, gen: int, relay: bool) -> None:
         """Register a live peer (its generation tells reused ids apart); `relay` False for a leaf.
@@ -277,18 +275,48 @@ class RelayCore:
             raise LocalProtocolError(f"peer {peer_id} already registered")
         if not 0 <= peer_id <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
             raise LocalProtocolError(f"peer {peer_id} / generation {gen} out of range")
-        self._peers[peer_id] = [gen, bool(relay), _QRP_NONE, None, 0]
-        self._slot_ids += (peer_id,)
-        self._reset_slots()
+        k = len(self._ids)
+        self._peers[peer_id] = st = [gen, bool(relay), _QRP_NONE, None, 0, k]
+        self._ids.append(peer_id)
+        self._place(peer_id, st)
+        return k
 
-    def remove_peer(self, peer_id: int) -> None:
-        """Forget a peer (unknown ids are ignored)."""
+    def remove_peer(self, peer_id: int) -> tuple[int, int] | None:
+        """Forget a peer (unknown ids are ignored).
+
+        Returns:
+            (slot, moved): the slot it held and the id of the peer moved into it from the last slot
+            (-1 when it held the last slot itself); None for an unknown id.
+        """
         st = self._peers.pop(peer_id, None)
         if st is None:
-            return
+            return None
         self._count_qrp(st, -1)
-        self._slot_ids = tuple(p for p in self._slot_ids if p != peer_id)
-        self._reset_slots()
+        self._cand.pop(peer_id, None)
+        self._tabs.pop(peer_id, None)
+        k, last = st[5], len(self._ids) - 1
+        self._rows.pop(k, None)  # its row of this chunk goes with it
+        moved = -1
+        if k != last:
+            moved = self._ids[last]
+            self._ids[k] = moved
+            self._peers[moved][5] = k
+            row = self._rows.pop(last, None)
+            if row is not None:  # the moved peer's row of this chunk moves with it
+                self._rows[k] = row
+        self._ids.pop()
+        return (k, moved)
+
+    def _place(self, peer_id: int, st: list) -> None:
+        """Keep the candidate and table sets right after a peer's role or table changed."""
+        if st[1] or st[2] != _QRP_NONE:  # a leaf without a table gets nothing: not a candidate
+            self._cand[peer_id] = None
+        else:
+            self._cand.pop(peer_id, None)
+        if st[2] == _QRP_TABLE:
+            self._tabs[peer_id] = None
+        else:
+            self._tabs.pop(peer_id, None)
 
     def set_qrp(self, peer_id: int, has_table: bool, slots: bytearray | None = None, bits: int = 0) -> None:
         """Install, replace or clear a peer's QRP table.
@@ -318,7 +346,7 @@ class RelayCore:
         st[3] = slots
         st[4] = bits if slots is not None else 0
         self._count_qrp(st, 1)
-        self._static = None
+        self._place(peer_id, st)
 
     def _count_qrp(self, st: list, d: int) -> None:
         if st[2] == _QRP_NONE:
@@ -371,26 +399,25 @@ class RelayCore:
                 return False
         return bool(codes)  # no word at all matches nothing
 
-    def _slots(self, bufs: list, bases: list) -> tuple[list, int, int]:
-        """This call's per-slot rows (slot, id, buffer, base, leaf, QRP kind, table, shift) and the
-        counts of consulted tables the core cannot read (leaves, relay peers)."""
-        static = self._static
-        if static is None:
-            static = self._static = [
-                (k, pid, not st[1], st[2], st[3], st[4])
-                for k, pid in enumerate(self._slot_ids)
-                for st in (self._peers[pid],)
-            ]
+    def _targets(self) -> tuple[list, int, int]:
+        """This call's candidate rows (slot, id, leaf, QRP kind, table, shift) and the counts of
+        consulted tables the core cannot read (leaves, relay peers). O(candidates), never O(links)."""
         op_leaf, op_relay = self._leaf_opaque, self._relay_opaque
-        rows = []
-        for k, pid, leaf, kind, table, bits in static:
-            if kind == _QRP_TABLE and len(table) != 1 << bits:  # resized since set_qrp: unreadable
-                kind, table = _QRP_OPAQUE, None
-                if leaf:
-                    op_leaf += 1
-                else:
+        peers = self._peers
+        for pid in self._tabs:
+            st = peers[pid]
+            if len(st[3]) != 1 << st[4]:  # resized since set_qrp: unreadable this call
+                if st[1]:
                     op_relay += 1
-            rows.append((k, pid, bufs[k], bases[k], leaf, kind, table, 32 - bits))
+                else:
+                    op_leaf += 1
+        rows = []
+        for pid in self._cand:
+            st = peers[pid]
+            kind, table = st[2], st[3]
+            if kind == _QRP_TABLE and len(table) != 1 << st[4]:
+                kind, table = _QRP_OPAQUE, None
+            rows.append((st[5], pid, not st[1], kind, table, 32 - st[4]))
         return rows, op_leaf, op_relay
 
     def relay(
@@ -426,12 +453,9 @@ class RelayCore:
         Raises:
             LocalProtocolError: bufs / bases do not match slot_ids, or an item of bufs is not a bytearray.
         """
-        ns = len(self._slot_ids)
+        ns = len(self._ids)
         if len(bufs) != ns or len(bases) != ns:
             raise LocalProtocolError(f"relay() needs {ns} output buffers and bases")
-        for k, buf in enumerate(bufs):
-            if type(buf) is not bytearray:
-                raise LocalProtocolError(f"output buffer {k} is not a bytearray")
         n = len(msgs)
         if start >= n:
             return n, STOP_END
@@ -441,8 +465,8 @@ class RelayCore:
         gen = st[0]
         up = self._mode == "ultrapeer"
         routes, seen = self._routes, self._seen
-        counts, chunk, app, shed, filled = self._counts, self._chunk, self._app, self._shed, self._filled
-        slots, op_leaf, op_relay = self._slots(bufs, bases)
+        counts, chunk, rows = self._counts, self._chunk, self._rows
+        slots, op_leaf, op_relay = self._targets()
         for i in range(start, n):
             m = msgs[i]
             if type(m) is not Message:
@@ -503,7 +527,7 @@ class RelayCore:
             if out_ttl:
                 out = raw[:17] + bytes((out_ttl, hops + 1)) + raw[19:]
                 low = hops >= 2
-                for k, pid, buf, base, leaf, kind, table, shift in slots:
+                for k, pid, leaf, kind, table, shift in slots:
                     if pid == peer_id:
                         continue
                     if leaf:
@@ -519,19 +543,26 @@ class RelayCore:
                             counts[6] += 1
                             continue
                     counts[1] += 1
+                    buf = bufs[k]
+                    if type(buf) is not bytearray:
+                        raise LocalProtocolError(f"output buffer {k} is not a bytearray")
+                    base = bases[k]
                     if base < 0:
                         if base == -1:
                             counts[5] += 1
                         continue
                     size = len(buf)
+                    row = rows.get(k)
+                    if row is None:
+                        row = rows[k] = [0, 0, False]
                     if base + size > high_water or (low and base + size > low_water):
-                        shed[k] += 1
+                        row[1] += 1
                         counts[5] += 1
                         continue
                     if not size:
-                        filled[k] = True
+                        row[2] = True
                     buf += out
-                    app[k] += 1
+                    row[0] += 1
                     chunk[0] += 1
             if not fresh:
                 continue
@@ -548,11 +579,10 @@ class RelayCore:
             [(slot, appended, shed, filled)] for each slot that was written or shed, where
             filled says the slot's bytearray was empty before its first copy).
         """
-        app, shed, filled = self._app, self._shed, self._filled
-        rows = [(k, app[k], shed[k], filled[k]) for k in range(len(app)) if app[k] or shed[k]]
+        rows = sorted((k, a, s, f) for k, (a, s, f) in self._rows.items())
         out = (self._chunk[0], self._chunk[1], self._chunk[2], rows)
         self._chunk = [0, 0, 0]
-        self._reset_counts()
+        self._rows = {}
         return out
 
     def take_counts(self) -> tuple[int, int, int, int, int, int, int, int]:

@@ -182,12 +182,24 @@ cdef class RelayCore:
     cdef GuidCache _seen
     cdef RouteMap _routes
     cdef int _mode
-    cdef dict _peers  # peer id -> [generation, is relay peer, QRP kind, slots bytearray or None, bits]
-    cdef tuple _slot_ids  # every peer, in the order they were added
+    cdef dict _peers  # peer id -> [generation, is relay peer, QRP kind, slots bytearray or None, bits, slot]
+    cdef list _ids  # per slot: the peer id (a removed slot is refilled by the last one)
     cdef list _tables  # per slot: the peer's QRP slots bytearray, or None
     cdef int64_t *_rid
-    cdef Py_ssize_t *_base  # per slot, this call: queued bytes beside the bytearray, <0 = none
-    cdef Py_ssize_t *_size  # per slot, this call: bytes written in its bytearray (it may be longer)
+    cdef Py_ssize_t *_base  # per slot, from its first touch this call: queued bytes beside the bytearray
+    cdef Py_ssize_t *_size  # per slot, from its first touch this call: bytes written in its bytearray
+    cdef uint32_t *_touch  # per slot: the call (epoch) that last read its base and size
+    cdef uint32_t _epoch
+    cdef Py_ssize_t *_tlist  # slots touched this call (their bytearrays get their length back)
+    cdef Py_ssize_t _ntouch
+    cdef Py_ssize_t *_clist  # slots written or shed this chunk (end_chunk's rows)
+    cdef Py_ssize_t _nchunk
+    cdef Py_ssize_t *_cand  # slots that may get copies: relay peers, and leaves with a table
+    cdef Py_ssize_t *_cpos  # per slot: its index in _cand, or -1
+    cdef Py_ssize_t _ncand
+    cdef Py_ssize_t *_tabs  # slots whose table the core reads (QRP_TABLE)
+    cdef Py_ssize_t *_tpos  # per slot: its index in _tabs, or -1
+    cdef Py_ssize_t _ntabs
     cdef uint32_t *_app
     cdef uint32_t *_shed
     cdef uint8_t *_filled
@@ -208,6 +220,13 @@ cdef class RelayCore:
         self._rid = NULL
         self._base = NULL
         self._size = NULL
+        self._touch = NULL
+        self._tlist = NULL
+        self._clist = NULL
+        self._cand = NULL
+        self._cpos = NULL
+        self._tabs = NULL
+        self._tpos = NULL
         self._app = NULL
         self._shed = NULL
         self._filled = NULL
@@ -233,9 +252,11 @@ cdef class RelayCore:
         self._seen = seen
         self._routes = routes
         self._peers = {}
-        self._slot_ids = ()
+        self._ids = []
         self._tables = []
         self._nslots = self._alloc = 0
+        self._ntouch = self._nchunk = self._ncand = self._ntabs = 0
+        self._epoch = 1
         self._leaf_qrp = self._relay_qrp = self._leaf_opaque = self._relay_opaque = 0
         self._local_mode = LOCAL_ALL
         self._local_table = b""
@@ -245,6 +266,13 @@ cdef class RelayCore:
         free(self._rid)
         free(self._base)
         free(self._size)
+        free(self._touch)
+        free(self._tlist)
+        free(self._clist)
+        free(self._cand)
+        free(self._cpos)
+        free(self._tabs)
+        free(self._tpos)
         free(self._app)
         free(self._shed)
         free(self._filled)
@@ -260,8 +288,12 @@ cdef class RelayCore:
 
     @property
     def slot_ids(self):
-        """Every peer's id in slot order (relay peers and leaves): relay()'s `bufs` and `bases` follow it."""
-        return self._slot_ids
+        """Every peer's id in slot order (relay peers and leaves): relay()'s `bufs` and `bases` follow it.
+
+        A new peer takes the next slot; a removed peer's slot is taken by the last one (so a link
+        change costs O(1), and the caller's per-slot lists follow with the same two moves).
+        """
+        return tuple(self._ids)
 
     # --- peers -------------------------------------------------------------------------
     def add_peer(self, peer_id, gen, relay):
@@ -274,16 +306,60 @@ cdef class RelayCore:
             raise LocalProtocolError(f"peer {peer_id} already registered")
         if not 0 <= peer_id <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
             raise LocalProtocolError(f"peer {peer_id} / generation {gen} out of range")
-        self._peers[peer_id] = [gen, bool(relay), QRP_NONE, None, 0]
-        self._set_slots(self._slot_ids + (peer_id,))
+        cdef Py_ssize_t k = self._nslots
+        self._grow(k + 1)
+        st = [gen, bool(relay), QRP_NONE, None, 0, k]
+        self._peers[peer_id] = st
+        self._ids.append(peer_id)
+        self._tables.append(None)
+        self._rid[k] = peer_id
+        self._touch[k] = 0
+        self._app[k] = self._shed[k] = 0
+        self._filled[k] = 0
+        self._cpos[k] = self._tpos[k] = -1
+        self._nslots = k + 1
+        self._slot_qrp(k, st)
+        return k
 
     def remove_peer(self, peer_id):
-        """Forget a peer (unknown ids are ignored)."""
+        """Forget a peer (unknown ids are ignored).
+
+        Returns:
+            (slot, moved): the slot it held and the id of the peer moved into it from the last slot
+            (-1 when it held the last slot itself); None for an unknown id.
+        """
         st = self._peers.pop(peer_id, None)
         if st is None:
-            return
+            return None
         self._count_qrp(st, -1)
-        self._set_slots(tuple(p for p in self._slot_ids if p != peer_id))
+        cdef Py_ssize_t k = st[5], last = self._nslots - 1
+        self._cand_del(k)
+        self._tab_del(k)
+        if self._app[k] or self._shed[k]:  # drop its row from this chunk's figures
+            self._chunk_del(k)
+            self._app[k] = self._shed[k] = 0
+            self._filled[k] = 0
+        moved = -1
+        if k != last:
+            moved = self._ids[last]
+            mst = self._peers[moved]
+            self._cand_del(last)
+            self._tab_del(last)
+            if self._app[last] or self._shed[last]:  # its row of this chunk moves with it
+                self._chunk_move(last, k)
+            self._ids[k] = moved
+            self._tables[k] = self._tables[last]
+            self._rid[k] = self._rid[last]
+            self._touch[k] = 0
+            self._app[k] = self._app[last]
+            self._shed[k] = self._shed[last]
+            self._filled[k] = self._filled[last]
+            mst[5] = k
+            self._slot_qrp(k, mst)
+        self._ids.pop()
+        self._tables.pop()
+        self._nslots = last
+        return (k, moved)
 
     def set_qrp(self, peer_id, has_table, slots=None, bits=0):
         """Install, replace or clear a peer's QRP table.
@@ -313,10 +389,7 @@ cdef class RelayCore:
         st[3] = slots
         st[4] = bits if slots is not None else 0
         self._count_qrp(st, 1)
-        cdef Py_ssize_t k
-        for k in range(self._nslots):
-            if self._rid[k] == peer_id:
-                self._slot_qrp(k, st)
+        self._slot_qrp(st[5], st)
 
     cdef _count_qrp(self, list st, int d):
         if st[2] == QRP_NONE:
@@ -331,35 +404,91 @@ cdef class RelayCore:
                 self._leaf_opaque += d
 
     cdef _slot_qrp(self, Py_ssize_t k, list st):
+        """Copy a peer's role and table into slot k and keep the candidate and table lists right."""
         self._leaf[k] = not st[1]
         self._qkind[k] = st[2]
         self._qshift[k] = 32 - st[4] if st[2] == QRP_TABLE else 0
+        self._qtab[k] = NULL
         self._tables[k] = st[3]
+        if st[1] or st[2] != QRP_NONE:  # a leaf without a table gets nothing: not a candidate
+            self._cand_add(k)
+        else:
+            self._cand_del(k)
+        if st[2] == QRP_TABLE:
+            self._tab_add(k)
+        else:
+            self._tab_del(k)
 
-    cdef _set_slots(self, tuple ids):
-        cdef Py_ssize_t n = len(ids), k
-        if n > self._alloc:
-            size = max(n, 2 * self._alloc, 8)
-            self._rid = <int64_t *>_grow_array(self._rid, size * sizeof(int64_t))
-            self._base = <Py_ssize_t *>_grow_array(self._base, size * sizeof(Py_ssize_t))
-            self._size = <Py_ssize_t *>_grow_array(self._size, size * sizeof(Py_ssize_t))
-            self._app = <uint32_t *>_grow_array(self._app, size * sizeof(uint32_t))
-            self._shed = <uint32_t *>_grow_array(self._shed, size * sizeof(uint32_t))
-            self._filled = <uint8_t *>_grow_array(self._filled, size * sizeof(uint8_t))
-            self._leaf = <uint8_t *>_grow_array(self._leaf, size * sizeof(uint8_t))
-            self._qkind = <uint8_t *>_grow_array(self._qkind, size * sizeof(uint8_t))
-            self._qshift = <uint8_t *>_grow_array(self._qshift, size * sizeof(uint8_t))
-            self._qtab = <const uint8_t **>_grow_array(<void *>self._qtab, size * sizeof(uint8_t *))
-            self._alloc = size
-        self._tables = [None] * n
-        for k in range(n):
-            self._rid[k] = ids[k]
-            self._slot_qrp(k, self._peers[ids[k]])
-        memset(self._app, 0, n * sizeof(uint32_t))
-        memset(self._shed, 0, n * sizeof(uint32_t))
-        memset(self._filled, 0, n)
-        self._slot_ids = ids
-        self._nslots = n
+    cdef _grow(self, Py_ssize_t n):
+        cdef Py_ssize_t size
+        if n <= self._alloc:
+            return
+        size = max(n, 2 * self._alloc, 8)
+        self._rid = <int64_t *>_grow_array(self._rid, size * sizeof(int64_t))
+        self._base = <Py_ssize_t *>_grow_array(self._base, size * sizeof(Py_ssize_t))
+        self._size = <Py_ssize_t *>_grow_array(self._size, size * sizeof(Py_ssize_t))
+        self._touch = <uint32_t *>_grow_array(self._touch, size * sizeof(uint32_t))
+        self._tlist = <Py_ssize_t *>_grow_array(self._tlist, size * sizeof(Py_ssize_t))
+        self._clist = <Py_ssize_t *>_grow_array(self._clist, size * sizeof(Py_ssize_t))
+        self._cand = <Py_ssize_t *>_grow_array(self._cand, size * sizeof(Py_ssize_t))
+        self._cpos = <Py_ssize_t *>_grow_array(self._cpos, size * sizeof(Py_ssize_t))
+        self._tabs = <Py_ssize_t *>_grow_array(self._tabs, size * sizeof(Py_ssize_t))
+        self._tpos = <Py_ssize_t *>_grow_array(self._tpos, size * sizeof(Py_ssize_t))
+        self._app = <uint32_t *>_grow_array(self._app, size * sizeof(uint32_t))
+        self._shed = <uint32_t *>_grow_array(self._shed, size * sizeof(uint32_t))
+        self._filled = <uint8_t *>_grow_array(self._filled, size * sizeof(uint8_t))
+        self._leaf = <uint8_t *>_grow_array(self._leaf, size * sizeof(uint8_t))
+        self._qkind = <uint8_t *>_grow_array(self._qkind, size * sizeof(uint8_t))
+        self._qshift = <uint8_t *>_grow_array(self._qshift, size * sizeof(uint8_t))
+        self._qtab = <const uint8_t **>_grow_array(<void *>self._qtab, size * sizeof(uint8_t *))
+        self._alloc = size
+
+    cdef inline void _cand_add(self, Py_ssize_t k) noexcept:
+        if self._cpos[k] < 0:
+            self._cpos[k] = self._ncand
+            self._cand[self._ncand] = k
+            self._ncand += 1
+
+    cdef inline void _cand_del(self, Py_ssize_t k) noexcept:
+        cdef Py_ssize_t j = self._cpos[k], t
+        if j < 0:
+            return
+        self._ncand -= 1
+        t = self._cand[self._ncand]
+        self._cand[j] = t
+        self._cpos[t] = j
+        self._cpos[k] = -1
+
+    cdef inline void _tab_add(self, Py_ssize_t k) noexcept:
+        if self._tpos[k] < 0:
+            self._tpos[k] = self._ntabs
+            self._tabs[self._ntabs] = k
+            self._ntabs += 1
+
+    cdef inline void _tab_del(self, Py_ssize_t k) noexcept:
+        cdef Py_ssize_t j = self._tpos[k], t
+        if j < 0:
+            return
+        self._ntabs -= 1
+        t = self._tabs[self._ntabs]
+        self._tabs[j] = t
+        self._tpos[t] = j
+        self._tpos[k] = -1
+
+    cdef void _chunk_move(self, Py_ssize_t old, Py_ssize_t new) noexcept:
+        cdef Py_ssize_t j
+        for j in range(self._nchunk):
+            if self._clist[j] == old:
+                self._clist[j] = new
+                return
+
+    cdef void _chunk_del(self, Py_ssize_t k) noexcept:
+        cdef Py_ssize_t j
+        for j in range(self._nchunk):
+            if self._clist[j] == k:
+                self._nchunk -= 1
+                self._clist[j] = self._clist[self._nchunk]
+                return
 
     # --- local filter --------------------------------------------------------------------
     def set_local(self, table, bits=0):
@@ -429,26 +558,32 @@ cdef class RelayCore:
         Raises:
             LocalProtocolError: bufs / bases do not match slot_ids, or an item of bufs is not a bytearray.
         """
-        cdef Py_ssize_t n = PyList_GET_SIZE(msgs), ns = self._nslots, i = start, k
+        # Strategy: nothing here walks every slot. A slot's buffer and base are read when a copy
+        # first goes to it in this call (an epoch per slot says whether it was), its table pointer
+        # is refreshed over the slots that have tables only, and only the slots touched get their
+        # bytearray's length back at the end: a chunk costs O(its messages x their targets), not
+        # O(links), so thousands of quiet links cost nothing per chunk.
+        cdef Py_ssize_t n = PyList_GET_SIZE(msgs), ns = self._nslots, i = start, j, k
         if PyList_GET_SIZE(bufs) != ns or PyList_GET_SIZE(bases) != ns:
             raise LocalProtocolError(f"relay() needs {ns} output buffers and bases")
-        for k in range(ns):
-            if not PyByteArray_CheckExact(<object>PyList_GET_ITEM(bufs, k)):
-                raise LocalProtocolError(f"output buffer {k} is not a bytearray")
-            self._base[k] = <object>PyList_GET_ITEM(bases, k)
-            self._size[k] = PyByteArray_GET_SIZE(<object>PyList_GET_ITEM(bufs, k))
         st = self._peers.get(peer_id)
         if i >= n:
             return n, STOP_END
         if st is None or not st[1] or self._mode == MODE_LEAF:
             return i, STOP_ROUTE
+        self._epoch += 1
+        if self._epoch == 0:  # wrapped: no slot may look touched
+            memset(self._touch, 0, self._alloc * sizeof(uint32_t))
+            self._epoch = 1
+        self._ntouch = 0
         self._load_tables()
         try:
-            i = self._relay(peer_id, <uint32_t>st[0], msgs, i, now, bufs, low_water, high_water)
+            i = self._relay(peer_id, <uint32_t>st[0], msgs, i, now, bufs, bases, low_water, high_water)
         finally:
             # Buffers grow ahead in doubling steps: give each back its written length (a shrink by
             # less than half keeps the allocation, so the next call appends without a realloc).
-            for k in range(ns):
+            for j in range(self._ntouch):
+                k = self._tlist[j]
                 buf = <object>PyList_GET_ITEM(bufs, k)
                 if PyByteArray_GET_SIZE(buf) != self._size[k]:
                     PyByteArray_Resize(buf, self._size[k])
@@ -460,13 +595,12 @@ cdef class RelayCore:
 
     cdef _load_tables(self):
         """Point at each table's bytes for this call; a table resized since set_qrp counts as unreadable."""
-        cdef Py_ssize_t k
+        cdef Py_ssize_t j, k
         self._op_leaf = self._leaf_opaque
         self._op_relay = self._relay_opaque
-        for k in range(self._nslots):
+        for j in range(self._ntabs):
+            k = self._tabs[j]
             self._qtab[k] = NULL
-            if self._qkind[k] != QRP_TABLE:
-                continue
             t = self._tables[k]
             if PyByteArray_GET_SIZE(t) == (<Py_ssize_t>1) << (32 - self._qshift[k]):
                 self._qtab[k] = <const uint8_t *>PyByteArray_AS_STRING(t)
@@ -476,7 +610,7 @@ cdef class RelayCore:
                 self._op_relay += 1
 
     cdef Py_ssize_t _relay(self, int peer_id, uint32_t gen, list msgs, Py_ssize_t i, double now, list bufs,
-                           Py_ssize_t low_water, Py_ssize_t high_water) except? PY_SSIZE_T_MIN:
+                           list bases, Py_ssize_t low_water, Py_ssize_t high_water) except? PY_SSIZE_T_MIN:
         """relay()'s loop: the index it stopped at (STOP_ROUTE, or n at the end), -index-1 for STOP_LOCAL."""
         cdef Py_ssize_t n = PyList_GET_SIZE(msgs), plen, nw
         cdef bint up = self._mode == MODE_ULTRAPEER
@@ -530,8 +664,8 @@ cdef class RelayCore:
                     route.ttl = <uint8_t>out_ttl
                     route.peer = peer_id
                     route.gen = gen
-                    self._emit(peer_id, m, out_ttl, hops, last, False, codes, nw, bufs, low_water,
-                               high_water)
+                    self._emit(peer_id, m, out_ttl, hops, last, False, codes, nw, bufs, bases,
+                               low_water, high_water)
                     self._n_dup_ttl += 1
                     i += 1
                     continue
@@ -547,8 +681,8 @@ cdef class RelayCore:
                 out_ttl = 1  # spent here: matching leaves still get it (Router._route_query)
                 leaves_only = True
             if out_ttl:
-                self._emit(peer_id, m, out_ttl, hops, last, leaves_only, codes, nw, bufs, low_water,
-                           high_water)
+                self._emit(peer_id, m, out_ttl, hops, last, leaves_only, codes, nw, bufs, bases,
+                           low_water, high_water)
             if self._may_match(h + HDR, plen, codes, nw):
                 return -i - 1
             self._c_unseen += 1
@@ -557,15 +691,16 @@ cdef class RelayCore:
 
     cdef inline Py_ssize_t _emit(self, int peer_id, Message m, int out_ttl, int hops, bint last,
                                  bint leaves_only, const uint32_t *codes, Py_ssize_t nw, list bufs,
-                                 Py_ssize_t low_water, Py_ssize_t high_water) except -1:
+                                 list bases, Py_ssize_t low_water, Py_ssize_t high_water) except -1:
         """Append m's relayed copy (TTL out_ttl, hops + 1) to every target's buffer (Router._select_targets
         rules, flow control as Peer.enqueue); return the number of targets chosen (sheds included)."""
-        cdef Py_ssize_t ns = self._nslots, k, size, room, base, mlen = m._len, chosen = 0
+        cdef Py_ssize_t nc = self._ncand, j, k, size, room, base, mlen = m._len, chosen = 0
         cdef const uint8_t *h = <const uint8_t *>m._ptr()
         cdef uint8_t *q
         cdef bint low = hops >= 2
         cdef object buf
-        for k in range(ns):
+        for j in range(nc):
+            k = self._cand[j]
             if self._rid[k] == peer_id:
                 continue
             if self._leaf[k]:
@@ -582,6 +717,8 @@ cdef class RelayCore:
                     continue
             chosen += 1
             self._n_forwarded += 1
+            if self._touch[k] != self._epoch:
+                self._touch_slot(k, bufs, bases)
             base = self._base[k]
             if base < 0:
                 if base == -1:
@@ -590,6 +727,9 @@ cdef class RelayCore:
             buf = <object>PyList_GET_ITEM(bufs, k)
             size = self._size[k]
             if base + size > high_water or (low and base + size > low_water):
+                if not self._app[k] and not self._shed[k]:
+                    self._clist[self._nchunk] = k
+                    self._nchunk += 1
                 self._shed[k] += 1
                 self._n_flow += 1
                 continue
@@ -604,9 +744,24 @@ cdef class RelayCore:
             q[18] = <uint8_t>(hops + 1)
             if size == 0:
                 self._filled[k] = 1
+            if not self._app[k] and not self._shed[k]:
+                self._clist[self._nchunk] = k
+                self._nchunk += 1
             self._app[k] += 1
             self._c_sent += 1
         return chosen
+
+    cdef int _touch_slot(self, Py_ssize_t k, list bufs, list bases) except -1:
+        """First copy to slot k in this call: read its buffer's length and its base."""
+        buf = <object>PyList_GET_ITEM(bufs, k)
+        if not PyByteArray_CheckExact(buf):
+            raise LocalProtocolError(f"output buffer {k} is not a bytearray")
+        self._base[k] = <object>PyList_GET_ITEM(bases, k)
+        self._size[k] = PyByteArray_GET_SIZE(buf)
+        self._touch[k] = self._epoch
+        self._tlist[self._ntouch] = k
+        self._ntouch += 1
+        return 0
 
     def end_chunk(self):
         """Hand over and zero the per-chunk figures.
@@ -617,13 +772,15 @@ cdef class RelayCore:
             filled says the slot's bytearray was empty before its first copy).
         """
         rows = []
-        cdef Py_ssize_t k
-        for k in range(self._nslots):
-            if self._app[k] or self._shed[k]:
-                rows.append((k, self._app[k], self._shed[k], bool(self._filled[k])))
-                self._app[k] = 0
-                self._shed[k] = 0
-                self._filled[k] = 0
+        cdef Py_ssize_t j, k
+        for j in range(self._nchunk):
+            k = self._clist[j]
+            rows.append((k, self._app[k], self._shed[k], bool(self._filled[k])))
+            self._app[k] = 0
+            self._shed[k] = 0
+            self._filled[k] = 0
+        self._nchunk = 0
+        rows.sort()
         out = (self._c_sent, self._c_dups, self._c_unseen, rows)
         self._c_sent = self._c_dups = self._c_unseen = 0
         return out

@@ -146,8 +146,9 @@ class Router:
         self._peers: dict[int, _Peer] = {}
         self._next_gen = 0
         # Target lists rebuilt when peers change (tens of peers), read on every query.
-        self._relay_peers: tuple[int, ...] = ()  # ULTRAPEER and FLOOD peers
-        self._leaf_peers: tuple[int, ...] = ()
+        # ULTRAPEER and FLOOD peers, and leaves: insertion-ordered sets, so a link change is O(1).
+        self._relay_peers: dict[int, None] = {}
+        self._leaf_peers: dict[int, None] = {}
         self._drops: Counter[DropReason] = collections.Counter()
         self._received: Counter[int] = collections.Counter()
         self._forwarded: Counter[int] = collections.Counter()
@@ -242,8 +243,11 @@ class Router:
 
     # --- peers ---------------------------------------------------------------------
 
-    def add_peer(self, peer_id: int, role: PeerRole) -> None:
+    def add_peer(self, peer_id: int, role: PeerRole) -> int:
         """Register a connected neighbour (a reused id gets a fresh generation).
+
+        Returns:
+            Its slot in the relay core (RelayCore.slot_ids): the next one.
 
         Raises:
             LocalProtocolError: peer_id is negative or already registered.
@@ -254,14 +258,20 @@ class Router:
             raise LocalProtocolError(f"peer {peer_id} already registered")
         self._next_gen += 1
         self._peers[peer_id] = _Peer(PeerRole(role), self._next_gen)
-        self.core.add_peer(peer_id, self._next_gen, role != PeerRole.LEAF)
-        self._rebuild_targets()
+        (self._leaf_peers if role == PeerRole.LEAF else self._relay_peers)[peer_id] = None
+        return self.core.add_peer(peer_id, self._next_gen, role != PeerRole.LEAF)
 
-    def remove_peer(self, peer_id: int) -> None:
-        """Forget a neighbour; its reverse routes become stale without a scan. Unknown ids are ignored."""
-        if self._peers.pop(peer_id, None) is not None:
-            self.core.remove_peer(peer_id)
-            self._rebuild_targets()
+    def remove_peer(self, peer_id: int) -> tuple[int, int] | None:
+        """Forget a neighbour; its reverse routes become stale without a scan. Unknown ids are ignored.
+
+        Returns:
+            RelayCore.remove_peer's (slot, moved peer id or -1), None for an unknown id.
+        """
+        if self._peers.pop(peer_id, None) is None:
+            return None
+        self._relay_peers.pop(peer_id, None)
+        self._leaf_peers.pop(peer_id, None)
+        return self.core.remove_peer(peer_id)
 
     def set_qrp(self, peer_id: int, matcher: QrpMatcher | None) -> None:
         """Install (or clear with None) the QRP matcher of a peer: an object with .matches(words).
@@ -282,11 +292,6 @@ class Router:
         """Return the role of a live peer, or None."""
         peer = self._peers.get(peer_id)
         return None if peer is None else peer.role
-
-    def _rebuild_targets(self) -> None:
-        peers = self._peers
-        self._relay_peers = tuple(p for p, st in peers.items() if st.role != PeerRole.LEAF)
-        self._leaf_peers = tuple(p for p, st in peers.items() if st.role == PeerRole.LEAF)
 
     def _live(self, route: tuple[int, int] | None) -> int | None:
         """Return the peer id of a route if it still names the same live connection."""
@@ -461,7 +466,7 @@ class Router:
             Target peer ids.  A leaf-mode router sends only its own queries, to its ultrapeers.
         """
         if self.mode == "leaf":
-            return self._relay_peers if sender is None else ()
+            return tuple(self._relay_peers) if sender is None else ()
         return self._select_targets(sender, None if payload is not None else words, payload, hops_after)
 
     def _select_targets(

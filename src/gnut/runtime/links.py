@@ -87,11 +87,52 @@ class LinkManager:
             else:
                 self.n_ultrapeers -= 1
         if peer.established:
-            self.router.remove_peer(peer.id)
+            self._slot_removed(peer, self.router.remove_peer(peer.id))
             log.info("left %s: %s", peer.describe(), peer.close_reason)
-            self._qrp_dirty = True
+            self.qrp_changed()
         if peer in self._dirty:
             self._dirty.remove(peer)
+
+    # --- the relay core's per-slot lists -------------------------------------------------------
+    # Strategy: RelayCore.relay() takes one output bytearray and one "base" (bytes queued in the
+    # transport) per slot. The node keeps those lists as the core keeps its slots: a new link is
+    # appended, a departed one is replaced by the last (RelayCore.remove_peer says which), so a
+    # link change is O(1) and a chunk never rebuilds anything. A base is refreshed when the peer's
+    # output moves (after a flush, on resume_writing, on close): between those it can only
+    # overstate what is queued, so flow control errs towards shedding, never towards bloat.
+
+    def _slot_added(self, peer: Peer, k: int) -> None:
+        assert k == len(self._slot_peers), "relay core slots and the node's lists disagree"
+        peer.slot = k
+        self._slot_peers.append(peer)
+        self._slot_bufs.append(peer.outbuf)
+        self._slot_bases.append(self._base_of(peer))
+
+    def _slot_removed(self, peer: Peer, result: tuple[int, int] | None) -> None:
+        if result is None:
+            return
+        k, moved = result
+        last = self._slot_peers.pop()
+        buf = self._slot_bufs.pop()
+        base = self._slot_bases.pop()
+        if moved >= 0:
+            self._slot_peers[k] = last
+            self._slot_bufs[k] = buf
+            self._slot_bases[k] = base
+            last.slot = k
+        peer.slot = -1
+
+    @staticmethod
+    def _base_of(peer: Peer) -> int:
+        if peer.closed:
+            return -1
+        t = peer.transport
+        return t.get_write_buffer_size() if t is not None else 0
+
+    def output_changed(self, peer: Peer) -> None:
+        """A peer's transport buffer moved (flushed, drained, closed): refresh its base."""
+        if peer.slot >= 0:
+            self._slot_bases[peer.slot] = self._base_of(peer)
 
     def protocol_error(self, peer: Peer, exc: Exception) -> None:
         self.events["protocol_errors"] += 1
@@ -155,7 +196,7 @@ class LinkManager:
                 self.hosts.add(ev.peer_listen[0], ev.peer_listen[1], "handshake", time.time())
         if peer.outgoing and peer.listen_addr:
             self.hosts.succeeded(*peer.listen_addr, time.time())
-        self.router.add_peer(peer.id, peer.role)
+        self._slot_added(peer, self.router.add_peer(peer.id, peer.role))
         peer.counted = True
         if peer.role == rt.PeerRole.LEAF:
             self.n_leaves += 1

@@ -82,6 +82,10 @@ class Node(LinkManager):
         self.peers: dict[int, Peer] = {}
         self._next_id = 0
         self._dirty: list[Peer] = []
+        # Per relay-core slot: the peer, its output bytearray and its base (links.py keeps them).
+        self._slot_peers: list[Peer] = []
+        self._slot_bufs: list[bytearray] = []
+        self._slot_bases: list[int] = []
         self.hosts = HostCache(cfg.hosts_path if cfg.save_hosts else None)
         self.pong_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self.searches = SearchManager(self)
@@ -95,6 +99,10 @@ class Node(LinkManager):
         self._last_save = 0.0
         self._qrp_dirty = True
         self._qrp_sent: dict[int, qrp.QrpTable] = {}
+        # Our QRP table and its full encoding (RESET + PATCH), built once per change and shared by
+        # every link that asks for it: a new link costs neither a table build nor a compression.
+        self._qrp_table: qrp.QrpTable | None = None
+        self._qrp_full: list[bytes] | None = None
         self.share = None
         self.transfers = None
         # Things run beside the node (the app's control API): started last, stopped first.
@@ -212,8 +220,11 @@ class Node(LinkManager):
         dirty = self._dirty
         if dirty:
             self._dirty = []
+            bases = self._slot_bases
             for p in dirty:
                 p.flush()
+                if p.slot >= 0:
+                    bases[p.slot] = self._base_of(p)
 
     def on_frames(self, peer: Peer, msgs: list) -> None:
         """Route a chunk's messages and queue the relayed copies per target.
@@ -236,17 +247,7 @@ class Node(LinkManager):
         core = router.core if router.use_core and not verbose and router.core.active else None
         if core is not None:
             router.set_local_words(self.share.all_words() if self.share is not None else None)
-            targets, bufs, bases = [], [], []
-            for pid in core.slot_ids:
-                p = peers.get(pid)
-                targets.append(p)
-                if p is None:
-                    bufs.append(bytearray())
-                    bases.append(-2)
-                else:
-                    bufs.append(p.outbuf)
-                    t = p.transport
-                    bases.append(-1 if p.closed else t.get_write_buffer_size() if t is not None else 0)
+            targets, bufs, bases = self._slot_peers, self._slot_bufs, self._slot_bases
         n_msgs = len(msgs)
         i = 0
         try:
@@ -424,7 +425,7 @@ class Node(LinkManager):
             return
         if done:
             self.router.set_qrp(peer.id, peer.qrp.table)
-            self._qrp_dirty = True
+            self.qrp_changed()
             log.debug("QRP table from %s installed", peer.describe())
 
     def wants_our_qrp(self, peer: Peer) -> bool:
@@ -447,19 +448,37 @@ class Node(LinkManager):
                     table.merge(p.qrp.table)
         return table
 
+    def current_qrp_table(self) -> qrp.QrpTable:
+        """our_qrp_table(), built once per change (qrp_changed) and shared by every link."""
+        if self._qrp_table is None:
+            self._qrp_table = self.our_qrp_table()
+            self._qrp_full = None
+        return self._qrp_table
+
     def send_qrp(self, peer: Peer, table: qrp.QrpTable | None = None) -> None:
         if not peer.established or not self.wants_our_qrp(peer):
             return
-        table = table or self.our_qrp_table()
+        table = table or self.current_qrp_table()
         prev = self._qrp_sent.get(peer.id)
-        if prev is not None and prev.same_as(table):
+        if prev is table or (prev is not None and prev.same_as(table)):
             return
-        for m in table.to_messages(prev):
-            self.send_to(peer, MSG_QRP, m.encode(), 1)
+        if prev is None and table is self._qrp_table:
+            if self._qrp_full is None:
+                self._qrp_full = [m.encode() for m in table.to_messages(None)]
+            payloads = self._qrp_full
+        else:
+            payloads = [m.encode() for m in table.to_messages(prev)]
+        for payload in payloads:
+            self.send_to(peer, MSG_QRP, payload, 1)
         self._qrp_sent[peer.id] = table
 
-    def shares_changed(self) -> None:
+    def qrp_changed(self) -> None:
+        """Our table must be rebuilt and sent again (shares, a leaf's table, a leaf gone)."""
         self._qrp_dirty = True
+        self._qrp_table = None
+
+    def shares_changed(self) -> None:
+        self.qrp_changed()
 
     # --- housekeeping --------------------------------------------------------------------------
     async def _housekeeping(self) -> None:
@@ -497,7 +516,7 @@ class Node(LinkManager):
             table = None
             for p in list(self.peers.values()):
                 if p.established and self.wants_our_qrp(p):
-                    table = table or self.our_qrp_table()
+                    table = table or self.current_qrp_table()
                     self.send_qrp(p, table)
         self.searches.tick(now)
         if self.transfers is not None:

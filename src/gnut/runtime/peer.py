@@ -54,6 +54,7 @@ class Peer(asyncio.Protocol):
         self.last_rx = self.started
         self.ping_sent_at = 0.0
         self.outbuf = bytearray()
+        self.slot = -1  # this link's relay-core slot while it is established (links.py)
         self.closed = False
         self.close_reason = ""
         self.established = False
@@ -179,6 +180,10 @@ class Peer(asyncio.Protocol):
         else:
             self.outbuf.clear()
 
+    def resume_writing(self) -> None:
+        """The transport drained below its low-water mark: the relay core may queue again."""
+        self.node.output_changed(self)
+
     def _write_pending(self) -> None:
         if self.conn is None or self.transport is None:
             return
@@ -204,6 +209,7 @@ class Peer(asyncio.Protocol):
         self.close_reason = reason
         if self.transport is not None:
             self.transport.close()
+        self.node.output_changed(self)
 
     def describe(self) -> str:
         host, port = self.listen_addr or self.addr or ("?", 0)
