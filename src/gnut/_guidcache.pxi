@@ -20,8 +20,11 @@ cdef extern from *:
     """
     /* Ask for the cache line at p ahead of a write (a hint: it changes no result). */
     static inline void gnut_prefetch_w(const void *p) { __builtin_prefetch(p, 1, 1); }
+    /* ... and ahead of a read. */
+    static inline void gnut_prefetch_r(const void *p) { __builtin_prefetch(p, 0, 3); }
     """
     void gnut_prefetch_w(const void *p) nogil
+    void gnut_prefetch_r(const void *p) nogil
 
 
 cdef void *_table_alloc(size_t nbytes, bint zero) noexcept nogil:
@@ -260,7 +263,22 @@ cdef class GuidCache:
         self._slots[i] = 0
         self._count -= 1
 
+    cdef inline void _prefetch_slot(self, uint64_t h) noexcept nogil:
+        """Batched lookups, step 1: ask for the home slot of hash h (RelayCore runs it a few
+        messages ahead, so the table miss overlaps the work on earlier messages)."""
+        gnut_prefetch_r(&self._slots[self._home(h)])
+
+    cdef inline void _prefetch_record(self, uint64_t h) noexcept nogil:
+        """Step 2, once the slot is in cache: ask for the record it points to (a hit compares it)."""
+        cdef uint32_t s = self._slots[self._home(h)]
+        if s != 0:
+            gnut_prefetch_r(&self._ring[(s & self._imask) - 1])
+
     cdef bint _seen(self, const uint8_t *guid, uint8_t kind, double now) noexcept nogil:
+        return self._seen_h(guid, kind, now, self._hash(guid, kind))
+
+    cdef bint _seen_h(self, const uint8_t *guid, uint8_t kind, double now, uint64_t h) noexcept nogil:
+        """_seen with the hash already computed (h == _hash(guid, kind))."""
         cdef Record *r
         if now < self._now:
             now = self._now
@@ -274,7 +292,6 @@ cdef class GuidCache:
                 self._delete_tail()
             else:
                 break
-        cdef uint64_t h = self._hash(guid, kind)
         cdef uint32_t fp = self._fp(h)
         cdef uint32_t fmask = self._fmask
         cdef Py_ssize_t home = self._home(h)

@@ -168,10 +168,24 @@ cdef class RouteMap:
         cdef const uint8_t *g = self._recs[self._head].guid
         self._remove(self._find(g, self._hash(g)))
 
+    cdef inline void _prefetch_slot(self, uint64_t h) noexcept nogil:
+        """Batched lookups, step 1 (see GuidCache._prefetch_slot): the slot of hash h."""
+        gnut_prefetch_r(&self._slots[h & self._mask])
+
+    cdef inline void _prefetch_record(self, uint64_t h) noexcept nogil:
+        """Step 2: the record the slot of hash h points to."""
+        cdef uint64_t s = self._slots[h & self._mask]
+        if s != 0:
+            gnut_prefetch_r(&self._recs[<int32_t>(<uint32_t>s) - 1])
+
     cdef int _put(self, const uint8_t *guid, int32_t peer, uint32_t gen, double now, uint8_t ttl,
                   bint absent=False) except -1:
         """Insert or refresh guid's entry; `absent` says a lookup just found none (skips a probe)."""
-        cdef uint64_t h = self._hash(guid)
+        return self._put_h(guid, peer, gen, now, ttl, absent, self._hash(guid))
+
+    cdef int _put_h(self, const uint8_t *guid, int32_t peer, uint32_t gen, double now, uint8_t ttl,
+                    bint absent, uint64_t h) except -1:
+        """_put with the hash already computed (h == _hash(guid))."""
         cdef int64_t pos = -1 if absent else self._find(guid, h)
         if pos >= 0:
             self._remove(pos)
@@ -208,7 +222,11 @@ cdef class RouteMap:
 
     cdef RouteRec *_get(self, const uint8_t *guid, double now) noexcept nogil:
         """The live record of guid, or NULL (an aged entry is deleted)."""
-        cdef int64_t pos = self._find(guid, self._hash(guid))
+        return self._get_h(guid, now, self._hash(guid))
+
+    cdef RouteRec *_get_h(self, const uint8_t *guid, double now, uint64_t h) noexcept nogil:
+        """_get with the hash already computed (h == _hash(guid))."""
+        cdef int64_t pos = self._find(guid, h)
         if pos < 0:
             return NULL
         cdef RouteRec *rec = &self._recs[<int32_t>(<uint32_t>self._slots[pos]) - 1]
