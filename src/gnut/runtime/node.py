@@ -568,6 +568,7 @@ class Node(LinkManager):
             "dup_ttl_relays": r.dup_ttl_relays,
             "events": dict(self.events),
             "dynamic_queries": self.dq.stats(),
+            "spam": self.searches.spam_stats(),
             "hosts_known": len(self.hosts),
             "shared_files": len(self.share) if self.share is not None else 0,
             "transfers": self.transfers.stats() if self.transfers is not None else {},

@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from gnut.constants import MSG_QUERY, MSG_VENDOR
-from gnut.protocol import messages
+from gnut.protocol import messages, spam
 from gnut.protocol import routing as rt
 from gnut.protocol.guid import new_guid
+from gnut.protocol.printable import printable
 from gnut.runtime import dynquery
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ SEARCH_MAX_AGE = 600.0
 MAX_RESULTS_KEPT = 2000
 # Queued results per listener before the oldest are dropped (a stalled control client).
 LISTENER_QUEUE = 4096
+# The known-spam list in the node's home folder: one urn:sha1 or base32 SHA-1 a line.
+SPAM_LIST_NAME = "spam_sha1.txt"
+# Text of a urn-only source search (LimeWire-family servents send a lone backslash).
+URN_QUERY_TEXT = "\\"
 
 
 @dataclass(slots=True)
@@ -51,6 +56,11 @@ class Hit:
     vendor: str
     speed: int
     hops: int
+    busy: bool = False
+    # One of our own shared files (answered from the share index, not the network).
+    local: bool = False
+    # Why the spam filter rejected it (a gnut.protocol.spam reason), or None.
+    spam: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +76,7 @@ class Search:
         self.started = now
         self.last_used = now
         self.results: list[Hit] = []
+        self.kept = 0  # results that are not spam: what a Query Status Response reports
         self.listeners: list[asyncio.Queue] = []
         self.direct_sent = 0
         self.dq: dynquery.DqRecord | None = None
@@ -88,6 +99,7 @@ class Search:
         if len(self.results) >= MAX_RESULTS_KEPT:
             return
         self.results.append(hit)
+        self.kept += hit.spam is None
         for q in self.listeners:
             if q.full():
                 q.get_nowait()
@@ -103,6 +115,24 @@ class SearchManager:
     def __init__(self, node: NodeServices) -> None:
         self.node = node
         self.active: dict[bytes, Search] = {}
+        self.spam = spam.SpamFilter()
+        self.load_spam_list()
+
+    def load_spam_list(self) -> int:
+        """Read $GNUT_HOME/spam_sha1.txt (if any) into the spam filter; returns the SHA-1s it held."""
+        path = self.node.cfg.home / SPAM_LIST_NAME
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(spam.MAX_LIST_BYTES)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.warning("spam list %s unreadable: %s", path, exc)
+            return 0
+        found, bad = spam.parse_list(data.decode("utf-8", "replace"))
+        self.spam.add_known(found)
+        log.info("spam list %s: %d SHA-1s%s", path, len(found), f", {bad} bad line(s) skipped" if bad else "")
+        return len(found)
 
     def start(self, text: str, urns: tuple[str, ...] = (), ttl: int | None = None) -> Search:
         """Send a QUERY for `text` (and/or urns) to our peers and return its Search.
@@ -151,12 +181,18 @@ class SearchManager:
             return
         qh = messages.QueryHit.decode(msg.payload)
         vendor = qh.vendor.decode("latin-1") if qh.vendor else ""
+        now = time.monotonic()
+        text_query = bool(search.text.strip()) and search.text != URN_QUERY_TEXT
+        guid_hex = qh.servent_guid.hex()
         for r in qh.results:
             urn = next((u for u in r.urns if u.lower().startswith("urn:sha1:")), None)
+            reason = self.spam.classify(search.text, r.name, r.size, urn, guid_hex, now, text_query)
+            if reason is not None:
+                log.debug("spam (%s) from %s:%d: %s", reason, qh.ip, qh.port, printable(r.name))
             search.add(Hit(
                 name=r.name, size=r.size, urn=urn, host=qh.ip, port=qh.port, index=r.index,
-                servent_guid=qh.servent_guid.hex(), firewalled=bool(qh.push), vendor=vendor,
-                speed=qh.speed, hops=msg.hops,
+                servent_guid=guid_hex, firewalled=bool(qh.push), vendor=vendor,
+                speed=qh.speed, hops=msg.hops, busy=bool(qh.busy), spam=reason,
             ))
 
     def get(self, guid: bytes) -> Search | None:
@@ -180,8 +216,12 @@ class SearchManager:
         A query we no longer run gets 0xFFFF, which tells the ultrapeer to stop it.
         """
         search = self.active.get(guid)
-        kept = dynquery.QSTAT_STOP if search is None else len(search.results)
+        kept = dynquery.QSTAT_STOP if search is None else search.kept
         self.node.send_to(peer, MSG_VENDOR, dynquery.status_response(kept), 1, guid=guid)
+
+    def spam_stats(self) -> dict:
+        """The spam filter's counters, for node.stats()["spam"]."""
+        return self.spam.stats()
 
     def tick(self, now: float) -> None:
         for guid, s in list(self.active.items()):
