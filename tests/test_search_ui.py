@@ -356,3 +356,24 @@ def test_live_table_on_a_terminal(tmp_path, run):
             assert "3 files from 4 sources" in final and "gnut get N downloads row N" in final
 
     run(go)
+
+
+@pytest.mark.parametrize("text, size", [("700k", 700 * 1024), ("10M", 10 << 20), ("1.5G", 3 << 29), ("123", 123),
+                                        ("2MB", 2 << 20), ("1 KiB", 1024)])
+def test_sizes_users_type(text, size):
+    from gnut.app.searchview import parse_size
+
+    assert parse_size(text) == size
+
+
+def test_rich_cells_never_read_markup():
+    from rich.console import Console
+
+    from gnut.app import searchview
+
+    r = searchview.Results("x")
+    r.add({"name": "[bold red]x[/] [link=http://e]y", "size": 5, "urn": None, "host": "127.0.0.1", "port": 1,
+           "index": 1, "servent_guid": "00" * 16, "firewalled": False, "speed": 0})
+    con = Console(width=120, record=True, color_system=None)
+    con.print(searchview.rich_table(r.rows()))
+    assert "[bold red]x[/] [link=http://e]y" in con.export_text()
