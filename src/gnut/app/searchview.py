@@ -265,8 +265,11 @@ class LiveView:
         self.limit = limit
         self.console = console or Console(highlight=False)
         self.started = time.monotonic()
-        self.live = Live(self._render(False), console=self.console, auto_refresh=False, transient=False)
+        # Transient: the live region (cut to the terminal's height) is erased at the end and the
+        # whole final table printed once, so every row lands in the scrollback.
+        self.live = Live(self._render(False), console=self.console, auto_refresh=False, transient=True)
         self.last_draw = 0.0
+        self.done = False
 
     def _render(self, done: bool):
         r = self.results
@@ -287,7 +290,10 @@ class LiveView:
             self.live.update(self._render(False), refresh=True)
 
     def finish(self) -> None:
-        self.live.update(self._render(True), refresh=True)
+        """The search ended normally: the final table says so (not "searching…")."""
+        self.done = True
 
     def __exit__(self, *exc) -> None:
         self.live.stop()
+        # Also after Ctrl-C: what was found so far stays on screen.
+        self.console.print(self._render(self.done))
