@@ -377,3 +377,28 @@ def test_rich_cells_never_read_markup():
     con = Console(width=120, record=True, color_system=None)
     con.print(searchview.rich_table(r.rows()))
     assert "[bold red]x[/] [link=http://e]y" in con.export_text()
+
+
+def test_quiet_and_timeout_from_config(tmp_path, run):
+    async def go():
+        async with Net(tmp_path) as net:
+            # Stand-alone: $GNUT_HOME/config.toml holds the search settings.
+            c = tmp_path / "c"
+            c.mkdir()
+            (c / "config.toml").write_text("search_timeout = 30.0\nsearch_quiet = 0.5\n")
+            rc, out, err, took = await gnut(c, "search", "zzyzx", "--connect", f"127.0.0.1:{net.u.address[1]}")
+            assert rc == 1 and took < 8, (took, err)
+            (c / "config.toml").write_text("search_quiet = 0.5\nsearch_timeout = 1.0\nsearch_colour = 1\n")
+            rc, out, err, _ = await gnut(c, "search", "zzyzx")
+            assert rc == 2 and "unknown setting 'search_colour'" in err
+            # Through the running node: its own settings apply when the command line says nothing.
+            net.u.cfg.search_quiet = 0.5
+            net.u.cfg.search_timeout = 30.0
+            rc, out, err, took = await gnut(net.u.cfg.home, "search", "zzyzx")
+            assert rc == 1 and took < 8, (took, err)
+            net.u.cfg.search_quiet = 30.0
+            net.u.cfg.search_timeout = 1.0
+            rc, out, err, took = await gnut(net.u.cfg.home, "search", "zzyzx")
+            assert rc == 1 and 1.0 <= took < 8, (took, err)
+
+    run(go)
