@@ -294,7 +294,7 @@ def test_get_through_push_from_firewalled_node(net, tmp_path):
         "1",
     )
     (hit,) = json_lines(res.stdout)
-    assert hit["firewalled"] is True and hit["port"] == f.port
+    assert hit["firewalled"] is True and hit["sources"][0]["port"] == f.port
     givs = status_json(f.home)["events"].get("giv_sent", 0)
     magnet = f"magnet:?xt={hit['urn']}&dn=walrus.bin&xl={FILE_SIZE}"
     res = cli(tmp_path / "p", "get", magnet, "--connect", a.addr, "--out", str(tmp_path / "out"), "--json")
