@@ -132,3 +132,19 @@ def test_memory_is_bounded(monkeypatch):
     for k in range(100):
         f.classify(f"q{k} common", "same name.mp3", 7, one, "s", 100.0)
     assert max(len(s.queries) for s in f._keys.values()) <= spam.MAX_QUERIES_PER_KEY
+
+
+def test_one_servent_cannot_fill_a_search():
+    from gnut.runtime import search as rs
+
+    s = rs.Search(b"g" * 16, "jazz", (), 0.0)
+
+    def hit(guid: str, k: int, reason=None) -> rs.Hit:
+        return rs.Hit(name=f"jazz {k}.mp3", size=10 + k, urn=None, host="127.0.0.1", port=1, index=k,
+                      servent_guid=guid, firewalled=False, vendor="", speed=0, hops=1, spam=reason)
+
+    taken = sum(s.add(hit("flood", k)) for k in range(rs.MAX_RESULTS_PER_SERVENT + 50))
+    assert taken == rs.MAX_RESULTS_PER_SERVENT and s.dropped == 50
+    assert s.add(hit("honest", 1)) and s.kept == rs.MAX_RESULTS_PER_SERVENT + 1
+    spam_taken = sum(s.add(hit(f"sp{k}", k, "zero_size")) for k in range(rs.MAX_SPAM_KEPT + 5))
+    assert spam_taken == rs.MAX_SPAM_KEPT and s.kept == rs.MAX_RESULTS_PER_SERVENT + 1

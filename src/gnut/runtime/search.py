@@ -33,6 +33,11 @@ log = logging.getLogger("gnut.runtime.search")
 SEARCH_MAX_AGE = 600.0
 # Results kept per search: more than any user reads; bounds memory against hit floods.
 MAX_RESULTS_KEPT = 2000
+# Results kept per search from one servent GUID: one peer (honest library or flooder) cannot
+# take the whole MAX_RESULTS_KEPT from the others.
+MAX_RESULTS_PER_SERVENT = 250
+# Spam-marked results kept per search (for --show-filtered); beyond this they are only counted.
+MAX_SPAM_KEPT = 200
 # Queued results per listener before the oldest are dropped (a stalled control client).
 LISTENER_QUEUE = 4096
 # The known-spam list in the node's home folder: one urn:sha1 or base32 SHA-1 a line.
@@ -77,6 +82,9 @@ class Search:
         self.last_used = now
         self.results: list[Hit] = []
         self.kept = 0  # results that are not spam: what a Query Status Response reports
+        self.spam_kept = 0
+        self.per_servent: dict[str, int] = {}
+        self.dropped = 0  # results over MAX_RESULTS_KEPT, MAX_RESULTS_PER_SERVENT or MAX_SPAM_KEPT
         self.listeners: list[asyncio.Queue] = []
         self.direct_sent = 0
         self.dq: dynquery.DqRecord | None = None
@@ -95,15 +103,24 @@ class Search:
         self.listeners.append(q)
         return q
 
-    def add(self, hit: Hit) -> None:
-        if len(self.results) >= MAX_RESULTS_KEPT:
-            return
+    def add(self, hit: Hit) -> bool:
+        """Keep a result and hand it to the listeners; False (counted in `dropped`) over a bound."""
+        mine = self.per_servent.get(hit.servent_guid, 0)
+        if (len(self.results) >= MAX_RESULTS_KEPT or mine >= MAX_RESULTS_PER_SERVENT
+                or (hit.spam is not None and self.spam_kept >= MAX_SPAM_KEPT)):
+            self.dropped += 1
+            return False
+        self.per_servent[hit.servent_guid] = mine + 1  # at most one new key per kept result
         self.results.append(hit)
-        self.kept += hit.spam is None
+        if hit.spam is None:
+            self.kept += 1
+        else:
+            self.spam_kept += 1
         for q in self.listeners:
             if q.full():
                 q.get_nowait()
             q.put_nowait(hit)
+        return True
 
     def sources(self, urn: str) -> list[Hit]:
         return [h for h in self.results if h.urn == urn]
@@ -189,11 +206,12 @@ class SearchManager:
             reason = self.spam.classify(search.text, r.name, r.size, urn, guid_hex, now, text_query)
             if reason is not None:
                 log.debug("spam (%s) from %s:%d: %s", reason, qh.ip, qh.port, printable(r.name))
-            search.add(Hit(
+            if not search.add(Hit(
                 name=r.name, size=r.size, urn=urn, host=qh.ip, port=qh.port, index=r.index,
                 servent_guid=guid_hex, firewalled=bool(qh.push), vendor=vendor,
                 speed=qh.speed, hops=msg.hops, busy=bool(qh.busy), spam=reason,
-            ))
+            )):
+                self.node.events["search_results_over_limit"] += 1
 
     def get(self, guid: bytes) -> Search | None:
         return self.active.get(guid)
