@@ -249,20 +249,31 @@ def test_spam_and_hostile_names(tmp_path, run):
 
 @pytest.mark.parametrize("style, reason, burst", [("fresh", "servent_every_query", 4),
                                                   ("same_urn", "urn_every_query", 3)])
-def test_servent_and_urn_answering_every_query(tmp_path, run, style, reason, burst):
+@pytest.mark.parametrize("via", ["node", "standalone"])
+def test_servent_and_urn_answering_every_query(tmp_path, run, style, reason, burst, via):
     async def go():
         async with Net(tmp_path) as net:
             await net.add_hostile(style)
             home = net.u.cfg.home
+            # Stand-alone, each search is a new short-lived node: the observations carry over in
+            # $GNUT_HOME/spam_state.json.
+            extra = ("--connect", f"127.0.0.1:{net.u.address[1]}") if via == "standalone" else ()
+            if via == "standalone":
+                home = tmp_path / "c"
             words = ["ocelot", "tundra", "marimba", "zeppelin", "quasar"]
             for k, word in enumerate(words):
-                rc, out, err, _ = await gnut(home, "search", word, "--quiet", "1", "--json", "--show-filtered")
+                rc, out, err, _ = await gnut(home, "search", word, "--quiet", "1", "--json", "--show-filtered",
+                                             *extra)
                 (rec,) = [json.loads(ln) for ln in out.splitlines()]
                 if k + 1 < burst:
                     assert rc == 0 and rec["spam"] is None, (word, rec)
                 else:
                     assert rc == 1 and rec["spam"] == reason, (word, rec)
-            assert net.u.stats()["spam"]["filtered"][reason] == len(words) - burst + 1
+            if via == "node":
+                assert net.u.stats()["spam"]["filtered"][reason] == len(words) - burst + 1
+            else:
+                state = json.loads((home / "spam_state.json").read_text())
+                assert any(c[2] == reason for c in state["convicted"]), state
 
     run(go)
 

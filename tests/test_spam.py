@@ -148,3 +148,34 @@ def test_one_servent_cannot_fill_a_search():
     assert s.add(hit("honest", 1)) and s.kept == rs.MAX_RESULTS_PER_SERVENT + 1
     spam_taken = sum(s.add(hit(f"sp{k}", k, "zero_size")) for k in range(rs.MAX_SPAM_KEPT + 5))
     assert spam_taken == rs.MAX_SPAM_KEPT and s.kept == rs.MAX_RESULTS_PER_SERVENT + 1
+
+
+def test_export_and_restore_carry_the_windows_over():
+    f = spam.SpamFilter()
+    words = ["ocelot", "tundra", "marimba"]
+    for k, w in enumerate(words):
+        assert f.classify(w, f"{w} remix.mp3", 5 + k, urn(w.encode()), "burst", 1000.0 + k) is None
+    f.classify("x", "x.mp3", 9, urn(b"u"), "s", 1000.0)
+    f.classify("y", "y.mp3", 0, None, "z", 1000.0)
+    state = spam.SpamFilter().export(0.0)
+    assert state == {"version": 1, "keys": [], "servents": [], "sizes": [], "convicted": []}
+    import json
+
+    doc = json.loads(json.dumps(f.export(1003.0)))
+    g = spam.SpamFilter()
+    assert g.restore(doc, 1004.0) > 0
+    assert g.classify("zeppelin", "zeppelin remix.mp3", 99, urn(b"zep"), "burst", 1004.0) == spam.SERVENT_EVERY_QUERY
+    assert g.classify("x", "x.mp3", 10, urn(b"u"), "s2", 1004.0) == spam.SIZE_MISMATCH
+    late = spam.SpamFilter()
+    assert late.restore(doc, 1003.0 + spam.SPAM_WINDOW + 10) == len(doc["sizes"])  # only sizes do not expire
+    assert late.classify("zeppelin", "zeppelin remix.mp3", 99, urn(b"zep2"), "burst", 2000.0) is None
+
+
+@pytest.mark.parametrize("doc", [{}, {"version": 2}, {"version": 1, "keys": 5, "servents": [], "sizes": [],
+                                                           "convicted": []},
+                                 {"version": 1, "keys": [], "servents": [], "sizes": [], "convicted": [[["x", 1], 0, "zero_size"]]},
+                                 {"version": 1, "keys": [[["key", True], [[["a"], "soon", "n"]]]], "servents": [],
+                                  "sizes": [], "convicted": []}])
+def test_restore_rejects_bad_state(doc):
+    with pytest.raises(ValueError):
+        spam.SpamFilter().restore(doc, 0.0)

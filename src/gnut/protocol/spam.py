@@ -60,6 +60,9 @@ DISGUISE_EXTS = frozenset({
     "zip", "rar", "doc", "txt",
 })
 
+# Format of `SpamFilter.export()`; another version is ignored on restore.
+STATE_VERSION = 1
+
 KNOWN = "known_spam"
 EXE_NAME = "exe_named_query"
 ZERO_SIZE = "zero_size"
@@ -157,6 +160,14 @@ class _Seen:
     def recent(self, now: float, window: float) -> list[tuple[frozenset[str], str]]:
         """(query words, name) answered within the window, newest first."""
         return [(q, name) for q, (t, name) in reversed(self.queries.items()) if now - t <= window]
+
+
+def _state_key(k) -> tuple:
+    """A ("key", base32 or size) / ("servent", hex) pair back from its JSON list."""
+    kind, ident = k
+    if kind not in ("key", "servent") or not isinstance(ident, (str, int)) or isinstance(ident, bool):
+        raise TypeError(f"bad key {k!r}")
+    return (kind, ident)
 
 
 def _touch(lru: OrderedDict, key, make, bound: int):
@@ -258,6 +269,54 @@ class SpamFilter:
             self._convict(("servent", servent), SERVENT_EVERY_QUERY, now)
             return SERVENT_EVERY_QUERY
         return None
+
+    def export(self, now: float) -> dict:
+        """The observations still inside the window, as JSON-able data (for a restart or the next client).
+
+        Times are whatever clock `classify` was given: use wall-clock time when the state is kept
+        across processes.
+        """
+        w = self.window
+
+        def seen(lru: OrderedDict) -> list:
+            out = []
+            for k, v in lru.items():
+                qs = [[sorted(q), t, n] for q, (t, n) in v.queries.items() if now - t <= w]
+                if qs:
+                    out.append([list(k) if isinstance(k, tuple) else k, qs])
+            return out
+
+        return {"version": STATE_VERSION, "keys": seen(self._keys), "servents": seen(self._servents),
+                "sizes": [[k, v] for k, v in self._sizes.items()],
+                "convicted": [[list(k), t, r] for k, (t, r) in self._convicted.items() if now - t <= w]}
+
+    def restore(self, doc: dict, now: float) -> int:
+        """Take back what `export` gave (stale entries skipped, every bound applied); returns entries taken.
+
+        Raises:
+            ValueError: the data is not an export of this version (nothing half-restored counts as an error).
+        """
+        try:
+            if doc.get("version") != STATE_VERSION:
+                raise ValueError(f"spam state version {doc.get('version')!r}, expected {STATE_VERSION}")
+            taken = 0
+            for field_name, lru in (("keys", self._keys), ("servents", self._servents)):
+                for k, qs in doc[field_name][:MAX_TRACKED]:
+                    key = _state_key(k) if field_name == "keys" else str(k)
+                    for q, t, name in qs[-MAX_QUERIES_PER_KEY:]:
+                        if now - float(t) <= self.window:
+                            _touch(lru, key, _Seen, MAX_TRACKED).note(frozenset(map(str, q)), str(name), float(t))
+                            taken += 1
+            for k, size in doc["sizes"][-MAX_URN_SIZES:]:
+                _touch(self._sizes, str(k), lambda size=size: int(size), MAX_URN_SIZES)
+                taken += 1
+            for k, t, reason in doc["convicted"][-MAX_CONVICTED:]:
+                if reason in REASONS and now - float(t) <= self.window:
+                    self._convict(_state_key(k), reason, float(t))
+                    taken += 1
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed spam state: {exc!r}") from None
+        return taken
 
     def stats(self) -> dict:
         """Results checked, filtered by reason, known SHA-1s, what is tracked now (for node.stats())."""

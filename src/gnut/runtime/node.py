@@ -160,6 +160,7 @@ class Node(LinkManager):
         self.stopping = True
         for service in reversed(self.services):
             await service.stop()
+        self.searches.save_spam_state()
         if self._server is not None:
             self._server.close()
         for p in list(self.peers.values()):

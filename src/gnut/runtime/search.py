@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from gnut.protocol import routing as rt
 from gnut.protocol.guid import new_guid
 from gnut.protocol.printable import printable
 from gnut.runtime import dynquery
+from gnut.runtime.fsutil import atomic_write_json
 
 if TYPE_CHECKING:
     from gnut.runtime.host import NodeServices
@@ -42,6 +44,10 @@ MAX_SPAM_KEPT = 200
 LISTENER_QUEUE = 4096
 # The known-spam list in the node's home folder: one urn:sha1 or base32 SHA-1 a line.
 SPAM_LIST_NAME = "spam_sha1.txt"
+# The spam filter's observations, kept between runs (a stand-alone `gnut search` is one short run).
+SPAM_STATE_NAME = "spam_state.json"
+# A spam state file above this is not read (the filter's own bounds keep a real one far smaller).
+MAX_SPAM_STATE_BYTES = 8 * 1024 * 1024
 # Text of a urn-only source search (LimeWire-family servents send a lone backslash).
 URN_QUERY_TEXT = "\\"
 
@@ -134,6 +140,33 @@ class SearchManager:
         self.active: dict[bytes, Search] = {}
         self.spam = spam.SpamFilter()
         self.load_spam_list()
+        self.load_spam_state()
+
+    def load_spam_state(self) -> int:
+        """Restore the spam filter's recent observations from $GNUT_HOME/spam_state.json (if any)."""
+        path = self.node.cfg.home / SPAM_STATE_NAME
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_SPAM_STATE_BYTES + 1)
+            if len(data) > MAX_SPAM_STATE_BYTES:
+                raise ValueError(f"larger than {MAX_SPAM_STATE_BYTES} bytes")
+            return self.spam.restore(json.loads(data), time.time())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.warning("spam state %s ignored: %s", path, exc)
+            return 0
+
+    def save_spam_state(self) -> None:
+        """Write the spam filter's observations still inside its window (on node stop)."""
+        path = self.node.cfg.home / SPAM_STATE_NAME
+        state = self.spam.export(time.time())
+        if not any(v for k, v in state.items() if k != "version") and not path.exists():
+            return
+        try:
+            atomic_write_json(path, state)
+        except OSError as exc:
+            log.warning("spam state %s not saved: %s", path, exc)
 
     def load_spam_list(self) -> int:
         """Read $GNUT_HOME/spam_sha1.txt (if any) into the spam filter; returns the SHA-1s it held."""
@@ -198,7 +231,7 @@ class SearchManager:
             return
         qh = messages.QueryHit.decode(msg.payload)
         vendor = qh.vendor.decode("latin-1") if qh.vendor else ""
-        now = time.monotonic()
+        now = time.time()  # wall clock: the spam observations outlive this process
         text_query = bool(search.text.strip()) and search.text != URN_QUERY_TEXT
         guid_hex = qh.servent_guid.hex()
         for r in qh.results:
