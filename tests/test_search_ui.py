@@ -165,6 +165,10 @@ def test_table_through_running_node_groups_numbers_and_ends_when_quiet(tmp_path,
                 assert len(bytes.fromhex(s["servent_guid"])) == 16
             # The client is gone: the node stopped the search on its side.
             await wait_for(lambda: not net.u.searches.active, what="the node-side search to end")
+            # Words after an option are search words too.
+            rc, out, err, _ = await gnut(home, "search", "jazz", "--quiet", "1", "live", "--json")
+            assert rc == 0 and [json.loads(ln)["name"] for ln in out.splitlines()] == [JAZZ], out + err
+            assert json.loads((home / "last_search.json").read_text())["query"] == "jazz live"
 
             rc, out, err, _ = await gnut(home, "search", "jazz", "--quiet", "1")
             head, rows = table_rows(out)

@@ -169,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `gnut search jazz --ext mp3 live`: words after an option are still search words.
+        if args.command == "search" and not any(e.startswith("-") for e in extra):
+            args.words += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         build_parser().print_help()
         return 2
