@@ -323,14 +323,14 @@ def test_control_search_stops_when_the_client_leaves(tmp_path, run):
     run(go)
 
 
-async def pty_search(home: Path, *args: str) -> str:
+async def pty_search(home: Path, *args: str, **env: str) -> str:
     """Run `gnut search ARGS` on a pseudo-terminal (100x30); return everything it drew."""
     import pty
 
     master, slave = pty.openpty()
     os.set_blocking(master, False)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gnut", "search", *args,
-                                                env=_env(home, COLUMNS="100", LINES="30", TERM="xterm-256color"),
+                                                env=_env(home, COLUMNS="100", LINES="30", TERM="xterm-256color", **env),
                                                 stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     chunks = []
@@ -369,6 +369,13 @@ def test_live_table_on_a_terminal(tmp_path, run):
             body = [ln for ln in lines if re.match(r"\s*\d+\s+jazz ", ln)]
             assert [ln.split()[0] for ln in body] == ["1", "2", "3"], final
             assert "3 files from 4 sources" in final and "gnut get N downloads row N" in final
+            # NO_COLOR on a terminal: the plain aligned table (no box drawing, no colours).
+            raw = await pty_search(net.u.cfg.home, "jazz", "--quiet", "1", NO_COLOR="1")
+            assert "─" not in raw and "\x1b[3" not in raw and "\x1b[1m" not in raw, raw
+            assert "\r\x1b[Ksearching… " in raw, "a one-line count while the search runs"
+            lines = [ln for ln in ANSI.sub("", raw.replace("\r", "\n")).splitlines() if ln.strip()]
+            head = next(ln for ln in lines if ln.startswith("#"))
+            assert head.split() == ["#", "Name", "Size", "Src", "Speed", "Flags"], raw
 
     run(go)
 
@@ -417,3 +424,16 @@ def test_quiet_and_timeout_from_config(tmp_path, run):
             assert rc == 1 and 1.0 <= took < 8, (took, err)
 
     run(go)
+
+
+def test_row_flags_firewalled_and_busy():
+    from gnut.app import searchview
+
+    base = {"name": "a.mp3", "size": 5, "urn": "urn:sha1:" + "B" * 32, "host": "127.0.0.1", "index": 1,
+            "servent_guid": "00" * 16, "speed": 10}
+    r = searchview.Results("a")
+    r.add(dict(base, port=1, firewalled=True, busy=True))
+    assert r.rows()[0].flags() == ["firewalled", "busy"]
+    r.add(dict(base, port=2, firewalled=False, busy=False, speed=50))
+    (row,) = r.rows()
+    assert row.flags() == [] and row.speed == 50 and len(row.sources) == 2

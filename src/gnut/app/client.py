@@ -207,8 +207,8 @@ async def _collect(results, hits, limit: int, status: bool) -> None:
         async for h in hits:
             results.add(h)
             if status:
-                print("\r" + results.summary(time.monotonic() - started, done=False), end="", file=sys.stderr,
-                      flush=True)
+                print("\r\x1b[K" + results.summary(time.monotonic() - started, done=False), end="",
+                      file=sys.stderr, flush=True)
             if results.clean_rows() >= limit:
                 break
     if status:
