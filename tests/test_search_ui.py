@@ -222,6 +222,9 @@ def test_standalone_json_filters_sort_and_exit_status(tmp_path, run):
             assert rc == 1 and out == "" and "no results for 'zzyzx nothing'" in err and took < 10
             rc, out, err, _ = await gnut(c, "search", "x", "--min-size", "10Q")
             assert rc == 2 and "bad size '10Q'" in err
+            for bad in (("--timeout", "nan"), ("--quiet", "0"), ("--max-results", "0")):
+                rc, out, err, _ = await gnut(c, "search", "x", *bad)
+                assert rc == 2 and "gnut search: --timeout and --quiet must be > 0" in err, (bad, err)
 
     run(go)
 

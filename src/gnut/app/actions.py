@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from gnut.constants import VENDOR_CODE
 from gnut.errors import LocalProtocolError
 from gnut.runtime import download as dl
-from gnut.runtime.search import Hit
+from gnut.runtime.search import SEARCH_MAX_AGE, Hit
 
 if TYPE_CHECKING:
     from gnut.runtime.node import Node
@@ -44,7 +44,7 @@ async def search_stream(node: Node, text: str, timeout: float, max_results: int,
     search = node.searches.start(text, urns)
     q = search.listen()
     started = time.monotonic()
-    deadline = started + timeout
+    deadline = started + min(timeout, SEARCH_MAX_AGE)  # the node forgets older searches anyway
     last = started
     count = 0
     try:

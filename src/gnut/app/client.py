@@ -156,7 +156,7 @@ async def search(args: argparse.Namespace, home: Path) -> int:
     timeout = args.timeout if args.timeout is not None else float(conf.get("search_timeout", SEARCH_TIMEOUT))
     given_quiet = getattr(args, "quiet", None)
     quiet = given_quiet if given_quiet is not None else float(conf.get("search_quiet", SEARCH_QUIET))
-    if timeout <= 0 or quiet <= 0 or args.max_results < 1:
+    if not (timeout > 0 and quiet > 0) or args.max_results < 1:  # `not >` also refuses nan
         print("gnut search: --timeout and --quiet must be > 0 and --max-results >= 1", file=sys.stderr)
         return 2
     filters = searchview.Filters(min_size=getattr(args, "min_size", None), max_size=getattr(args, "max_size", None),
