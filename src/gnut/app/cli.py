@@ -50,6 +50,13 @@ def _listen_address(text: str) -> tuple[str, int]:
     return _address(text, 0)
 
 
+def _size(text: str) -> int:
+    """A file size for --min-size/--max-size: 700k, 10M, 1.5G, or bytes."""
+    from gnut.app.searchview import parse_size
+
+    return parse_size(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gnut", description="A Gnutella 0.6 servent.")
     p.add_argument("--version", action="version", version=version_text())
@@ -77,12 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("-v", "--verbose", action="count", default=0, dest="node_verbose",
                    help="log every message routed (its type, peer, TTL/hops and the decision)")
 
-    s = sub.add_parser("search", help="search the network")
-    s.add_argument("term")
+    s = sub.add_parser("search", help="search the network: a live table of files, numbered for `gnut get N`")
+    s.add_argument("words", nargs="+", metavar="WORD", help="search words (no quotes needed)")
     s.add_argument("--connect", type=_hostport, action="append", default=[], metavar="HOST:PORT")
-    s.add_argument("--timeout", type=float, default=10.0, metavar="S")
-    s.add_argument("--max-results", type=int, default=100, metavar="N")
-    s.add_argument("--json", action="store_true", help="one JSON object per result")
+    s.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="longest the search runs (default 10, config key search_timeout)")
+    s.add_argument("--quiet", type=float, default=None, metavar="S",
+                   help="end early once no result came for S seconds (default 3, config key search_quiet)")
+    s.add_argument("--max-results", type=int, default=100, metavar="N", help="files (rows) shown at most")
+    s.add_argument("--min-size", type=_size, default=None, metavar="SIZE", help="e.g. 700k, 10M, 1.5G")
+    s.add_argument("--max-size", type=_size, default=None, metavar="SIZE")
+    s.add_argument("--ext", action="append", default=[], metavar="EXT",
+                   help="only these extensions (repeatable or a comma list: --ext mp3,ogg)")
+    s.add_argument("--sort", choices=("sources", "size", "name"), default="sources")
+    s.add_argument("--show-filtered", action="store_true", help="also show results filtered as spam, with the reason")
+    s.add_argument("--spam-list", type=Path, default=None, metavar="FILE",
+                   help="more known-spam SHA-1s (one urn or base32 a line), besides $GNUT_HOME/spam_sha1.txt")
+    s.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="TOML file for search_timeout/search_quiet (default $GNUT_HOME/config.toml if present)")
+    s.add_argument("--json", action="store_true", help="one JSON object per file row (final state)")
     s.add_argument("--loop", choices=LOOP_CHOICES, default="auto")
 
     g = sub.add_parser("get", help="download a file by urn:sha1 or magnet link")
@@ -149,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `gnut search jazz --ext mp3 live`: words after an option are still search words.
+        if args.command == "search" and not any(e.startswith("-") for e in extra):
+            args.words += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         build_parser().print_help()
         return 2

@@ -69,6 +69,9 @@ class NodeConfig:
     dynamic_query: bool = True
     # Dynamic querying waits this long per hop before widening (LimeWire: 2.4 s; tests use less).
     dq_hop_wait: float = 2.4
+    # `gnut search`: the longest a search runs, and the quiet period (no new result) that ends it early.
+    search_timeout: float = 10.0
+    search_quiet: float = 3.0
     verbose: int = 0
     save_hosts: bool = True
     # Offer and use deflate on links (gtk-gnutella ultrapeers refuse leaves that do not).

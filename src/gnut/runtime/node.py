@@ -160,6 +160,7 @@ class Node(LinkManager):
         self.stopping = True
         for service in reversed(self.services):
             await service.stop()
+        self.searches.save_spam_state()
         if self._server is not None:
             self._server.close()
         for p in list(self.peers.values()):
@@ -568,6 +569,7 @@ class Node(LinkManager):
             "dup_ttl_relays": r.dup_ttl_relays,
             "events": dict(self.events),
             "dynamic_queries": self.dq.stats(),
+            "spam": self.searches.spam_stats(),
             "hosts_known": len(self.hosts),
             "shared_files": len(self.share) if self.share is not None else 0,
             "transfers": self.transfers.stats() if self.transfers is not None else {},
