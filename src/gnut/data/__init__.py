@@ -1,0 +1,1 @@
+"""Data files shipped with gnut (read with importlib.resources)."""

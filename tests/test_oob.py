@@ -1,0 +1,76 @@
+"""Out-of-band query hits between real gnut nodes on 127.0.0.1 (LIME/12, LIME/11 v3, hits by UDP)."""
+
+from __future__ import annotations
+
+from gnut.constants import MSG_QUERYHIT, MSG_VENDOR
+from gnut.protocol import messages, vendor
+from gnut.protocol.datagram import build_datagram
+from gnut.protocol.guid import new_guid
+from nethelpers import link, start_node, wait_for
+
+
+def test_search_gets_its_hits_over_udp_with_the_ack_exchange(run, tmp_path):
+    async def body():
+        a = await start_node(tmp_path, "a")
+        b = await start_node(tmp_path, "b")
+        c = await start_node(tmp_path, "c", files={"jazz live.mp3": b"j" * 3000})
+        try:
+            await link(a, b)
+            await link(b, c)
+            search = a.searches.start("jazz")
+            assert vendor.oob_return_address(search.guid) == ("127.0.0.1", a.udp.address[1])
+            await wait_for(lambda: search.results, what="OOB hit")
+            hit = search.results[0]
+            assert hit.name == "jazz live.mp3" and hit.port == c.address[1]
+            ca, aa = c.oob.stats(), a.oob.stats()
+            assert ca["indications_sent"] == 1 and ca["acks_received"] == 1 and ca["hits_sent"] == 1
+            assert aa["indications_received"] == 1 and aa["acks_sent"] == 1 and aa["hits_received"] == 1
+            # Nothing went back over TCP: the relay in the middle routed no QUERYHIT.
+            assert b.sent.get(MSG_QUERYHIT, 0) == 0
+            assert c.udp.sent["oob_hit"] == 1 and a.udp.sent["oob_ack"] == 1
+        finally:
+            for n in (a, b, c):
+                await n.stop()
+
+    run(body)
+
+
+def test_direct_neighbour_gets_tcp_hits_and_unclaimed_hits_are_never_sent(run, tmp_path):
+    async def body():
+        a = await start_node(tmp_path, "a")
+        c = await start_node(tmp_path, "c", files={"jazz.mp3": b"j" * 100})
+        try:
+            await link(a, c)
+            search = a.searches.start("jazz")
+            await wait_for(lambda: search.results, what="TCP hit from a neighbour")
+            assert c.oob.stats().get("indications_sent", 0) == 0
+            # A forged ack (unknown GUID) and an unsolicited hit are dropped and counted.
+            ack = vendor.OobReplyAck(10, b"tok").encode()
+            c.udp.handle(build_datagram(new_guid(), MSG_VENDOR, 1, 0, ack), ("127.0.0.1", a.udp.address[1]))
+            assert c.udp.drops["unsolicited"] == 1 and c.udp.sent.get("oob_hit", 0) == 0
+            qh = messages.QueryHit(1, "127.0.0.1", 0, (messages.HitResult(0, 1, "x"),), new_guid())
+            a.udp.handle(build_datagram(search.guid, MSG_QUERYHIT, 1, 0, qh.encode()), ("127.0.0.1", 9))
+            assert a.udp.drops["unsolicited"] == 1
+        finally:
+            await a.stop()
+            await c.stop()
+
+    run(body)
+
+
+def test_hits_without_our_token_are_refused(run, tmp_path):
+    async def body():
+        a = await start_node(tmp_path, "a")
+        try:
+            search = a.searches.start("anything")
+            src = ("127.0.0.1", 40000)
+            ind = vendor.OobReplyInd(3, True, 3).encode()
+            a.udp.handle(build_datagram(search.guid, MSG_VENDOR, 1, 0, ind), src)
+            assert a.oob.stats()["acks_sent"] == 1
+            qh = messages.QueryHit(1, "127.0.0.1", 0, (messages.HitResult(0, 1, "x"),), new_guid())
+            a.udp.handle(build_datagram(search.guid, MSG_QUERYHIT, 1, 0, qh.encode()), src)
+            assert a.udp.drops["bad_token"] == 1 and not search.results
+        finally:
+            await a.stop()
+
+    run(body)
