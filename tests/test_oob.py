@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from nethelpers import link, start_node, wait_for
+
 from gnut.constants import MSG_QUERYHIT, MSG_VENDOR
 from gnut.protocol import messages, vendor
 from gnut.protocol.datagram import build_datagram
 from gnut.protocol.guid import new_guid
-from nethelpers import link, start_node, wait_for
 
 
 def test_search_gets_its_hits_over_udp_with_the_ack_exchange(run, tmp_path):

@@ -72,7 +72,7 @@ class CacheEntry:
 
 def load_public_lists() -> tuple[list[str], list[str]]:
     """The shipped public UHC and GWC lists (gnut/data/bootstrap.toml)."""
-    text = importlib.resources.files("gnut.data").joinpath("bootstrap.toml").read_text()
+    text = importlib.resources.files("gnut").joinpath("data", "bootstrap.toml").read_text()
     data = tomllib.loads(text)
     return list(data.get("uhc", {}).get("hosts", [])), list(data.get("gwc", {}).get("urls", []))
 
@@ -270,6 +270,8 @@ class Bootstrap:
             self._dirty = True
         for e in self.uhcs.ready(time.time()):
             host, _, port = e.key.rpartition(":")
+            e.attempts += 1
+            self._dirty = True
             if not port.isdigit():
                 self.uhcs.failed(e.key, time.time())
                 continue
@@ -280,7 +282,6 @@ class Bootstrap:
                 self.uhcs.failed(e.key, time.time())
                 continue
             addr = (infos[0][4][0], infos[0][4][1])
-            e.attempts += 1
             self._uhc_pending = (e.key, now)
             self._uhc_addr = addr
             self.udpnode.ping_uhc(addr)

@@ -90,6 +90,7 @@ class UdpTransceiver(asyncio.DatagramProtocol):
         self.drops: collections.Counter[str] = collections.Counter()
         self.received: collections.Counter[str] = collections.Counter()
         self.sent: collections.Counter[str] = collections.Counter()
+        self.datagrams_in = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.send_errors = 0
@@ -154,6 +155,7 @@ class UdpTransceiver(asyncio.DatagramProtocol):
     # --- receiving ----------------------------------------------------------------------------------
     def datagram_received(self, data: bytes, addr: Any) -> None:
         addr = (addr[0], addr[1])
+        self.datagrams_in += 1
         self.bytes_in += len(data)
         loop = self._loop
         if loop is None:
@@ -210,6 +212,7 @@ class UdpTransceiver(asyncio.DatagramProtocol):
     def stats(self) -> dict:
         return {
             "address": f"{self.address[0]}:{self.address[1]}" if self.address else None,
+            "datagrams_in": self.datagrams_in,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "received": dict(self.received),

@@ -1,1 +1,0 @@
-"""Data files shipped with gnut (read with importlib.resources)."""
