@@ -326,7 +326,27 @@ def http_request(data: bytes) -> None:
         return
 
 
+def udp_datagram(data: bytes) -> None:
+    """One UDP datagram through the node's receive path (fuzz/udp_targets.py)."""
+    import udp_targets
+
+    udp_targets.udp_datagram(data, _share()[1])
+
+
+def _udp_target(name: str):
+    def target(data: bytes) -> None:
+        import udp_targets
+
+        udp_targets.TARGETS[name](data)
+
+    target.__doc__ = f"UDP/GWC payloads: {name} (fuzz/udp_targets.py)."
+    return target
+
+
 TARGETS = {
+    "udp_datagram": udp_datagram,
+    "udp_payloads": _udp_target("udp_payloads"),
+    "gwc": _udp_target("gwc"),
     "frame_reader": frame_reader,
     "guid_cache": guid_cache,
     "message_codecs": message_codecs,
@@ -343,6 +363,10 @@ VECTORS = Path(os.environ.get("GNUT_VECTORS", Path(__file__).resolve().parents[1
 
 def seeds(name: str) -> list[bytes]:
     """Starting inputs for a target: real captured bytes shaped for that target's knobs."""
+    if name in ("udp_datagram", "udp_payloads", "gwc"):
+        import udp_targets
+
+        return udp_targets.seeds(name)
     vec = sorted(VECTORS.glob("*/*.bin")) if VECTORS.is_dir() else []
 
     def pick(*words: str) -> list[bytes]:

@@ -29,7 +29,7 @@ from gnut.errors import RemoteProtocolError
 from gnut.protocol import messages, vendor
 from gnut.protocol.datagram import Datagram, UdpDrop, build_datagram
 from gnut.protocol.ggep import GgepItem, find
-from gnut.runtime.udp import UdpTransceiver
+from gnut.runtime.udp import TokenBuckets, UdpTransceiver
 
 log = logging.getLogger("gnut.runtime.oob")
 
@@ -45,6 +45,12 @@ CLAIM_TTL = 60.0
 MAX_CLAIMS = 512
 # Hit datagrams we ever ask one responder for (gtk-gnutella asks at most 254).
 MAX_WANTED = 254
+# Hit bytes one offer may hold: an ack (about 32 bytes, its source forgeable) can make us send at
+# most this to the address a query's GUID named. Queries whose hits are larger get TCP hits.
+OOB_MAX_BYTES_PER_OFFER = 8192
+# Hit bytes per second (and burst) we deliver to one IP over all offers: forged queries naming one
+# victim cannot add up past this.
+OOB_HIT_BYTES_PER_DEST = 16384.0
 # Security token length (v3: any length > 0; short, since it travels in every hit).
 TOKEN_LEN = 8
 
@@ -74,6 +80,7 @@ class OobManager:
         self.offers: collections.OrderedDict[bytes, Offer] = collections.OrderedDict()
         self.claims: collections.OrderedDict[tuple[bytes, str], Claim] = collections.OrderedDict()
         self.events: collections.Counter[str] = collections.Counter()
+        self.hit_budget = TokenBuckets(OOB_HIT_BYTES_PER_DEST, OOB_HIT_BYTES_PER_DEST, MAX_OFFERS)
         udp.register_parsed(MSG_VENDOR, self.on_vendor)
         udp.register_parsed(MSG_VENDOR_STD, self.on_vendor)
         udp.register_parsed(MSG_QUERYHIT, self.on_hit)
@@ -151,6 +158,9 @@ class OobManager:
             return False
         if self.udp.transport is None or not payloads:
             return False
+        if sum(len(p) for p in payloads) > OOB_MAX_BYTES_PER_OFFER:
+            self.events["offers_too_big_for_oob"] += 1
+            return False
         dest = vendor.oob_return_address(msg.guid)
         if not dest[1] or dest[0] in ("0.0.0.0", "255.255.255.255"):
             return False
@@ -182,6 +192,9 @@ class OobManager:
                 qh = messages.QueryHit.decode(payload)
                 payload = dataclasses.replace(qh, ggep=qh.ggep + (GgepItem("SO", m.token),)).encode()
             raw = build_datagram(dg.guid, MSG_QUERYHIT, 1, 0, payload, deflate=dg.can_inflate)
+            if not self.hit_budget.take(addr[0], time.monotonic(), float(len(raw))):
+                self.events["hits_over_budget"] += 1
+                break
             if self.udp.send(raw, addr, "oob_hit"):
                 self.events["hits_sent"] += 1
 
