@@ -50,6 +50,21 @@ def test_cache_is_bounded_rate_limited_and_checks_the_submitter():
     assert c.handle(gwc.parse_request("hostfile=1"), "x", 600.0).splitlines()[0].count(":") == 1
 
 
+def test_finding_request_with_too_many_fields_is_an_error_line_not_an_exception():
+    # fuzz/regressions/gwc/crash-e2ed66005fb58208: parse_qs raised ValueError past max_num_fields.
+    req = gwc.parse_request("&" * 100)
+    assert req.kind == "bad" and gwc.GwcCache().handle(req, "127.0.0.1", 0.0).startswith("ERROR")
+
+
+def test_finding_non_ascii_digits_are_not_ports():
+    # fuzz/regressions/gwc/crash-76113f21e0724ece, udp_payloads/crash-a2e06bb2a2226b18: str.isdigit()
+    # accepts superscript digits that int() refuses.
+    from gnut.protocol import vendor
+
+    assert gwc.parse_hostport("1.2.3.4:636\u00b346") is None
+    assert vendor.decode_phc("host:\u00b2".encode("latin-1")) == []
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")

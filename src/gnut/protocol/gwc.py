@@ -33,6 +33,8 @@ UPDATE_INTERVAL = 55 * 60.0
 MAX_UPDATERS = 10000
 # A cache URL longer than this is refused.
 MAX_URL_LEN = 256
+# Query-string parameters we read from one request (real ones have at most six).
+MAX_FIELDS = 32
 # The network name we serve and ask for.
 NET = "gnutella"
 
@@ -58,7 +60,7 @@ def valid_url(url: str) -> bool:
 def parse_hostport(text: str) -> tuple[str, int] | None:
     """A numeric IPv4 "a.b.c.d:port" (port 1..65535), else None."""
     host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         return None
     try:
         ipaddress.IPv4Address(host)
@@ -124,7 +126,7 @@ def parse_reply(body: bytes) -> GwcReply:
 # --- the server's side ------------------------------------------------------------------------
 @dataclass
 class GwcRequest:
-    kind: str  # "get", "update", "ping", "hostfile", "urlfile", "statfile" or "info"
+    kind: str  # "get", "update", "ping", "hostfile", "urlfile", "statfile", "info" or "bad"
     net: str
     ip: str | None
     url: str | None
@@ -134,8 +136,14 @@ class GwcRequest:
 
 
 def parse_request(query: str) -> GwcRequest:
-    """Parse a request's query string (unknown parameters ignored; bounded by the HTTP layer)."""
-    q = urllib.parse.parse_qs(query, keep_blank_values=True, max_num_fields=32)
+    """Parse a request's query string (unknown parameters ignored; bounded by the HTTP layer).
+
+    More than MAX_FIELDS parameters make a request of kind "bad" (answered with an error line).
+    """
+    try:
+        q = urllib.parse.parse_qs(query, keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except ValueError:
+        return GwcRequest("bad", NET, None, None, "", "", False)
 
     def one(*names: str) -> str | None:
         for n in names:
@@ -185,6 +193,8 @@ class GwcCache:
 
     def handle(self, req: GwcRequest, client_ip: str, now: float) -> str:
         self.counts[req.kind] += 1
+        if req.kind == "bad":
+            return "ERROR Bad request\n"
         if req.net != NET:
             self.counts["wrong_net"] += 1
             return f"i|NET-NOT-SUPPORTED|{NET}\n" if req.spec2 else "ERROR Network not supported\n"

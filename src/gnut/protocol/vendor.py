@@ -178,7 +178,9 @@ def decode_phc(data: bytes) -> list[tuple[str, int]]:
         if not line or len(line) > PHC_MAX_LINE:
             continue
         host, sep, port = line.decode("latin-1").rpartition(":")
-        if sep and port.isdigit() and 0 < int(port) < 65536 and host and all(c.isalnum() or c in ".-" for c in host):
+        if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            continue
+        if all(c.isascii() and (c.isalnum() or c in ".-") for c in host):
             out.append((host, int(port)))
     return out
 

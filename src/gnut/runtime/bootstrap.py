@@ -272,7 +272,7 @@ class Bootstrap:
             host, _, port = e.key.rpartition(":")
             e.attempts += 1
             self._dirty = True
-            if not port.isdigit():
+            if not (port.isascii() and port.isdigit()):
                 self.uhcs.failed(e.key, time.time())
                 continue
             try:
