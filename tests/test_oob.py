@@ -75,3 +75,18 @@ def test_hits_without_our_token_are_refused(run, tmp_path):
             await a.stop()
 
     run(body)
+
+
+def test_leaf_queries_ask_for_tcp_hits(run, tmp_path):
+    """A leaf's hits must pass its ultrapeer, whose dynamic query counts them: no OOB flag."""
+
+    async def body():
+        leaf = await start_node(tmp_path, "leaf", mode="leaf")
+        try:
+            assert leaf.udp is not None and leaf.oob.query_guid() is None
+            search = leaf.searches.start("anything")
+            assert search.guid[:4] != bytes((127, 0, 0, 1)) or search.guid[13:15] != leaf.udp.address[1].to_bytes(2, "little")
+        finally:
+            await leaf.stop()
+
+    run(body)

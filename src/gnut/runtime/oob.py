@@ -4,7 +4,7 @@ Strategy, both sides:
 - Querier: when our UDP socket is up and we are not firewalled, our queries carry flag 0x0400,
   a GUID holding our IPv4 and UDP port, and an empty GGEP "SO" (v3). A LIME/12 for one of our
   live searches is answered with a LIME/11 (v3 with a fresh random security token, v2 without)
-  marked "can inflate"; the claim is remembered per (GUID, responder IP). Hit datagrams are
+  marked "can inflate"; the claim is remembered per (GUID, responder address). Hit datagrams are
   accepted only against such a claim, only as many as we asked for, and (v3) only with our token.
 - Responder: a query with the OOB flag that we can answer, seen at hops >= OOB_MIN_HOPS, gets a
   LIME/12 (v3 when the query says "SO", else v2) sent to the address in its GUID (within the
@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gnut.constants import MSG_QUERYHIT, MSG_VENDOR, MSG_VENDOR_STD
@@ -68,7 +68,6 @@ class Claim:
     wanted: int
     expires: float
     got: int = 0
-    seen_ports: set = field(default_factory=set)
 
 
 class OobManager:
@@ -78,7 +77,8 @@ class OobManager:
         self.node = node
         self.udp = udp
         self.offers: collections.OrderedDict[bytes, Offer] = collections.OrderedDict()
-        self.claims: collections.OrderedDict[tuple[bytes, str], Claim] = collections.OrderedDict()
+        # Keyed by (GUID, responder address): each responder's hits come from the socket its LIME/12 came from.
+        self.claims: collections.OrderedDict[tuple[bytes, tuple[str, int]], Claim] = collections.OrderedDict()
         self.events: collections.Counter[str] = collections.Counter()
         self.hit_budget = TokenBuckets(OOB_HIT_BYTES_PER_DEST, OOB_HIT_BYTES_PER_DEST, MAX_OFFERS)
         udp.register_parsed(MSG_VENDOR, self.on_vendor)
@@ -88,8 +88,14 @@ class OobManager:
     # --- querier side ------------------------------------------------------------------------------
     @property
     def can_receive(self) -> bool:
-        """True when our queries may ask for OOB delivery (UDP up, not firewalled, IPv4 address)."""
-        if self.udp.transport is None or self.node.cfg.firewalled or not self.node.cfg.oob:
+        """True when our queries may ask for OOB delivery (UDP up, not firewalled, IPv4 address).
+
+        Leaves do not: their ultrapeer's dynamic query counts the hits it routes back, and OOB
+        hits would bypass it (gtk-gnutella ultrapeers OOB-proxy their leaves' queries for that
+        reason; gnut ultrapeers do not proxy yet), so it would widen the query needlessly.
+        """
+        cfg = self.node.cfg
+        if self.udp.transport is None or cfg.firewalled or not cfg.oob or cfg.mode == "leaf":
             return False
         return self.node.address[0].count(".") == 3
 
@@ -120,7 +126,7 @@ class OobManager:
         if search is None:
             self.udp.drops[UdpDrop.UNSOLICITED.value] += 1
             return
-        key = (dg.guid, addr[0])
+        key = (dg.guid, addr)
         self._expire(now)
         if key in self.claims:
             self.events["indications_repeated"] += 1
@@ -135,7 +141,7 @@ class OobManager:
         self.events["acks_sent"] += 1
 
     def on_hit(self, dg: Datagram, addr: tuple[str, int]) -> None:
-        claim = self.claims.get((dg.guid, addr[0]))
+        claim = self.claims.get((dg.guid, addr))
         now = time.monotonic()
         if claim is None or now > claim.expires:
             self.udp.drops[UdpDrop.UNSOLICITED.value] += 1
@@ -149,6 +155,9 @@ class OobManager:
             return
         claim.got += 1
         self.events["hits_received"] += 1
+        dq = getattr(self.node, "dq", None)
+        if dq is not None and dq.enabled:
+            dq.on_hit(dg)  # our own dynamic query counts results that came out of band too
         self.node.searches.on_hit(None, dg)
 
     # --- responder side ----------------------------------------------------------------------------
