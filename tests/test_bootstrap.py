@@ -176,3 +176,19 @@ def test_public_bootstrap_runs_only_in_a_sealed_namespace(tmp_path):
         assert "linked to the network" not in err
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_cli_flags_and_config_keys_for_bootstrap(tmp_path, capsys):
+    from gnut.app import cli
+
+    args = cli.build_parser().parse_args(["--home", str(tmp_path), "node", "--uhc", "127.0.0.1:7000",
+                                          "--uhc", "127.0.0.1:7001", "--gwc", "http://127.0.0.1:8080/"])
+    cfg = cli.node_config(args)
+    assert cfg.uhc == [("127.0.0.1", 7000), ("127.0.0.1", 7001)] and cfg.gwc == ["http://127.0.0.1:8080/"]
+    assert cfg.bootstrap is False  # public lists only when asked
+    conf = tmp_path / "n.toml"
+    conf.write_text('uhc = ["127.0.0.1:7002"]\ngwc = ["http://127.0.0.1:1/g"]\nbootstrap = true\n')
+    cfg = cli.node_config(cli.build_parser().parse_args(["--home", str(tmp_path), "node", "--config", str(conf)]))
+    assert cfg.uhc == [("127.0.0.1", 7002)] and cfg.gwc == ["http://127.0.0.1:1/g"] and cfg.bootstrap
+    assert cli.main(["--home", str(tmp_path), "node", "--gwc", "ftp://127.0.0.1/"]) == 2
+    assert "only http://" in capsys.readouterr().err

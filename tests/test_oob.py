@@ -14,15 +14,17 @@ def test_search_gets_its_hits_over_udp_with_the_ack_exchange(run, tmp_path):
     async def body():
         a = await start_node(tmp_path, "a")
         b = await start_node(tmp_path, "b")
-        c = await start_node(tmp_path, "c", files={"jazz live.mp3": b"j" * 3000})
+        c = await start_node(tmp_path, "c", files={f"jazz live {i}.mp3": bytes([i]) * 3000 for i in range(4)})
         try:
             await link(a, b)
             await link(b, c)
             search = a.searches.start("jazz")
             assert vendor.oob_return_address(search.guid) == ("127.0.0.1", a.udp.address[1])
-            await wait_for(lambda: search.results, what="OOB hit")
+            await wait_for(lambda: len(search.results) == 4, what="OOB hits")
             hit = search.results[0]
-            assert hit.name == "jazz live.mp3" and hit.port == c.address[1]
+            assert hit.name.startswith("jazz live") and hit.port == c.address[1]
+            # Our ack said "can inflate" (TTL 9): the hit datagram came deflated (deflated_udp).
+            assert a.udp.received["deflated"] == 1
             ca, aa = c.oob.stats(), a.oob.stats()
             assert ca["indications_sent"] == 1 and ca["acks_received"] == 1 and ca["hits_sent"] == 1
             assert aa["indications_received"] == 1 and aa["acks_sent"] == 1 and aa["hits_received"] == 1

@@ -195,6 +195,8 @@ class UdpTransceiver(asyncio.DatagramProtocol):
             self.drops[UdpDrop.NOT_ALLOWED.value] += 1
             return
         self.received[f"0x{res.type:02x}"] += 1
+        if res.deflated:
+            self.received["deflated"] += 1
         self._reply_in, self._reply_out = len(data), 0
         try:
             if raw is not None:
