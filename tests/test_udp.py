@@ -218,3 +218,24 @@ def test_pong_we_did_not_ask_for_is_dropped(run, tmp_path):
             await n.stop()
 
     run(body)
+
+
+def test_guess_client_asks_an_unlinked_ultrapeer_for_hits(run, tmp_path):
+    async def body():
+        u1 = await start_node(tmp_path, "u1", mode="ultrapeer")
+        u2 = await start_node(tmp_path, "u2", mode="ultrapeer", files={"kind of blue.flac": b"k" * 700})
+        leaf = await start_node(tmp_path, "leaf", mode="leaf", guess=True)
+        try:
+            await link(leaf, u1)
+            leaf.hosts.add(*u2.address, "test", 0.0)  # known, not linked: only GUESS reaches it
+            search = leaf.searches.start("kind of blue")
+            await wait_for(lambda: search.results, what="GUESS hit")
+            assert search.results[0].port == u2.address[1]
+            g = leaf.stats()["udp"]["guess_client"]
+            assert g["key_requests"] == 1 and g["queries_sent"] >= 1
+            assert u2.udpnode.events["guess_answered"] == 1 and u1.udpnode.events["guess_queries"] == 0
+        finally:
+            for n in (u1, u2, leaf):
+                await n.stop()
+
+    run(body)

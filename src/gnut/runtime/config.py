@@ -83,6 +83,8 @@ class NodeConfig:
     udp_burst: float = 60.0
     # Ask for and give out-of-band query hits (needs UDP and a non-firewalled IPv4 address).
     oob: bool = True
+    # Also send our searches as GUESS queries over UDP to ultrapeers we are not linked to.
+    guess: bool = False
     # Bootstrap: explicit UDP host caches ("host", port) and GWebCache URLs; `bootstrap` adds the
     # shipped public lists (gnut/data/bootstrap.toml): only when the user asks for it.
     uhc: list[tuple[str, int]] = field(default_factory=list)

@@ -107,7 +107,7 @@ class Node(LinkManager):
         self.share = None
         self.transfers = None
         # UDP (runtime/udpnode.start_udp): transceiver, PING/PONG/GUESS, OOB, bootstrap; None without UDP.
-        self.udp = self.udpnode = self.oob = self.bootstrap = None
+        self.udp = self.udpnode = self.oob = self.bootstrap = self.guess = None
         # Things run beside the node (the app's control API): started last, stopped first.
         self.services: list[Service] = []
         self.started = time.monotonic()

@@ -140,6 +140,12 @@ class OobManager:
         self.udp.send(build_datagram(dg.guid, MSG_VENDOR, 1, 0, ack, can_inflate=True), addr, "oob_ack")
         self.events["acks_sent"] += 1
 
+    def expect_hits(self, guid: bytes, addr: tuple[str, int], n: int) -> None:
+        """Accept up to `n` hit datagrams for `guid` from `addr` (a host we sent a GUESS query)."""
+        self.claims[(guid, addr)] = Claim(b"", n, time.monotonic() + CLAIM_TTL)
+        while len(self.claims) > MAX_CLAIMS:
+            self.claims.popitem(last=False)
+
     def on_hit(self, dg: Datagram, addr: tuple[str, int]) -> None:
         claim = self.claims.get((dg.guid, addr))
         now = time.monotonic()

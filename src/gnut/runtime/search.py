@@ -144,6 +144,8 @@ class SearchManager:
         if ups:
             search.dq = node.dq.start(guid, payload, hops=0, origin=None, max_ttl=ttl,
                                       target=node.dq.target_for(payload, leaf=False))
+        if getattr(node, "guess", None) is not None:
+            node.guess.start(search)  # GUESS over UDP too (runtime/guess.py; config `guess = true`)
         log.info("search %r sent to %d peers%s (guid %s)", text, search.direct_sent,
                  f", {ups} ultrapeers by dynamic query" if ups else "", guid.hex())
         return search

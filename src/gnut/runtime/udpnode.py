@@ -39,6 +39,8 @@ PINGS_REMEMBERED = 256
 PING_REPLY_WINDOW = 30.0
 # Query-key secrets live this long; the previous one is still honoured (query_keys 2.x.4.2 note).
 QK_ROTATE_EVERY = 3600.0
+# Query keys other ultrapeers gave us (GUESS client), newest kept.
+QUERY_KEYS_KEPT = 1024
 # Hit datagrams one GUESS query can make us send (each within MAX_DATAGRAM).
 GUESS_MAX_HITS = 4
 # Results considered for one GUESS query.
@@ -55,6 +57,7 @@ class UdpGnutella:
         self._qk = [os.urandom(16)]
         self._qk_since = time.monotonic()
         self.events: collections.Counter[str] = collections.Counter()
+        self.query_keys: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         # Called with (uhc_addr, hosts learned) on each UHC pong; set by the bootstrap policy.
         self.on_uhc_reply: Callable[[tuple[str, int], list[tuple[str, int]], list[tuple[str, int]]], None] | None = None
         udp.register_parsed(MSG_PING, self.on_ping)
@@ -145,6 +148,13 @@ class UdpGnutella:
             if (host, port) != tuple(self.node.address):
                 self.node.hosts.add(host, port, "uhc", wall)
         self.events["uhc_hosts_learned"] += len(hosts)
+        key = find(pong.ggep, "QK")
+        if rec[2] == "qk" and key is not None and vendor.QK_MIN <= len(key) <= vendor.QK_MAX:
+            self.query_keys[addr] = key
+            self.query_keys.move_to_end(addr)
+            while len(self.query_keys) > QUERY_KEYS_KEPT:
+                self.query_keys.popitem(last=False)
+            self.events["query_keys_received"] += 1
         if rec[2] == "uhc" and self.on_uhc_reply is not None:
             self.on_uhc_reply(addr, hosts, caches)
 
@@ -191,6 +201,7 @@ async def start_udp(node: Any) -> None:
     A UDP port that cannot be bound leaves the node TCP-only (logged and counted), never stopped.
     """
     from gnut.runtime.bootstrap import Bootstrap
+    from gnut.runtime.guess import GuessClient
     from gnut.runtime.oob import OobManager
 
     cfg = node.cfg
@@ -207,6 +218,8 @@ async def start_udp(node: Any) -> None:
     node.udp = udp
     node.udpnode = UdpGnutella(node, udp)
     node.oob = OobManager(node, udp)
+    if cfg.guess:
+        node.guess = GuessClient(node, node.udpnode, node.oob)
     node.bootstrap = Bootstrap(node, node.udpnode, cfg.bootstrap_path if cfg.save_hosts else None)
     if node.bootstrap.enabled:
         node.spawn(node.bootstrap.run())
@@ -227,5 +240,6 @@ def udp_stats(node: Any) -> dict:
     udp = getattr(node, "udp", None)
     if udp is None:
         return {"enabled": False}
+    guess = getattr(node, "guess", None)
     return {"enabled": True, **udp.stats(), "gnutella": node.udpnode.stats(), "oob": node.oob.stats(),
-            "bootstrap": node.bootstrap.stats()}
+            "bootstrap": node.bootstrap.stats(), "guess_client": guess.stats() if guess is not None else None}
