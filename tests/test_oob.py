@@ -92,3 +92,13 @@ def test_leaf_queries_ask_for_tcp_hits(run, tmp_path):
             await leaf.stop()
 
     run(body)
+
+
+def test_guid_addresses_outside_the_queriers_scope_are_refused():
+    """Pure classifier only (never sent to): an Internet peer cannot aim our LIME/12 at our LAN or loopback."""
+    assert vendor.may_reach("8.8.4.4", "127.0.0.1") and vendor.may_reach("8.8.4.4", "192.168.1.5")
+    assert vendor.may_reach("127.0.0.1", "127.0.0.1") and vendor.may_reach("192.168.1.9", "10.0.0.2")
+    assert not vendor.may_reach("127.0.0.1", "8.8.4.4") and not vendor.may_reach("192.168.1.9", "8.8.4.4")
+    assert not vendor.may_reach("169.254.1.1", "8.8.4.4") and not vendor.may_reach("10.0.0.1", "127.0.0.1")
+    for bad in ("0.0.0.0", "255.255.255.255", "224.0.0.1", "240.0.0.1", "not an ip"):
+        assert not vendor.may_reach(bad, bad)

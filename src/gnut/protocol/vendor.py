@@ -117,6 +117,37 @@ def decode_vendor(payload: bytes) -> OobReplyInd | OobReplyAck | messages.Vendor
     return OobReplyAck(data[0], token, v.version)
 
 
+# --- address scopes ---------------------------------------------------------------------------
+def address_scope(ip: str) -> str:
+    """"global", "private", "loopback", "link_local", or "bad" (multicast, reserved, unspecified, junk)."""
+    try:
+        a = ipaddress.ip_address(ip)
+    except ValueError:
+        return "bad"
+    if a.is_multicast or a.is_unspecified or a.is_reserved or (a.version == 4 and ip == "255.255.255.255"):
+        return "bad"
+    if a.is_loopback:
+        return "loopback"
+    if a.is_link_local:
+        return "link_local"
+    if a.is_private:
+        return "private"
+    return "global"
+
+
+def may_reach(target_ip: str, told_by_ip: str) -> bool:
+    """May an address learned from `told_by_ip` (a UHC, a GWC, a querier) be contacted?
+
+    Global addresses always; loopback, private and link-local ones only when the peer that
+    named them is in that same scope (a test network on 127.0.0.1, a LAN): a host on the
+    Internet must not make us send to our own loopback or LAN services.
+    """
+    scope = address_scope(target_ip)
+    if scope == "bad":
+        return False
+    return scope == "global" or scope == address_scope(told_by_ip)
+
+
 # --- OOB query GUIDs --------------------------------------------------------------------------
 def oob_guid(random16: bytes, ip: str, port: int) -> bytes:
     """A query GUID that carries our IPv4 (bytes 0-3) and UDP port (bytes 13-14, LE)."""

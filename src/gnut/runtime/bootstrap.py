@@ -32,7 +32,7 @@ import h11
 
 from gnut import __version__
 from gnut.constants import VENDOR_CODE
-from gnut.protocol import gwc
+from gnut.protocol import gwc, vendor
 from gnut.protocol.printable import printable
 from gnut.runtime.fsutil import atomic_write_json, read_json
 
@@ -145,6 +145,8 @@ def split_url(url: str) -> tuple[str, int, str] | None:
 async def gwc_request(url: str, query: str, timeout: float = GWC_TIMEOUT) -> bytes:
     """GET url?query over HTTP/1.1 (h11); returns the body (at most GWC_MAX_REPLY bytes).
 
+    The IP the cache answered from is in the returned bytes' `peer_ip` attribute (a GwcBody).
+
     Raises:
         OSError, TimeoutError, ValueError: unreachable, too slow, not http://, bad reply or status.
     """
@@ -155,6 +157,7 @@ async def gwc_request(url: str, query: str, timeout: float = GWC_TIMEOUT) -> byt
 
     async def go() -> bytes:
         reader, writer = await asyncio.open_connection(host, port)
+        peer_ip = (writer.get_extra_info("peername") or ("",))[0]
         try:
             conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=16384)
             target = f"{path}?{query}"
@@ -179,13 +182,24 @@ async def gwc_request(url: str, query: str, timeout: float = GWC_TIMEOUT) -> byt
                     break
             if status != 200:
                 raise ValueError(f"GWC answered HTTP {status}")
-            return bytes(body)
+            return GwcBody(bytes(body), peer_ip)
         except h11.ProtocolError as exc:
             raise ValueError(f"bad HTTP reply: {exc}") from None
         finally:
             writer.close()
 
     return await asyncio.wait_for(go(), timeout)
+
+
+class GwcBody(bytes):
+    """A GWebCache reply body that remembers the IP it came from (for address-scope checks)."""
+
+    peer_ip: str
+
+    def __new__(cls, data: bytes, peer_ip: str) -> GwcBody:
+        obj = super().__new__(cls, data)
+        obj.peer_ip = peer_ip
+        return obj
 
 
 class Bootstrap:
@@ -324,10 +338,12 @@ class Bootstrap:
             self.events["gwc_errors"] += 1
         else:
             self.gwcs.succeeded(e.key, wall)
-        for host, port in reply.hosts[:MAX_HOSTS_PER_REPLY]:
+        hosts = [h for h in reply.hosts[:MAX_HOSTS_PER_REPLY] if vendor.may_reach(h[0], body.peer_ip)]
+        self.events["gwc_hosts_refused"] += min(len(reply.hosts), MAX_HOSTS_PER_REPLY) - len(hosts)
+        for host, port in hosts:
             if (host, port) != tuple(self.node.address):
                 self.node.hosts.add(host, port, "gwc", wall)
-        self.events["gwc_hosts"] += len(reply.hosts[:MAX_HOSTS_PER_REPLY])
+        self.events["gwc_hosts"] += len(hosts)
         for url in reply.urls:
             self.gwcs.add(url, "gwc")
         self._dirty = True

@@ -385,7 +385,7 @@ class Node(LinkManager):
         self.events["queries_answered"] += 1
         ttl = min(msg.hops + 2, SOFT_TTL_LIMIT) if msg.hops else 1
         payloads = self.transfers.hit_payloads(files, ggep_h=bool(q.flags & messages.QF_GGEP_H))
-        if self.oob is not None and self.oob.offer(msg, q, payloads):
+        if self.oob is not None and self.oob.offer(msg, q, payloads, peer.addr[0] if peer.addr else None):
             return  # out of band: the hits go by UDP once the querier claims them
         for payload in payloads:
             self.send_to(peer, MSG_QUERYHIT, payload, ttl=max(ttl, 1), guid=msg.guid)

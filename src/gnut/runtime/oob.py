@@ -97,6 +97,8 @@ class OobManager:
         cfg = self.node.cfg
         if self.udp.transport is None or cfg.firewalled or not cfg.oob or cfg.mode == "leaf":
             return False
+        if getattr(self.node, "wildcard", False):
+            return False  # bound to every interface and no peer told us our address yet
         return self.node.address[0].count(".") == 3
 
     def query_guid(self) -> bytes | None:
@@ -167,8 +169,12 @@ class OobManager:
         self.node.searches.on_hit(None, dg)
 
     # --- responder side ----------------------------------------------------------------------------
-    def offer(self, msg: Any, q: messages.Query, payloads: list[bytes]) -> bool:
-        """Offer `payloads` (our hits for `msg`) out of band; False when the query does not qualify."""
+    def offer(self, msg: Any, q: messages.Query, payloads: list[bytes], from_ip: str | None = None) -> bool:
+        """Offer `payloads` (our hits for `msg`) out of band; False when the query does not qualify.
+
+        `from_ip` is the address of the link the query came on: a GUID naming a loopback, LAN or
+        link-local address is honoured only when that link is in the same scope.
+        """
         if not (q.flags_in_use and q.flags & messages.QF_OUT_OF_BAND) or msg.hops < OOB_MIN_HOPS:
             return False
         if self.udp.transport is None or not payloads:
@@ -177,7 +183,8 @@ class OobManager:
             self.events["offers_too_big_for_oob"] += 1
             return False
         dest = vendor.oob_return_address(msg.guid)
-        if not dest[1] or dest[0] in ("0.0.0.0", "255.255.255.255"):
+        if not dest[1] or not vendor.may_reach(dest[0], from_ip or ""):
+            self.events["oob_address_refused"] += 1
             return False
         now = time.monotonic()
         self._expire(now)

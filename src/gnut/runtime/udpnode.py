@@ -142,7 +142,8 @@ class UdpGnutella:
         wall = time.time()
         hosts = vendor.decode_ipp(find(pong.ggep, "IPP") or b"")
         caches = vendor.decode_phc(find(pong.ggep, "PHC") or b"")
-        if pong.port and pong.ip != "0.0.0.0" and (pong.ip, pong.port) != tuple(self.node.address):
+        hosts = [h for h in hosts if vendor.may_reach(h[0], addr[0])]
+        if pong.port and vendor.may_reach(pong.ip, addr[0]) and (pong.ip, pong.port) != tuple(self.node.address):
             self.node.hosts.add(pong.ip, pong.port, "udp_pong", wall)
         for host, port in hosts:
             if (host, port) != tuple(self.node.address):
