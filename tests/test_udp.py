@@ -239,3 +239,19 @@ def test_guess_client_asks_an_unlinked_ultrapeer_for_hits(run, tmp_path):
                 await n.stop()
 
     run(body)
+
+
+def test_amplification_bench_bounds_unsolicited_replies():
+    """bench/bench_udp.py on real sockets: nothing unsolicited gets more than 5x its size back."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    result = importlib.import_module("bench_udp").run(quick=True)
+    rows = {r["datagram"]: r for r in result["rows"]}
+    assert result["worst_unsolicited"] <= 5.0
+    for name in ("QUERY (GUESS) no key", "LIME/11 forged", "LIME/12 forged", "PONG unsolicited", "garbage",
+                 "deflate bomb"):
+        assert rows[name]["bytes_out"] == 0, name
+    assert rows["LIME/11 claiming a live offer"]["hits"] >= 1
