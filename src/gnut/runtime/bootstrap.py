@@ -21,6 +21,7 @@ import collections
 import importlib.resources
 import logging
 import random
+import socket
 import time
 import tomllib
 import urllib.parse
@@ -231,6 +232,7 @@ class Bootstrap:
         self.phase = "idle"
         self.rng = random.Random()
         self._uhc_pending: tuple[str, float] | None = None
+        self._uhc_addr: tuple[str, int] | None = None
         self._last_announce = 0.0
         self._dirty = True
         if udpnode is not None:
@@ -254,21 +256,30 @@ class Bootstrap:
         cfg = self.node.cfg
         started = time.monotonic()
         while True:
-            now = time.monotonic()
-            if self.has_links():
-                if self.phase != "done":
-                    self.phase = "done"
-                    self.events["joined"] += 1
-                    log.info("bootstrap: linked to the network")
-            else:
-                self.phase = "bootstrapping"
-                if len(self.node.hosts) and now - started < cfg.hostcache_grace:
-                    pass  # the node dials its host cache by itself
-                elif not await self._try_uhc(now):
-                    await self._try_gwc()
-            await self._announce()
-            self.save()
+            try:
+                await self._step(started)
+            except Exception:  # a bug in one step must not end bootstrapping for good
+                self.events["step_errors"] += 1
+                log.exception("bootstrap step failed")
             await asyncio.sleep(cfg.bootstrap_tick)
+
+    async def _step(self, started: float) -> None:
+        """One round: done when linked; else the host cache's grace, then a UHC, then a GWC."""
+        cfg = self.node.cfg
+        now = time.monotonic()
+        if self.has_links():
+            if self.phase != "done":
+                self.phase = "done"
+                self.events["joined"] += 1
+                log.info("bootstrap: linked to the network")
+        else:
+            self.phase = "bootstrapping"
+            if len(self.node.hosts) and now - started < cfg.hostcache_grace:
+                pass  # the node dials its host cache by itself
+            elif not await self._try_uhc(now):
+                await self._try_gwc()
+        await self._announce()
+        self.save()
 
     async def _try_uhc(self, now: float) -> bool:
         """Ping one UHC if one is due; True while a ping waits for its answer."""
@@ -290,7 +301,8 @@ class Bootstrap:
                 self.uhcs.failed(e.key, time.time())
                 continue
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=2)  # SOCK_DGRAM
+                infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), family=socket.AF_INET,
+                                                                     type=socket.SOCK_DGRAM)
             except OSError:
                 self.events["uhc_resolve_failed"] += 1
                 self.uhcs.failed(e.key, time.time())
@@ -308,7 +320,7 @@ class Bootstrap:
         self.events["uhc_replies"] += 1
         self.events["uhc_hosts"] += len(hosts)
         pending = self._uhc_pending
-        if pending is not None and getattr(self, "_uhc_addr", None) == addr:
+        if pending is not None and self._uhc_addr == addr:
             self.uhcs.succeeded(pending[0], time.time())
             self._uhc_pending = None
         for host, port in caches:
