@@ -233,6 +233,7 @@ def test_guess_client_asks_an_unlinked_ultrapeer_for_hits(run, tmp_path):
             assert search.results[0].port == u2.address[1]
             g = leaf.stats()["udp"]["guess_client"]
             assert g["key_requests"] == 1 and g["queries_sent"] >= 1
+            await wait_for(lambda: leaf.udpnode.events["guess_acks_received"] == 1, what="GUESS ack pong")
             assert u2.udpnode.events["guess_answered"] == 1 and u1.udpnode.events["guess_queries"] == 0
         finally:
             for n in (u1, u2, leaf):

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from gnut.constants import MSG_QUERY
-from gnut.protocol import messages
+from gnut.protocol import messages, vendor
 from gnut.protocol.datagram import build_datagram
 from gnut.protocol.ggep import GgepItem
 
@@ -76,8 +76,10 @@ class GuessClient:
                     if key is None:
                         self.events["no_key"] += 1
                         continue
-                q = messages.Query(search.text, urns=search.urns, ggep=(GgepItem("QK", key),))
+                q = messages.Query(search.text, urns=search.urns,
+                                   ggep=(GgepItem("QK", key), GgepItem("SCP", bytes((vendor.SCP_F_ULTRA,)))))
                 self.oob.expect_hits(search.guid, addr, GUESS_HITS_ACCEPTED)
+                self.udpnode.expect_pong(search.guid, addr, "guess_ack")
                 raw = build_datagram(search.guid, MSG_QUERY, 1, 0, q.encode(), can_inflate=True)
                 if self.udpnode.udp.send(raw, addr, "guess_query"):
                     self.events["queries_sent"] += 1

@@ -53,7 +53,8 @@ class UdpGnutella:
     def __init__(self, node: Any, udp: UdpTransceiver) -> None:
         self.node = node
         self.udp = udp
-        self._pings: collections.OrderedDict[bytes, tuple[str, float, str]] = collections.OrderedDict()
+        # (GUID, IP) of pings we sent (and GUESS queries, whose ack pongs carry the query GUID) -> (time, kind).
+        self._pings: collections.OrderedDict[tuple[bytes, str], tuple[float, str]] = collections.OrderedDict()
         self._qk = [os.urandom(16)]
         self._qk_since = time.monotonic()
         self.events: collections.Counter[str] = collections.Counter()
@@ -119,25 +120,28 @@ class UdpGnutella:
     def send_ping(self, addr: tuple[str, int], kind: str, ggep: tuple[GgepItem, ...] = ()) -> bytes:
         """Send a TTL-1 UDP ping (UHC: SCP; GUESS key request: QK) and remember it for its pong."""
         guid = new_guid()
-        now = time.monotonic()
-        self._pings[guid] = (addr[0], now, kind)
-        while len(self._pings) > PINGS_REMEMBERED:
-            self._pings.popitem(last=False)
+        self.expect_pong(guid, addr, kind)
         raw = build_datagram(guid, MSG_PING, 1, 0, messages.Ping(ggep).encode(), can_inflate=True)
         self.udp.send(raw, addr, f"ping_{kind}")
         return guid
+
+    def expect_pong(self, guid: bytes, addr: tuple[str, int], kind: str) -> None:
+        """Accept one pong with `guid` from `addr`'s IP within PING_REPLY_WINDOW."""
+        self._pings[(guid, addr[0])] = (time.monotonic(), kind)
+        while len(self._pings) > PINGS_REMEMBERED:
+            self._pings.popitem(last=False)
 
     def ping_uhc(self, addr: tuple[str, int]) -> bytes:
         return self.send_ping(addr, "uhc", vendor.scp_ping(want_ultrapeers=True).ggep)
 
     # --- PONG --------------------------------------------------------------------------------------
     def on_pong(self, dg: Datagram, addr: tuple[str, int]) -> None:
-        rec = self._pings.get(dg.guid)
+        rec = self._pings.pop((dg.guid, addr[0]), None)
         now = time.monotonic()
-        if rec is None or rec[0] != addr[0] or now - rec[1] > PING_REPLY_WINDOW:
+        if rec is None or now - rec[0] > PING_REPLY_WINDOW:
             self.udp.drops[UdpDrop.UNSOLICITED.value] += 1
             return
-        del self._pings[dg.guid]
+        kind = rec[1]
         pong = messages.Pong.decode(dg.payload)
         wall = time.time()
         hosts = vendor.decode_ipp(find(pong.ggep, "IPP") or b"")
@@ -150,13 +154,15 @@ class UdpGnutella:
                 self.node.hosts.add(host, port, "uhc", wall)
         self.events["uhc_hosts_learned"] += len(hosts)
         key = find(pong.ggep, "QK")
-        if rec[2] == "qk" and key is not None and vendor.QK_MIN <= len(key) <= vendor.QK_MAX:
+        if kind == "qk" and key is not None and vendor.QK_MIN <= len(key) <= vendor.QK_MAX:
             self.query_keys[addr] = key
             self.query_keys.move_to_end(addr)
             while len(self.query_keys) > QUERY_KEYS_KEPT:
                 self.query_keys.popitem(last=False)
             self.events["query_keys_received"] += 1
-        if rec[2] == "uhc" and self.on_uhc_reply is not None:
+        if kind == "guess_ack":
+            self.events["guess_acks_received"] += 1
+        if kind == "uhc" and self.on_uhc_reply is not None:
             self.on_uhc_reply(addr, hosts, caches)
 
     # --- GUESS -------------------------------------------------------------------------------------
@@ -177,8 +183,14 @@ class UdpGnutella:
             self.udp.drops["bad_query_key"] += 1
             return
         self.events["guess_queries"] += 1
-        # The acknowledgement pong (GUESS 0.1): tells the querier we took the query.
-        ack = build_datagram(dg.guid, MSG_PONG, 1, 0, self._pong_payload([]), deflate=dg.can_inflate)
+        # The acknowledgement pong (GUESS 0.1): tells the querier we took the query; with "SCP" in
+        # the query (GUESS 0.2) it lists more ultrapeers to walk. Only key holders get here.
+        extra: list[GgepItem] = []
+        if find(q.ggep, "SCP") is not None:
+            ipp = vendor.encode_ipp(self.fresh_ultrapeers(addr))
+            if ipp:
+                extra.append(GgepItem("IPP", ipp))
+        ack = build_datagram(dg.guid, MSG_PONG, 1, 0, self._pong_payload(extra), deflate=dg.can_inflate)
         self.udp.send(ack, addr, "guess_ack")
         share, transfers = self.node.share, self.node.transfers
         if share is None or transfers is None:
