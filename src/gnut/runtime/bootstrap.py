@@ -370,7 +370,10 @@ class Bootstrap:
             return
         self._last_announce = now
         for url in cfg.gwc:
-            query = gwc.client_query("update", CLIENT, __version__, ip=tuple(self.node.address))
+            # Spec 1 section 3: pass on the URL of another cache, one that answered us.
+            working = [e.key for e in self.gwcs.entries.values() if e.last_success and e.key != url]
+            query = gwc.client_query("update", CLIENT, __version__, ip=tuple(self.node.address),
+                                     url=self.rng.choice(working) if working else None)
             try:
                 reply = gwc.parse_reply(await gwc_request(url, query))
                 self.events["gwc_updates_ok" if reply.ok else "gwc_updates_refused"] += 1
