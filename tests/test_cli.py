@@ -278,6 +278,7 @@ def test_control_socket_is_private_and_answers_status(tmp_path, capsys):
             rc = await client.status(argparse.Namespace(json=False), node.cfg.home)
             out = capsys.readouterr().out
             assert rc == 0 and "peers (0):" in out and "drops:    none" in out
+            assert f"udp:      {node.address[0]}:{node.address[1]} datagrams in 0" in out
         finally:
             await node.stop()
         assert not node.cfg.control_path.exists()

@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--download-dir", type=Path, default=None, metavar="DIR")
     n.add_argument("--no-control", action="store_true", help="do not serve the local control API")
     n.add_argument("--config", type=Path, default=None, metavar="FILE", help="TOML file with the same settings")
+    n.add_argument("--uhc", type=_hostport, action="append", default=[], metavar="HOST:PORT",
+                   help="UDP host cache to ask for peers when we have none (repeatable)")
+    n.add_argument("--gwc", action="append", default=[], metavar="URL",
+                   help="GWebCache (http://...) to ask for peers when we have none (repeatable)")
+    n.add_argument("--bootstrap", action="store_true", default=None,
+                   help="also use the shipped PUBLIC UHC/GWebCache lists (contacts public hosts)")
     n.add_argument("-v", "--verbose", action="count", default=0, dest="node_verbose",
                    help="log every message routed (its type, peer, TTL/hops and the decision)")
 
@@ -116,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="peers, traffic, drops and transfers of the running node")
     st.add_argument("--json", action="store_true")
 
+    w = sub.add_parser("gwc", help="run a GWebCache server (spec 1 and 2)")
+    w.add_argument("--listen", type=_listen_address, required=True, metavar="HOST:PORT")
+    w.add_argument("--update-interval", type=float, default=None, metavar="S",
+                   help="seconds between two updates accepted from one IP (default 3300)")
+
     d = sub.add_parser("demo", help="run a local demo network with real searches and a download")
     d.add_argument("--nodes", type=int, default=20)
     d.add_argument("--loop", choices=LOOP_CHOICES, default="auto")
@@ -132,6 +143,15 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         kw["connect"] = list(args.connect)
     if args.share:
         kw["share_dirs"] = list(args.share)
+    if args.uhc:
+        kw["uhc"] = list(args.uhc)
+    if args.gwc:
+        for url in args.gwc:
+            if not url.startswith("http://"):
+                raise ValueError(f"--gwc {url!r}: only http:// GWebCache URLs are supported")
+        kw["gwc"] = list(args.gwc)
+    if args.bootstrap:
+        kw["bootstrap"] = True
     for opt, key in (("mode", "mode"), ("loop", "loop"), ("max_peers", "max_peers"), ("max_leaves", "max_leaves"),
                      ("out_links", "out_links"), ("firewalled", "firewalled"), ("download_dir", "download_dir")):
         if getattr(args, opt) is not None:
@@ -195,6 +215,17 @@ def _main(argv: list[str] | None) -> int:
             return loops.run(run_node(cfg), cfg.loop)
         except OSError as exc:
             print(f"gnut node: {exc}", file=sys.stderr)  # e.g. the listen address is in use
+            return 1
+    if args.command == "gwc":
+        setup_logging(args.verbose)
+        from gnut.app.gwc import run_gwc
+        from gnut.protocol.gwc import UPDATE_INTERVAL
+
+        interval = UPDATE_INTERVAL if args.update_interval is None else args.update_interval
+        try:
+            return loops.run(run_gwc(*args.listen, interval))
+        except OSError as exc:
+            print(f"gnut gwc: {exc}", file=sys.stderr)
             return 1
     home = args.home or default_home()
     if args.verbose:

@@ -347,6 +347,13 @@ async def status(args: argparse.Namespace, home: Path) -> int:
         print("received: " + ", ".join(f"{k} {v}" for k, v in st["received"].items()))
         print("sent:     " + ", ".join(f"{k} {v}" for k, v in st["sent"].items()))
         print("drops:    " + (", ".join(f"{k} {v}" for k, v in st["drops"].items()) or "none"))
+        u = st.get("udp") or {}
+        if u.get("enabled"):
+            oob = u.get("oob", {})
+            print(f"udp:      {u['address']} datagrams in {u['datagrams_in']} out {sum(u['sent'].values())}, "
+                  f"OOB hits in {oob.get('hits_received', 0)} out {oob.get('hits_sent', 0)}, "
+                  f"bootstrap {u['bootstrap']['phase']}; drops "
+                  + (", ".join(f"{k} {v}" for k, v in u["drops"].items()) or "none"))
         t = st.get("transfers", {})
         print(f"uploads: {t.get('uploads_active', 0)} active, {t.get('uploads_done', 0)} done; "
               f"downloads: {len(t.get('downloads', []))}")

@@ -79,6 +79,24 @@ class NodeConfig:
     # Seen-GUID cache and reverse-route table sizes: the memory bound under a flood of unique GUIDs.
     seen_cache_size: int = GUID_CACHE_CAPACITY
     route_table_size: int = ROUTE_TABLE_CAPACITY
+    # UDP on the Gnutella port (PING/PONG, UHC, GUESS, OOB hits, registered kinds such as the DHT).
+    udp: bool = True
+    # Per-source UDP rate (datagrams/s) and burst: the transceiver's defaults; tests raise them.
+    udp_rate: float = 20.0
+    udp_burst: float = 60.0
+    # Ask for and give out-of-band query hits (needs UDP and a non-firewalled IPv4 address).
+    oob: bool = True
+    # Also send our searches as GUESS queries over UDP to ultrapeers we are not linked to.
+    guess: bool = False
+    # Bootstrap: explicit UDP host caches ("host", port) and GWebCache URLs; `bootstrap` adds the
+    # shipped public lists (gnut/data/bootstrap.toml): only when the user asks for it.
+    uhc: list[tuple[str, int]] = field(default_factory=list)
+    gwc: list[str] = field(default_factory=list)
+    bootstrap: bool = False
+    # Bootstrap pacing: seconds per step, host-cache grace before asking caches, UHC answer wait.
+    bootstrap_tick: float = 1.0
+    hostcache_grace: float = 10.0
+    uhc_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -88,6 +106,8 @@ class NodeConfig:
         if self.download_dir is None:
             self.download_dir = self.home / "downloads"
         self.download_dir = Path(self.download_dir)
+        self.uhc = [parse_hostport(u) if isinstance(u, str) else (str(u[0]), int(u[1])) for u in self.uhc]
+        self.gwc = [str(u) for u in self.gwc]
 
     @property
     def control_path(self) -> Path:
@@ -96,6 +116,10 @@ class NodeConfig:
     @property
     def hosts_path(self) -> Path:
         return self.home / "hosts.json"
+
+    @property
+    def bootstrap_path(self) -> Path:
+        return self.home / "bootstrap.json"
 
     @property
     def sha1_cache_path(self) -> Path:

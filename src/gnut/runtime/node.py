@@ -37,6 +37,7 @@ from gnut.runtime.hostcache import HostCache
 from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
 from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
 from gnut.runtime.search import SearchManager
+from gnut.runtime.udpnode import start_udp, stop_udp, udp_stats
 
 log = logging.getLogger("gnut.runtime.node")
 flow = logging.getLogger("gnut.flow")
@@ -105,6 +106,8 @@ class Node(LinkManager):
         self._qrp_full: list[bytes] | None = None
         self.share = None
         self.transfers = None
+        # UDP (runtime/udpnode.start_udp): transceiver, PING/PONG/GUESS, OOB, bootstrap; None without UDP.
+        self.udp = self.udpnode = self.oob = self.bootstrap = self.guess = None
         # Things run beside the node (the app's control API): started last, stopped first.
         self.services: list[Service] = []
         self.started = time.monotonic()
@@ -145,6 +148,7 @@ class Node(LinkManager):
         self.address = ("127.0.0.1" if self.wildcard else sock[0], sock[1])
         self.handshake_config = self._handshake_config()
         log.info("listening on %s:%d as %s (%d files shared)", *self.address, self.cfg.mode, len(self.share))
+        await start_udp(self)
         self.spawn(self._housekeeping())
         for host, port in self.cfg.connect:
             self.hosts.add(host, port, "config", time.time())
@@ -163,6 +167,7 @@ class Node(LinkManager):
         self.searches.save_spam_state()
         if self._server is not None:
             self._server.close()
+        stop_udp(self)
         for p in list(self.peers.values()):
             p.send_bye(200, "Servent shutdown")
         for t in list(self._tasks):
@@ -380,7 +385,10 @@ class Node(LinkManager):
             return
         self.events["queries_answered"] += 1
         ttl = min(msg.hops + 2, SOFT_TTL_LIMIT) if msg.hops else 1
-        for payload in self.transfers.hit_payloads(files, ggep_h=bool(q.flags & messages.QF_GGEP_H)):
+        payloads = self.transfers.hit_payloads(files, ggep_h=bool(q.flags & messages.QF_GGEP_H))
+        if self.oob is not None and self.oob.offer(msg, q, payloads, peer.addr[0] if peer.addr else None):
+            return  # out of band: the hits go by UDP once the querier claims them
+        for payload in payloads:
             self.send_to(peer, MSG_QUERYHIT, payload, ttl=max(ttl, 1), guid=msg.guid)
 
     def our_pong(self) -> messages.Pong:
@@ -573,6 +581,7 @@ class Node(LinkManager):
             "hosts_known": len(self.hosts),
             "shared_files": len(self.share) if self.share is not None else 0,
             "transfers": self.transfers.stats() if self.transfers is not None else {},
+            "udp": udp_stats(self),
         }
 
 

@@ -194,12 +194,17 @@ class SearchManager:
         """
         node = self.node
         now = time.monotonic()
-        guid = new_guid()
+        # Out-of-band hits (runtime/oob.py): a GUID carrying our UDP address, flag 0x0400, GGEP SO.
+        oob_guid = node.oob.query_guid() if getattr(node, "oob", None) is not None else None
+        guid = oob_guid or new_guid()
         search = Search(guid, text, tuple(urns), now)
         self.active[guid] = search
         node.router.register_own(guid, MSG_QUERY, now)
         flags = messages.QF_DEFAULT | (messages.QF_LEAF_GUIDED if node.cfg.mode == "leaf" else 0)
-        q = messages.Query(text=text, flags=flags, urns=tuple(urns))
+        if oob_guid is not None:
+            flags |= messages.QF_OUT_OF_BAND
+        q = messages.Query(text=text, flags=flags, urns=tuple(urns),
+                           ggep=(messages.GgepItem("SO", b""),) if oob_guid is not None else ())
         ttl = ttl or node.cfg.query_ttl
         payload = q.encode()
         raw = messages.build(guid, MSG_QUERY, ttl, 0, payload)
@@ -219,6 +224,8 @@ class SearchManager:
         if ups:
             search.dq = node.dq.start(guid, payload, hops=0, origin=None, max_ttl=ttl,
                                       target=node.dq.target_for(payload, leaf=False))
+        if getattr(node, "guess", None) is not None:
+            node.guess.start(search)  # GUESS over UDP too (runtime/guess.py; config `guess = true`)
         log.info("search %r sent to %d peers%s (guid %s)", text, search.direct_sent,
                  f", {ups} ultrapeers by dynamic query" if ups else "", guid.hex())
         return search
