@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--download-dir", type=Path, default=None, metavar="DIR")
     n.add_argument("--no-control", action="store_true", help="do not serve the local control API")
     n.add_argument("--config", type=Path, default=None, metavar="FILE", help="TOML file with the same settings")
+    n.add_argument("--hostiles", type=Path, default=None, metavar="FILE",
+                   help="addresses/CIDRs never to connect with, one per line (read with $GNUT_HOME/hostiles.txt)")
     n.add_argument("-v", "--verbose", action="count", default=0, dest="node_verbose",
                    help="log every message routed (its type, peer, TTL/hops and the decision)")
 
@@ -96,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="peers, traffic, drops and transfers of the running node")
     st.add_argument("--json", action="store_true")
 
+    b = sub.add_parser("ban", help="refuse and never dial an address or network (saved to hostiles.txt)")
+    b.add_argument("target", metavar="ADDR[/BITS]")
+
     d = sub.add_parser("demo", help="run a local demo network with real searches and a download")
     d.add_argument("--nodes", type=int, default=20)
     d.add_argument("--loop", choices=LOOP_CHOICES, default="auto")
@@ -113,7 +118,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     if args.share:
         kw["share_dirs"] = list(args.share)
     for opt, key in (("mode", "mode"), ("loop", "loop"), ("max_peers", "max_peers"), ("max_leaves", "max_leaves"),
-                     ("out_links", "out_links"), ("firewalled", "firewalled"), ("download_dir", "download_dir")):
+                     ("out_links", "out_links"), ("firewalled", "firewalled"), ("download_dir", "download_dir"),
+                     ("hostiles", "hostiles")):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)
     if args.no_control:
@@ -180,6 +186,8 @@ def _main(argv: list[str] | None) -> int:
         return loops.run(client.get(args, home), args.loop)
     if args.command == "status":
         return loops.run(client.status(args, home))
+    if args.command == "ban":
+        return loops.run(client.ban(args, home))
     if args.command == "demo":
         from gnut.app.demo import run_demo
 

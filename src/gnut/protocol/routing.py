@@ -349,6 +349,10 @@ class Router:
         table = self._query_routes if mtype == MSG_QUERY else self._ping_routes if mtype == MSG_PING else None
         return None if table is None else self._live(table.get(guid, now))
 
+    def is_own_ping(self, guid: bytes, now: float) -> bool:
+        """Whether `guid` is one of our own live PINGs (a PONG for it was solicited)."""
+        return self._is_own(self._ping_routes, guid, now)
+
     def push_route(self, servent_guid: bytes, now: float) -> int | None:
         """Return the live peer a PUSH for `servent_guid` should go to (learned from hits), or None."""
         return self._live(self._push_routes.get(servent_guid, now))

@@ -76,6 +76,8 @@ class NodeConfig:
     # Seen-GUID cache and reverse-route table sizes: the memory bound under a flood of unique GUIDs.
     seen_cache_size: int = GUID_CACHE_CAPACITY
     route_table_size: int = ROUTE_TABLE_CAPACITY
+    # A hostiles file (gtk-gnutella's format) read besides $GNUT_HOME/hostiles.txt; None: only that one.
+    hostiles: Path | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -7,6 +7,7 @@ import collections
 import logging
 import random
 import time
+from pathlib import Path
 from typing import Protocol
 
 from gnut.constants import (
@@ -30,9 +31,12 @@ from gnut.fastpath import STOP_END, STOP_LOCAL, relay_rewrite
 from gnut.protocol import handshake as hs
 from gnut.protocol import messages, qrp
 from gnut.protocol import routing as rt
+from gnut.protocol.addresses import AddressPolicy, AddressVotes, Hostiles
 from gnut.protocol.guid import new_guid
+from gnut.protocol.printable import printable
 from gnut.runtime.config import NodeConfig
 from gnut.runtime.dynquery import DqDriver
+from gnut.runtime.fsutil import atomic_write_bytes
 from gnut.runtime.hostcache import HostCache
 from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
 from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
@@ -61,6 +65,10 @@ HOSTS_SAVE_EVERY = 30.0
 MAX_PARALLEL_DIALS = 4
 # Listening on these means "every interface": the address we advertise must come from elsewhere.
 WILDCARDS = ("0.0.0.0", "::")
+# The hostiles file in the node's home (gtk-gnutella's format); `gnut ban` appends to it.
+HOSTILES_FILE = "hostiles.txt"
+# A hostiles file above this size is not read (gtk-gnutella's full list is ~100 KiB).
+HOSTILES_MAX_BYTES = 8 << 20
 
 
 class Service(Protocol):
@@ -87,6 +95,12 @@ class Node(LinkManager):
         self._slot_bufs: list[bytearray] = []
         self._slot_bases: list[int] = []
         self.hosts = HostCache(cfg.hosts_path if cfg.save_hosts else None)
+        # Trust (protocol/addresses.py): refusals by reason, hostile addresses, our address by vote.
+        self.trust: collections.Counter[str] = collections.Counter()
+        self.hostiles = Hostiles()
+        self.addr_votes = AddressVotes()
+        self._load_hostiles()
+        self.hosts.hostiles = self.hostiles
         self.pong_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self.searches = SearchManager(self)
         self.dq = DqDriver(self)
@@ -144,9 +158,11 @@ class Node(LinkManager):
         self.wildcard = sock[0] in WILDCARDS
         self.address = ("127.0.0.1" if self.wildcard else sock[0], sock[1])
         self.handshake_config = self._handshake_config()
+        self.address_changed()
         log.info("listening on %s:%d as %s (%d files shared)", *self.address, self.cfg.mode, len(self.share))
         self.spawn(self._housekeeping())
         for host, port in self.cfg.connect:
+            # Cached unverified: saved and passed on only once it completed a handshake.
             self.hosts.add(host, port, "config", time.time())
             self.dial(host, port)
         for service in self.services:
@@ -187,6 +203,67 @@ class Node(LinkManager):
             self.hosts.save()
         except OSError as exc:
             log.warning("could not save host cache: %s", exc)
+
+    def address_changed(self) -> None:
+        """Our advertised address is set or changed: peers' addresses are judged against it."""
+        self.hosts.policy = AddressPolicy(self.address[0])
+
+    # --- hostiles ---------------------------------------------------------------------------
+    def _hostiles_paths(self) -> list[Path]:
+        paths = [self.cfg.home / HOSTILES_FILE]
+        extra = self.cfg.hostiles
+        if extra:
+            paths.append(Path(extra))
+        return paths
+
+    def _load_hostiles(self) -> None:
+        for path in self._hostiles_paths():
+            try:
+                if path.stat().st_size > HOSTILES_MAX_BYTES:
+                    log.warning("hostiles file %s is larger than %d bytes: not read", path, HOSTILES_MAX_BYTES)
+                    continue
+                text = path.read_text("utf-8", "replace")
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("could not read hostiles file %s: %s", path, exc)
+                continue
+            added, bad = self.hostiles.load_text(text)
+            log.info("%d hostile addresses from %s%s", added, path, f" ({len(bad)} bad lines)" if bad else "")
+            for line in bad[:5]:
+                log.warning("%s: %s", path, printable(line))
+
+    def ban(self, spec: str) -> str:
+        """Add an address or CIDR to the hostiles list at run time and to $GNUT_HOME/hostiles.txt.
+
+        Links from a banned address are closed at once; it is never dialled again.
+
+        Returns:
+            The normal form of what was banned.
+
+        Raises:
+            ValueError: `spec` is not an address or network.
+            OSError: the hostiles file could not be written.
+        """
+        entry = self.hostiles.add(spec)
+        path = self.cfg.home / HOSTILES_FILE
+        try:
+            old = path.read_text("utf-8", "replace")
+        except FileNotFoundError:
+            old = "# gnut hostiles: one address or CIDR per line (gtk-gnutella's hostiles.txt format)\n"
+        if entry not in {line.split("#", 1)[0].strip() for line in old.splitlines()}:
+            atomic_write_bytes(path, (old if old.endswith("\n") or not old else old + "\n").encode()
+                               + f"{entry}\n".encode())
+        self.trust["bans"] += 1
+        for p in list(self.peers.values()):
+            if p.addr is not None and p.addr[0] in self.hostiles:
+                self.trust["closed_banned"] += 1
+                if p.established:
+                    p.send_bye(403, "Banned")
+                else:
+                    p.close("banned")
+        log.info("banned %s", entry)
+        return entry
 
     def _handshake_config(self) -> hs.HandshakeConfig:
         return hs.HandshakeConfig(mode=self.cfg.mode, listen_ip=self.address[0], listen_port=self.address[1],
@@ -392,7 +469,9 @@ class Node(LinkManager):
         if not crawler:
             self.send_to(peer, MSG_PONG, self.our_pong().encode(), ttl, guid=msg.guid)
         if msg.ttl > 1:
-            rows = [v for k, v in reversed(self.pong_cache.items()) if k != peer.listen_addr]
+            # Only proven hosts are passed on: cached pongs of hosts the cache holds as good.
+            good = self.hosts.is_good
+            rows = [v for k, v in reversed(self.pong_cache.items()) if k != peer.listen_addr and good(*k)]
             for payload in rows[:PONG_REPLY_MAX]:
                 self.send_to(peer, MSG_PONG, payload, ttl, guid=msg.guid)
 
@@ -401,7 +480,15 @@ class Node(LinkManager):
         key = (pong.ip, pong.port)
         if key == self.address or not pong.port:
             return
-        self.hosts.add(pong.ip, pong.port, "pong", time.time())
+        # A pong is solicited when it answers one of our PINGs or is the neighbour's own (hops 0);
+        # an unsolicited one (hops > 0, a PING we never sent) names a host nobody vouches for.
+        if msg.hops and not self.router.is_own_ping(msg.guid, time.monotonic()):
+            self.trust["pong_unsolicited"] += 1
+            return
+        why = self.hosts.add(pong.ip, pong.port, "pong", time.time(), via=peer.addr[0] if peer.addr else None)
+        if why is not None:
+            self.trust[f"pong_{why}"] += 1
+            return
         self.pong_cache[key] = msg.payload
         self.pong_cache.move_to_end(key)
         while len(self.pong_cache) > PONG_CACHE_SIZE:
@@ -555,6 +642,21 @@ class Node(LinkManager):
                 "uptime": round(time.monotonic() - p.started, 1),
             })
         r = self.router
+        now = time.monotonic()
+        votes = self.addr_votes.tally(now)
+        trust = {
+            "route_takeovers": r.dup_ttl_relays,
+            "route_takeovers_refused": r.takeovers_refused,
+            "address": {
+                "advertised": self.address[0],
+                "wildcard": self.wildcard,
+                "learned": self.addr_votes.current,
+                "votes": votes,
+                "changes": self.addr_votes.changes,
+            },
+            "hostiles": len(self.hostiles),
+            "refused": dict(self.trust),
+        }
         return {
             "address": f"{self.address[0]}:{self.address[1]}",
             "mode": self.cfg.mode,
@@ -569,6 +671,8 @@ class Node(LinkManager):
             "events": dict(self.events),
             "dynamic_queries": self.dq.stats(),
             "hosts_known": len(self.hosts),
+            "hosts": self.hosts.stats(),
+            "trust": trust,
             "shared_files": len(self.share) if self.share is not None else 0,
             "transfers": self.transfers.stats() if self.transfers is not None else {},
         }
