@@ -32,13 +32,12 @@
 from __future__ import annotations
 
 import collections
-import ipaddress
 import random
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from gnut.protocol.addresses import AddressPolicy, Hostiles, parse_ip
+from gnut.protocol.addresses import AddressPolicy, Hostiles, ip_value
 from gnut.runtime.fsutil import atomic_write_json, read_json
 
 # gtk-gnutella keeps a few thousand hosts; more is stale weight in a file we rewrite often.
@@ -89,6 +88,7 @@ class HostEntry:
     failures: int = 0  # in a row
     next_try: float = 0.0
     good: bool = False
+    subnet: tuple[int, int] = (0, 0)  # the /24 (IPv6 /48) it is counted in while unverified
 
     def as_row(self) -> dict:
         return {"v": FILE_VERSION, "host": self.host, "port": self.port, "pool": self.pool,
@@ -96,12 +96,9 @@ class HostEntry:
                 "good": self.good}
 
 
-def _subnet(host: str) -> str:
-    ip = parse_ip(host)
-    if ip is None:
-        return host
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+def _subnet(version: int, value: int) -> tuple[int, int]:
+    """The /24 (IPv6: /48) of an address parsed by ip_value()."""
+    return (4, value >> 8) if version == 4 else (6, value >> 80)
 
 
 class _Pool:
@@ -112,7 +109,7 @@ class _Pool:
         self.capacity = capacity
         self.good: OrderedDict[tuple[str, int], HostEntry] = OrderedDict()
         self.unverified: OrderedDict[tuple[str, int], HostEntry] = OrderedDict()
-        self.subnets: Counter[str] = collections.Counter()
+        self.subnets: Counter[tuple[int, int]] = collections.Counter()
 
     def __len__(self) -> int:
         return len(self.good) + len(self.unverified)
@@ -126,7 +123,7 @@ class _Pool:
             self._uncount(e)
 
     def _uncount(self, e: HostEntry) -> None:
-        sub = _subnet(e.host)
+        sub = e.subnet
         self.subnets[sub] -= 1
         if self.subnets[sub] <= 0:
             del self.subnets[sub]
@@ -176,14 +173,15 @@ class HostCache:
                 success = float(row.get("last_success", 0.0))
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue
-            if not 0 < port < 65536 or pool not in self._pools or parse_ip(host) is None:
+            parsed = ip_value(host)
+            if not 0 < port < 65536 or pool not in self._pools or parsed is None:
                 continue
             # Old-format rows may hold anything a peer once sent: they come back unverified.
             if good:
                 e = HostEntry(host, port, pool, str(row.get("source", "disk")), seen, seen, success, good=True)
                 self._pools[pool].good[(host, port)] = e
             else:
-                self._add_unverified(self._pools[pool], host, port, "disk", seen)
+                self._add_unverified(self._pools[pool], host, port, "disk", seen, parsed)
 
     def __len__(self) -> int:
         return sum(len(p) for p in self._pools.values())
@@ -203,17 +201,22 @@ class HostCache:
     # --- adding ----------------------------------------------------------------------------------
     def check(self, host: str, port: int) -> str | None:
         """Why host:port may not enter the cache (a refusal reason), or None when it may."""
+        return self._check(host, port)[0]
+
+    def _check(self, host: str, port: int) -> tuple[str | None, tuple[int, int] | None]:
+        """(refusal reason or None, the address parsed by ip_value())."""
         if not 0 < port < 65536 or not host:
-            return "bad_port"
-        if parse_ip(host) is None:
-            return "invalid"
+            return "bad_port", None
+        parsed = ip_value(host)
+        if parsed is None:
+            return "invalid", None
         if self.policy is not None:
-            c = self.policy.verdict(host)
+            c = self.policy.verdict_value(*parsed)
             if c is not None:
-                return c.value
-        if self.hostiles is not None and host in self.hostiles:
-            return "hostile"
-        return None
+                return c.value, parsed
+        if self.hostiles is not None and self.hostiles.contains_value(*parsed):
+            return "hostile", parsed
+        return None, parsed
 
     def add(self, host: str, port: int, source: str, now: float, pool: str = "ultrapeer",
             via: str | None = None) -> str | None:
@@ -227,23 +230,23 @@ class HostCache:
             `refused`): bad_port, invalid, loopback/private/bogon, hostile, leaf_pool, rate,
             subnet_full.
         """
-        if pool not in self._pools:
+        p = self._pools.get(pool)
+        if p is None:
             return self._refuse("leaf_pool" if pool == "leaf" else "unknown_pool")
-        why = self.check(host, port)
-        if why is not None:
-            return self._refuse(why)
-        p = self._pools[pool]
         key = (host, port)
         e = p.get(key)
-        if e is not None:
+        if e is not None:  # checked when it came in (a later ban is checked when picking)
             e.seen = now
             if not e.good:
                 p.unverified.move_to_end(key)
             return None
+        why, parsed = self._check(host, port)
+        if why is not None:
+            return self._refuse(why)
         budget = _RATED.get(source)
         if budget is not None and via is not None and not self._spend(source, via, budget, now):
             return self._refuse("rate")
-        return self._add_unverified(p, host, port, source, now)
+        return self._add_unverified(p, host, port, source, now, parsed)
 
     def add_list(self, rows, source: str, now: float, pool: str = "ultrapeer", via: str | None = None) -> int:
         """Add an X-Try-style list: at most `xtry_new_max` new entries from one list.
@@ -262,9 +265,10 @@ class HostCache:
                 taken += len(self._pools[pool]) > before
         return taken
 
-    def _add_unverified(self, p: _Pool, host: str, port: int, source: str, now: float) -> str | None:
+    def _add_unverified(self, p: _Pool, host: str, port: int, source: str, now: float,
+                        parsed: tuple[int, int]) -> str | None:
         self._expire(p, now)
-        sub = _subnet(host)
+        sub = _subnet(*parsed)
         if p.subnets[sub] >= self.per_subnet:
             return self._refuse("subnet_full")
         room = p.unverified_room
@@ -272,7 +276,7 @@ class HostCache:
             return self._refuse("full")
         while len(p.unverified) >= room:
             p.pop_oldest_unverified()
-        p.unverified[(host, port)] = HostEntry(host, port, p.name, source, now, now)
+        p.unverified[(host, port)] = HostEntry(host, port, p.name, source, now, now, subnet=sub)
         p.subnets[sub] += 1
         self.added[source] += 1
         self.dirty = True
