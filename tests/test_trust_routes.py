@@ -381,3 +381,24 @@ def test_status_text_shows_the_trust_section(run, tmp_path, capsys):
     assert "trust:   address 127.0.0.1 (as bound), route takeovers 0 (refused 0)" in out
     assert "hosts:   ultrapeer 0 good/0 unverified" in out
     assert time.time() > 0
+
+
+def test_push_to_a_hostile_address_is_not_followed(run, tmp_path):
+    """A PUSH makes the node connect out: the address it names gets the same trust as any other.
+    (A hostile loopback address stands in for a bogon: a test never sends to a bogon.)"""
+
+    async def go():
+        node = await start_node(tmp_path, "n")
+        peer = RawPeer()
+        await peer.connect(node)
+        try:
+            node.ban("127.0.0.77")
+            push = messages.Push(servent_guid=node.servent_guid, index=1, ip="127.0.0.77", port=9).encode()
+            peer.send(messages.build(new_guid(), MSG_PUSH, 3, 0, push))
+            await wait_for(lambda: node.trust["push_hostile"] == 1, what="the PUSH refused")
+            assert node.router.local[MSG_PUSH] == 1
+        finally:
+            await peer.close()
+            await node.stop()
+
+    run(go)

@@ -12,14 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gnut.constants import (
-    HARD_TTL_LIMIT,
-    MAX_QUERY_DISCONNECT,
-    MAX_QUERY_RELAY,
-    ROUTE_TAKEOVER_BURST,
-    ROUTE_TAKEOVERS_PER_MINUTE,
-    SOFT_TTL_LIMIT,
-)
+from gnut.constants import HARD_TTL_LIMIT, MAX_QUERY_DISCONNECT, MAX_QUERY_RELAY, SOFT_TTL_LIMIT
 from gnut.errors import LocalProtocolError, ProtocolError
 from gnut.protocol.messages import Query
 from gnut.protocol.qrp import QrpTable, QueryHashes
@@ -115,8 +108,9 @@ class _Peer:
 #   4. the recorded copy is not ours nor a leaf's: those are recorded with hops 0 (and ours as
 #      LOCAL_PEER, whose echoes are OWN_MESSAGE first), and no copy has fewer hops than 0;
 #   5. the sender has takeover budget left (ROUTE_TAKEOVER_BURST, refilled at
-#      ROUTE_TAKEOVERS_PER_MINUTE): honest takeovers are races between two paths and rare, so a
-#      neighbour that lies about its hops steals at most a trickle, never the stream.
+#      ROUTE_TAKEOVERS_PER_MINUTE; a token bucket per peer kept by the relay core, RelayCore
+#      take_over/_spend_takeover in both twins): honest takeovers are races between two paths and
+#      rare, so a neighbour that lies about its hops steals at most a trickle, never the stream.
 # A copy that passes 1 and fails 2-5 is a refused takeover: dropped as a DUPLICATE and counted.
 TAKEOVER_NONE = 0  # not a takeover candidate (no higher relay TTL): a plain duplicate
 TAKEOVER_OK = 1  # rules 1-4 hold (the caller still checks the sender's budget)
@@ -139,22 +133,6 @@ def takeover_verdict(rec_ttl: int, rec_hops: int, rec_span: int, out_ttl: int, h
     if hops >= rec_hops or (span > rec_span and rec_span < SOFT_TTL_LIMIT):
         return TAKEOVER_REFUSED
     return TAKEOVER_OK
-
-
-def takeover_budget(state: list, now: float) -> bool:
-    """Spend one route takeover of a peer's token bucket (rule 5); False when none is left.
-
-    Args:
-        state: [tokens, last refill time] of the peer, updated in place.
-        now: current time in seconds.
-    """
-    tokens = min(float(ROUTE_TAKEOVER_BURST), state[0] + (now - state[1]) * ROUTE_TAKEOVERS_PER_MINUTE / 60.0)
-    state[1] = now
-    if tokens < 1.0:
-        state[0] = tokens
-        return False
-    state[0] = tokens - 1.0
-    return True
 
 
 class RouteTable:

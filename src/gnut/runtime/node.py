@@ -432,7 +432,14 @@ class Node(LinkManager):
         elif t == MSG_PONG:
             self._on_pong(peer, msg)
         elif t == MSG_PUSH:
-            self.transfers.on_push(messages.Push.decode(msg.payload))
+            push = messages.Push.decode(msg.payload)
+            # A PUSH makes us connect out to the address it names: the same trust as any address
+            # a peer hands us (no bogons, no LAN unless we are on it, no hostiles).
+            why = self.hosts.check(push.ip, push.port)
+            if why is not None:
+                self.trust[f"push_{why}"] += 1
+                return
+            self.transfers.on_push(push)
         elif t == MSG_BYE:
             bye = messages.Bye.decode(msg.payload)
             peer.close(f"peer said BYE {bye.code} {bye.reason}")
