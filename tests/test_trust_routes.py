@@ -402,3 +402,33 @@ def test_push_to_a_hostile_address_is_not_followed(run, tmp_path):
             await node.stop()
 
     run(go)
+
+
+def test_hostiles_flag_config_key_and_ban_subcommand_parse(tmp_path):
+    from gnut.app.cli import build_parser, node_config
+    from gnut.app.configfile import load_config_file
+
+    lst = tmp_path / "list.txt"
+    cfg = node_config(build_parser().parse_args(["--home", str(tmp_path), "node", "--hostiles", str(lst)]))
+    assert cfg.hostiles == lst
+    conf = tmp_path / "gnut.toml"
+    conf.write_text(f'hostiles = "{lst}"\n')
+    assert load_config_file(conf)["hostiles"] == str(lst)
+    args = build_parser().parse_args(["ban", "10.0.0.0/8"])
+    assert args.command == "ban" and args.target == "10.0.0.0/8"
+
+
+def test_hostiles_given_by_flag_are_read_beside_the_home_list(run, tmp_path):
+    async def go():
+        lst = tmp_path / "shared-list.txt"
+        lst.write_text("127.0.0.88\n")
+        node = await start_node(tmp_path, "n", hostiles=lst)
+        try:
+            assert "127.0.0.88" in node.hostiles
+            with pytest.raises(AssertionError, match="handshake refused"):
+                await RawPeer().connect(node, "127.0.0.88")
+            assert node.trust["refused_hostile"] == 1
+        finally:
+            await node.stop()
+
+    run(go)
