@@ -432,3 +432,23 @@ def test_hostiles_given_by_flag_are_read_beside_the_home_list(run, tmp_path):
             await node.stop()
 
     run(go)
+
+
+def test_ban_closes_a_live_link_from_the_banned_address(run, tmp_path):
+    async def go():
+        node = await start_node(tmp_path, "n")
+        victim_of_ban, honest = RawPeer(), RawPeer()
+        await victim_of_ban.connect(node, "127.0.0.68")
+        await honest.connect(node, "127.0.0.5")
+        try:
+            assert node.ban("127.0.0.64/30") == "127.0.0.64/30"  # .64 - .67: not the link's address
+            assert node.trust["closed_banned"] == 0
+            assert node.ban("127.0.0.68") == "127.0.0.68"
+            await wait_for(lambda: victim_of_ban.closed, what="the banned link closed")
+            assert node.trust["closed_banned"] == 1
+            assert not honest.closed
+        finally:
+            await close_all(victim_of_ban, honest)
+            await node.stop()
+
+    run(go)

@@ -31,13 +31,12 @@ from gnut.fastpath import STOP_END, STOP_LOCAL, relay_rewrite
 from gnut.protocol import handshake as hs
 from gnut.protocol import messages, qrp
 from gnut.protocol import routing as rt
-from gnut.protocol.addresses import AddressPolicy, AddressVotes, Hostiles
+from gnut.protocol.addresses import AddressPolicy, AddressVotes
 from gnut.protocol.guid import new_guid
-from gnut.protocol.printable import printable
 from gnut.runtime.config import NodeConfig
 from gnut.runtime.dynquery import DqDriver
-from gnut.runtime.fsutil import atomic_write_bytes
 from gnut.runtime.hostcache import HostCache
+from gnut.runtime.hostiles import HOSTILES_FILE, load_hostiles, persist_ban, trust_view
 from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
 from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
 from gnut.runtime.search import SearchManager
@@ -65,10 +64,6 @@ HOSTS_SAVE_EVERY = 30.0
 MAX_PARALLEL_DIALS = 4
 # Listening on these means "every interface": the address we advertise must come from elsewhere.
 WILDCARDS = ("0.0.0.0", "::")
-# The hostiles file in the node's home (gtk-gnutella's format); `gnut ban` appends to it.
-HOSTILES_FILE = "hostiles.txt"
-# A hostiles file above this size is not read (gtk-gnutella's full list is ~100 KiB).
-HOSTILES_MAX_BYTES = 8 << 20
 
 
 class Service(Protocol):
@@ -97,9 +92,8 @@ class Node(LinkManager):
         self.hosts = HostCache(cfg.hosts_path if cfg.save_hosts else None)
         # Trust (protocol/addresses.py): refusals by reason, hostile addresses, our address by vote.
         self.trust: collections.Counter[str] = collections.Counter()
-        self.hostiles = Hostiles()
+        self.hostiles = load_hostiles([cfg.home / HOSTILES_FILE] + ([Path(cfg.hostiles)] if cfg.hostiles else []))
         self.addr_votes = AddressVotes()
-        self._load_hostiles()
         self.hosts.hostiles = self.hostiles
         self.pong_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self.searches = SearchManager(self)
@@ -208,31 +202,6 @@ class Node(LinkManager):
         """Our advertised address is set or changed: peers' addresses are judged against it."""
         self.hosts.policy = AddressPolicy(self.address[0])
 
-    # --- hostiles ---------------------------------------------------------------------------
-    def _hostiles_paths(self) -> list[Path]:
-        paths = [self.cfg.home / HOSTILES_FILE]
-        extra = self.cfg.hostiles
-        if extra:
-            paths.append(Path(extra))
-        return paths
-
-    def _load_hostiles(self) -> None:
-        for path in self._hostiles_paths():
-            try:
-                if path.stat().st_size > HOSTILES_MAX_BYTES:
-                    log.warning("hostiles file %s is larger than %d bytes: not read", path, HOSTILES_MAX_BYTES)
-                    continue
-                text = path.read_text("utf-8", "replace")
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                log.warning("could not read hostiles file %s: %s", path, exc)
-                continue
-            added, bad = self.hostiles.load_text(text)
-            log.info("%d hostile addresses from %s%s", added, path, f" ({len(bad)} bad lines)" if bad else "")
-            for line in bad[:5]:
-                log.warning("%s: %s", path, printable(line))
-
     def ban(self, spec: str) -> str:
         """Add an address or CIDR to the hostiles list at run time and to $GNUT_HOME/hostiles.txt.
 
@@ -246,15 +215,8 @@ class Node(LinkManager):
             OSError: the hostiles file could not be written.
         """
         entry = self.hostiles.add(spec)
-        path = self.cfg.home / HOSTILES_FILE
-        try:
-            old = path.read_text("utf-8", "replace")
-        except FileNotFoundError:
-            old = "# gnut hostiles: one address or CIDR per line (gtk-gnutella's hostiles.txt format)\n"
-        if entry not in {line.split("#", 1)[0].strip() for line in old.splitlines()}:
-            atomic_write_bytes(path, (old if old.endswith("\n") or not old else old + "\n").encode()
-                               + f"{entry}\n".encode())
         self.trust["bans"] += 1
+        log.info("banned %s", entry)
         for p in list(self.peers.values()):
             if p.addr is not None and p.addr[0] in self.hostiles:
                 self.trust["closed_banned"] += 1
@@ -262,7 +224,7 @@ class Node(LinkManager):
                     p.send_bye(403, "Banned")
                 else:
                     p.close("banned")
-        log.info("banned %s", entry)
+        persist_ban(self.cfg.home / HOSTILES_FILE, entry)
         return entry
 
     def _handshake_config(self) -> hs.HandshakeConfig:
@@ -649,21 +611,6 @@ class Node(LinkManager):
                 "uptime": round(time.monotonic() - p.started, 1),
             })
         r = self.router
-        now = time.monotonic()
-        votes = self.addr_votes.tally(now)
-        trust = {
-            "route_takeovers": r.dup_ttl_relays,
-            "route_takeovers_refused": r.takeovers_refused,
-            "address": {
-                "advertised": self.address[0],
-                "wildcard": self.wildcard,
-                "learned": self.addr_votes.current,
-                "votes": votes,
-                "changes": self.addr_votes.changes,
-            },
-            "hostiles": len(self.hostiles),
-            "refused": dict(self.trust),
-        }
         return {
             "address": f"{self.address[0]}:{self.address[1]}",
             "mode": self.cfg.mode,
@@ -679,7 +626,8 @@ class Node(LinkManager):
             "dynamic_queries": self.dq.stats(),
             "hosts_known": len(self.hosts),
             "hosts": self.hosts.stats(),
-            "trust": trust,
+            "trust": trust_view(r, self.addr_votes, self.address[0], self.wildcard, self.hostiles, self.trust,
+                                time.monotonic()),
             "shared_files": len(self.share) if self.share is not None else 0,
             "transfers": self.transfers.stats() if self.transfers is not None else {},
         }
