@@ -142,3 +142,36 @@ def test_save_leaves_no_temp_files(tmp_path):
         hc.save()
     assert [p.name for p in tmp_path.iterdir()] == ["hosts.json"]
     assert len(json.loads(path.read_text())) == 50
+
+
+def test_host_cache_pools_take_names_and_bootstrap_lists():
+    """uhc/gwc pools (fed by the bootstrap code) hold host names; the ultrapeer pool only addresses."""
+    hc = HostCache(None)
+    hc.policy = AddressPolicy("8.8.8.8")
+    assert hc.add("uhc.example.net", 6346, "bootstrap", 0.0, pool="uhc") is None
+    assert hc.add("gwc.example.org", 80, "bootstrap", 0.0, pool="gwc") is None
+    assert hc.add("uhc.example.net", 6346, "pong", 0.0) == "invalid"  # not in the ultrapeer pool
+    assert hc.add("bad..name", 1, "bootstrap", 0.0, pool="uhc") == "invalid"
+    assert hc.add("-x.example", 1, "bootstrap", 0.0, pool="uhc") == "invalid"
+    # A bootstrap list is trusted: not capped per subnet, saved and passed on before it is proven.
+    for i in range(hcmod.PER_SUBNET + 5):
+        assert hc.add(f"u{i}.example.net", 6346, "bootstrap", 0.0, pool="uhc") is None
+    # Names from untrusted sources are capped per domain like addresses per /24.
+    took = sum(hc.add(f"h{i}.evil.example", 1, "pong", 0.0, pool="uhc") is None for i in range(30))
+    assert took == hcmod.PER_SUBNET
+    assert ("uhc.example.net", 6346) in hc.sample_good(100, pool="uhc")
+    assert hc.pick_for_dial(1, 1.0, pool="gwc") == [("gwc.example.org", 80)]
+    assert hc.mark_good("uhc.example.net", 6346, 1.0, pool="uhc")
+
+
+def test_bootstrap_entries_are_saved_and_reloaded(tmp_path):
+    path = tmp_path / "hosts.json"
+    hc = HostCache(path)
+    hc.add("uhc.example.net", 6346, "bootstrap", 0.0, pool="uhc")
+    hc.add("1.2.3.4", 6346, "pong", 0.0, pool="uhc")  # unverified, untrusted: not saved
+    hc.save()
+    again = HostCache(path)
+    assert again.get("uhc.example.net", 6346, "uhc") is not None and len(again) == 1
+    again.dirty = True
+    again.save()  # a second restart keeps it too
+    assert HostCache(path).get("uhc.example.net", 6346, "uhc").source == "bootstrap"

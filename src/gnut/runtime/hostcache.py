@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import collections
 import random
+import re
+import zlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +67,14 @@ SOURCE_BUCKETS_KEPT = 1024
 # Pools this cache keeps; "leaf" is refused (leaves come and go and take no links).
 POOLS = ("ultrapeer", "uhc", "gwc")
 # Sources whose entries are saved and passed on before they are proven (bootstrap lists shipped or
-# configured by the user for the uhc/gwc pools).
+# configured by the user for the uhc/gwc pools); the per-subnet cap does not apply to them.
 TRUSTED_SOURCES = frozenset({"bootstrap"})
+# Pools whose entries may be host names (host caches are named; the code that resolves a name
+# checks the addresses it gets with protocol/addresses.py before sending anything).
+NAMED_POOLS = frozenset({"uhc", "gwc"})
+# A host name: dot-separated labels of letters, digits and hyphens (RFC 1123), 253 characters at most.
+_NAME_RE = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?",
+                      re.ASCII)
 # Sources that are rate-limited per peer (with the peer's address as `via`), and their budgets.
 _RATED = {"pong": PONG_NEW_PER_MINUTE}
 # File format version of hosts.json rows (rows without it are the old, unverified format).
@@ -97,8 +105,15 @@ class HostEntry:
 
 
 def _subnet(version: int, value: int) -> tuple[int, int]:
-    """The /24 (IPv6: /48) of an address parsed by ip_value()."""
-    return (4, value >> 8) if version == 4 else (6, value >> 80)
+    """The /24 (IPv6: /48) of an address parsed by ip_value(); version 0 is a host name's domain."""
+    return (4, value >> 8) if version == 4 else (6, value >> 80) if version == 6 else (0, value)
+
+
+def _name_value(host: str) -> tuple[int, int] | None:
+    """(0, a key of its last two labels) for a host name, None when `host` is not one."""
+    if _NAME_RE.fullmatch(host) is None:
+        return None
+    return 0, zlib.crc32(".".join(host.lower().rstrip(".").split(".")[-2:]).encode())
 
 
 class _Pool:
@@ -173,7 +188,7 @@ class HostCache:
                 success = float(row.get("last_success", 0.0))
             except (KeyError, TypeError, ValueError, AttributeError):
                 continue
-            parsed = ip_value(host)
+            parsed = ip_value(host) or (_name_value(host) if pool in NAMED_POOLS else None)
             if not 0 < port < 65536 or pool not in self._pools or parsed is None:
                 continue
             # Old-format rows may hold anything a peer once sent: they come back unverified.
@@ -181,7 +196,9 @@ class HostCache:
                 e = HostEntry(host, port, pool, str(row.get("source", "disk")), seen, seen, success, good=True)
                 self._pools[pool].good[(host, port)] = e
             else:
-                self._add_unverified(self._pools[pool], host, port, "disk", seen, parsed)
+                src = str(row.get("source", "disk"))
+                self._add_unverified(self._pools[pool], host, port, src if src in TRUSTED_SOURCES else "disk", seen,
+                                     parsed)
 
     def __len__(self) -> int:
         return sum(len(p) for p in self._pools.values())
@@ -199,17 +216,18 @@ class HostCache:
         return e is not None and e.good
 
     # --- adding ----------------------------------------------------------------------------------
-    def check(self, host: str, port: int) -> str | None:
-        """Why host:port may not enter the cache (a refusal reason), or None when it may."""
-        return self._check(host, port)[0]
+    def check(self, host: str, port: int, pool: str = "ultrapeer") -> str | None:
+        """Why host:port may not enter `pool` (a refusal reason), or None when it may."""
+        return self._check(host, port, pool)[0]
 
-    def _check(self, host: str, port: int) -> tuple[str | None, tuple[int, int] | None]:
-        """(refusal reason or None, the address parsed by ip_value())."""
+    def _check(self, host: str, port: int, pool: str = "ultrapeer") -> tuple[str | None, tuple[int, int] | None]:
+        """(refusal reason or None, the address parsed by ip_value(), or a host name's key)."""
         if not 0 < port < 65536 or not host:
             return "bad_port", None
         parsed = ip_value(host)
         if parsed is None:
-            return "invalid", None
+            named = _name_value(host) if pool in NAMED_POOLS else None
+            return ("invalid", None) if named is None else (None, named)
         if self.policy is not None:
             c = self.policy.verdict_value(*parsed)
             if c is not None:
@@ -240,7 +258,7 @@ class HostCache:
             if not e.good:
                 p.unverified.move_to_end(key)
             return None
-        why, parsed = self._check(host, port)
+        why, parsed = self._check(host, port, pool)
         if why is not None:
             return self._refuse(why)
         budget = _RATED.get(source)
@@ -269,7 +287,7 @@ class HostCache:
                         parsed: tuple[int, int]) -> str | None:
         self._expire(p, now)
         sub = _subnet(*parsed)
-        if p.subnets[sub] >= self.per_subnet:
+        if p.subnets[sub] >= self.per_subnet and source not in TRUSTED_SOURCES:
             return self._refuse("subnet_full")
         room = p.unverified_room
         if room <= 0:
@@ -322,7 +340,7 @@ class HostCache:
             False when the address is refused (policy, hostiles, pool), True otherwise.
         """
         p = self._pools.get(pool)
-        if p is None or self.check(host, port) is not None:
+        if p is None or self.check(host, port, pool) is not None:
             return False
         key = (host, port)
         e = p.good.pop(key, None)
@@ -393,7 +411,7 @@ class HostCache:
             head = []
             for key in reversed(table):
                 e = table[key]
-                if e.next_try <= now and key not in exclude and self.check(*key) is None:
+                if e.next_try <= now and key not in exclude and self.check(*key, pool) is None:
                     head.append(key)
                     if len(head) >= 4 * want:
                         break
@@ -416,7 +434,7 @@ class HostCache:
                 if len(out) >= n:
                     return out
                 e = table[key]
-                if (e.good or e.source in TRUSTED_SOURCES) and self.check(*key) is None:
+                if (e.good or e.source in TRUSTED_SOURCES) and self.check(*key, pool) is None:
                     out.append(key)
         return out
 
