@@ -452,3 +452,17 @@ def test_ban_closes_a_live_link_from_the_banned_address(run, tmp_path):
             await node.stop()
 
     run(go)
+
+
+def test_a_connect_name_that_answered_is_saved_as_its_address(run, tmp_path):
+    async def go():
+        up = await start_node(tmp_path, "up", mode="ultrapeer")
+        node = await start_node(tmp_path, "n", save_hosts=True, connect=[("localhost", up.address[1])])
+        try:
+            await wait_for(lambda: node.hosts.sample_good(5), what="the answered --connect host")
+            assert node.hosts.sample_good(5) == [("127.0.0.1", up.address[1])]
+        finally:
+            await node.stop()
+            await up.stop()
+
+    run(go)

@@ -214,7 +214,9 @@ class LinkManager:
                     and peer.addr is not None and parse_ip(ev.peer_listen[0]) == parse_ip(peer.addr[0])):
                 self.hosts.add(ev.peer_listen[0], ev.peer_listen[1], "handshake", now, via=peer.addr[0])
         if dialled is not None and peer.role != rt.PeerRole.LEAF:
-            self.hosts.mark_good(dialled[0], dialled[1], now)
+            # A name we dialled (--connect host.example:6346) is kept as the address that answered.
+            host = dialled[0] if parse_ip(dialled[0]) is not None or peer.addr is None else peer.addr[0]
+            self.hosts.mark_good(host, dialled[1], now)
         self._slot_added(peer, self.router.add_peer(peer.id, peer.role))
         peer.counted = True
         if peer.role == rt.PeerRole.LEAF:
