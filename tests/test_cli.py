@@ -229,8 +229,8 @@ def test_client_joins_through_the_host_cache(tmp_path, capsys):
         up = await start_node(tmp_path, "up", "ultrapeer", files={"plover dawn.bin": b"p" * 5000})
         try:
             cache = HostCache(tmp_path / "c" / "hosts.json")
-            cache.add(*up.address, "pong", time.time())
-            cache.failed(*up.address, time.time())  # backed off by an old failure: still tried now
+            cache.mark_good(*up.address, time.time())  # it answered once (only proven hosts are saved)
+            cache.mark_failed(*up.address, time.time())  # backed off by an old failure: still tried now
             cache.save()
             rc = await client.search(ns(term="plover", max_results=1), tmp_path / "c")
             assert rc == 0 and json.loads(capsys.readouterr().out)["name"] == "plover dawn.bin"

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GWebCache (http://...) to ask for peers when we have none (repeatable)")
     n.add_argument("--bootstrap", action="store_true", default=None,
                    help="also use the shipped PUBLIC UHC/GWebCache lists (contacts public hosts)")
+    n.add_argument("--hostiles", type=Path, default=None, metavar="FILE",
+                   help="addresses/CIDRs never to connect with, one per line (read with $GNUT_HOME/hostiles.txt)")
     n.add_argument("-v", "--verbose", action="count", default=0, dest="node_verbose",
                    help="log every message routed (its type, peer, TTL/hops and the decision)")
 
@@ -126,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--listen", type=_listen_address, required=True, metavar="HOST:PORT")
     w.add_argument("--update-interval", type=float, default=None, metavar="S",
                    help="seconds between two updates accepted from one IP (default 3300)")
+    b = sub.add_parser("ban", help="refuse and never dial an address or network (saved to hostiles.txt)")
+    b.add_argument("target", metavar="ADDR[/BITS]")
 
     d = sub.add_parser("demo", help="run a local demo network with real searches and a download")
     d.add_argument("--nodes", type=int, default=20)
@@ -153,7 +157,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     if args.bootstrap:
         kw["bootstrap"] = True
     for opt, key in (("mode", "mode"), ("loop", "loop"), ("max_peers", "max_peers"), ("max_leaves", "max_leaves"),
-                     ("out_links", "out_links"), ("firewalled", "firewalled"), ("download_dir", "download_dir")):
+                     ("out_links", "out_links"), ("firewalled", "firewalled"), ("download_dir", "download_dir"),
+                     ("hostiles", "hostiles")):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)
     if args.no_control:
@@ -238,6 +243,8 @@ def _main(argv: list[str] | None) -> int:
         return loops.run(client.get(args, home), args.loop)
     if args.command == "status":
         return loops.run(client.status(args, home))
+    if args.command == "ban":
+        return loops.run(client.ban(args, home))
     if args.command == "demo":
         from gnut.app.demo import run_demo
 

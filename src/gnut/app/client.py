@@ -359,5 +359,39 @@ async def status(args: argparse.Namespace, home: Path) -> int:
               f"downloads: {len(t.get('downloads', []))}")
         for d in t.get("downloads", []):
             print(f"  {d['name']}  {d['done']:,}/{d['size']:,}  {d['state']}")
+        _print_trust(st)
         return 0
+    return 1
+
+
+def _print_trust(st: dict) -> None:
+    """The trust section of `gnut status`: our address, route takeovers, host cache, refusals."""
+    tr, hc = st.get("trust"), st.get("hosts")
+    if not tr or not hc:
+        return
+    a = tr["address"]
+    how = f"agreed by {a['votes'].get(a['learned'], 0)} peers" if a["learned"] else "as bound"
+    print(f"trust:   address {a['advertised']} ({how}), route takeovers {tr['route_takeovers']} (refused {tr['route_takeovers_refused']}), "
+          f"{tr['hostiles']} hostile entries")
+    print("         refused: " + (", ".join(f"{k} {v}" for k, v in sorted(tr["refused"].items())) or "none"))
+    pools = ", ".join(f"{k} {v['good']} good/{v['unverified']} unverified" for k, v in hc["pools"].items())
+    print(f"hosts:   {pools}; refused: " + (", ".join(f"{k} {v}" for k, v in sorted(hc["refused"].items())) or "none"))
+
+
+async def ban(args: argparse.Namespace, home: Path) -> int:
+    """`gnut ban ADDR[/BITS]`: the running node refuses and never dials it, and saves it in hostiles.txt.
+
+    Returns:
+        0 when banned, 1 when no node runs or the node refused the entry.
+    """
+    if not await _running_node(home):
+        print(f"gnut ban: no running node (no control socket in {home})", file=sys.stderr)
+        return 1
+    async for line in control.request(home / "control.sock", {"op": "ban", "target": args.target}):
+        if "error" in line:
+            print(f"gnut ban: {line['error']}", file=sys.stderr)
+            return 1
+        if line.get("done"):
+            print(f"banned {line['banned']} ({line['hostiles']} hostile entries)")
+            return 0
     return 1

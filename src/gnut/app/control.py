@@ -101,6 +101,19 @@ class ControlServer:
                 raise ValueError("connect needs a host string and a port in 1..65535")
             node.dial(host, port)
             await send({"done": True})
+        elif op == "ban":
+            target = req.get("target")
+            if not isinstance(target, str) or not target.strip():
+                raise ValueError("ban needs a target: an address or ADDR/BITS")
+            try:
+                entry = node.ban(target)
+            except ValueError as exc:
+                await send({"error": f"cannot ban {target[:64]!r}: {exc}"})
+                return
+            except OSError as exc:
+                await send({"error": f"banned for this run, but the hostiles file was not written: {exc}"})
+                return
+            await send({"done": True, "banned": entry, "hostiles": len(node.hostiles)})
         elif op == "search":
             await self._search(req, send, reader)
         elif op == "get":

@@ -97,6 +97,8 @@ class NodeConfig:
     bootstrap_tick: float = 1.0
     hostcache_grace: float = 10.0
     uhc_timeout: float = 5.0
+    # A hostiles file (gtk-gnutella's format) read besides $GNUT_HOME/hostiles.txt; None: only that one.
+    hostiles: Path | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
