@@ -151,7 +151,7 @@ class Tokens:
         self.epoch = int(now // TOKEN_LIFETIME)
 
     def _mac(self, epoch: int, ip: str, kuid: bytes) -> bytes:
-        key = self.seed + epoch.to_bytes(8, "big")
+        key = self.seed + epoch.to_bytes(8, "big", signed=True)
         return hmac.new(key, ip.encode() + b"|" + kuid, hashlib.sha1).digest()[:TOKEN_LEN]
 
     def make(self, ip: str, kuid: bytes, now: float) -> bytes:

@@ -93,7 +93,7 @@ MAX_EXTENDED_HEADER = 256
 MAX_STATUS_DESCRIPTION = 256
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True)
 class Contact:
     """A DHT node: its KUID and where to reach it (host as dotted text, port)."""
 
@@ -102,7 +102,7 @@ class Contact:
     port: int
     vendor: bytes = VENDOR
     version: tuple[int, int] = VERSION
-    kid: int = field(default=0, repr=False)  # the KUID as an int (distance arithmetic)
+    kid: int = field(default=0, repr=False, compare=False)  # the KUID as an int (distance arithmetic)
 
     def __post_init__(self) -> None:
         self.kid = int.from_bytes(self.kuid, "big")
@@ -507,6 +507,23 @@ DECODERS = {
     FIND_VALUE_REQUEST: decode_find_value,
     FIND_VALUE_RESPONSE: decode_find_value_response,
 }
+
+
+ENCODERS = {
+    PING_REQUEST: lambda _body: encode_ping(),
+    PING_RESPONSE: encode_pong,
+    STORE_REQUEST: encode_store,
+    STORE_RESPONSE: encode_store_response,
+    FIND_NODE_REQUEST: encode_find_node,
+    FIND_NODE_RESPONSE: encode_find_node_response,
+    FIND_VALUE_REQUEST: encode_find_value,
+    FIND_VALUE_RESPONSE: encode_find_value_response,
+}
+
+
+def encode_message(header: Header, body: object) -> bytes:
+    """The datagram for `header` and a decoded body of its opcode (inverse of decode_message)."""
+    return encode(header, ENCODERS[header.op](body))
 
 
 def decode_message(data: bytes) -> tuple[Header, object]:
