@@ -276,7 +276,7 @@ class DhtCore:
                 self._send_stores(op, now)
                 if op.stores_pending:
                     return
-            self._finish(op)
+            self._finish(op, now)
 
     def _send_stores(self, op: _Op, now: float) -> None:
         for c, token in op.lookup.closest_answered():
@@ -287,9 +287,11 @@ class DhtCore:
                 op.stores_sent += 1
                 op.stores_pending += 1
 
-    def _finish(self, op: _Op) -> None:
+    def _finish(self, op: _Op, now: float | None = None) -> None:
         op.finished = True
         lk = op.lookup
+        if op.kind == "value" and now is not None:  # values we hold ourselves count too
+            lk.found.extend(self.values.get(lk.target, getattr(lk, "vtype", wire.VT_ANY), now))
         ok = (
             bool(lk.found)
             if op.kind == "value"

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Protocol
 
 from gnut.dht import aloc, wire
-from gnut.dht.core import ACTIVE, DhtCore, DhtLimits
+from gnut.dht.core import ACTIVE, PASSIVE_LEAF, DhtCore, DhtLimits
+from gnut.errors import RemoteProtocolError
 from gnut.runtime.fsutil import atomic_write_json, read_json
 
 log = logging.getLogger("gnut.dht")
@@ -35,8 +36,8 @@ SYNC_SHARES_EVERY = 60.0
 GTA_HEADER_LEN = 23
 # Default wait for one lookup (a converged lookup on the Internet takes a few seconds).
 LOOKUP_TIMEOUT = 20.0
-# Own ALOC publications started per share sync: a 10,000-file library must not start 10,000 lookups.
-PUBLISH_PER_SYNC = 8
+# Own ALOC publications running at once: a 10,000-file library must not start 10,000 lookups.
+PUBLISH_CONCURRENCY = 4
 
 
 class Transceiver(Protocol):
@@ -119,8 +120,11 @@ class DhtService:
         self.firewalled = firewalled
         self._task: asyncio.Task | None = None
         self._last_save = now
-        self._last_sync = 0.0
+        self._last_sync = -SYNC_SHARES_EVERY
         self.published_files: set[bytes] = set()
+        self.to_publish: dict[bytes, int] = {}  # sha1 -> size, waiting for a publication slot
+        self.publishing = 0
+        self.endpoint: UdpEndpoint | None = None  # closed on stop when the service opened it
 
     @property
     def address(self) -> tuple[str, int]:
@@ -143,6 +147,8 @@ class DhtService:
         self.core.shutdown(time.monotonic())
         self.flush()
         self.save()
+        if self.endpoint is not None:
+            self.endpoint.close()
 
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         self.core.receive(data, addr, time.monotonic())
@@ -160,7 +166,8 @@ class DhtService:
                 self.core.tick(now)
                 if self.shared is not None and now - self._last_sync >= SYNC_SHARES_EVERY:
                     self._last_sync = now
-                    self.sync_shares(now)
+                    self.sync_shares()
+                self.publish_pending(now)
                 if now - self._last_save >= SAVE_EVERY:
                     self._last_save = now
                     self.save()
@@ -204,21 +211,42 @@ class DhtService:
     def aloc_data(self, size: int) -> bytes:
         return aloc.encode_aloc(aloc.Aloc(self.servent_guid, self.tcp_port, size, self.firewalled))
 
-    def sync_shares(self, now: float) -> None:
-        """Publish an ALOC for each newly shared file (a few per call), withdraw removed ones."""
+    async def find_alocs(
+        self, sha1: bytes, timeout: float = LOOKUP_TIMEOUT
+    ) -> list[tuple[str, int, aloc.Aloc]]:
+        """(host, port, ALOC) of each reachable source of the file with this SHA-1."""
+        out = []
+        for v in await self.find_value(sha1, wire.VT_ALOC, timeout):
+            try:
+                a = aloc.decode_aloc(v.data)
+            except RemoteProtocolError:
+                continue
+            if not a.firewalled and a.port:
+                out.append((v.creator.host, a.port, a))
+        return out
+
+    def sync_shares(self) -> None:
+        """Queue an ALOC for each newly shared file; withdraw the removed ones."""
         files = dict(self.shared())
-        for sha1 in self.published_files - files.keys():
+        for sha1 in (self.published_files | self.to_publish.keys()) - files.keys():
             self.core.unpublish(sha1, wire.VT_ALOC)
             self.published_files.discard(sha1)
-        started = 0
+            self.to_publish.pop(sha1, None)
         for sha1, size in files.items():
-            if sha1 in self.published_files:
-                continue
-            if started >= PUBLISH_PER_SYNC or not len(self.core.table):
-                break
-            self.core.publish(sha1, wire.VT_ALOC, self.aloc_data(size), now)
+            if sha1 not in self.published_files:
+                self.to_publish[sha1] = size
+
+    def publish_pending(self, now: float) -> None:
+        """Start queued ALOC publications while fewer than PUBLISH_CONCURRENCY run (once we have contacts)."""
+        while self.to_publish and self.publishing < PUBLISH_CONCURRENCY and self.core.bootstrapped:
+            sha1 = next(iter(self.to_publish))
+            size = self.to_publish.pop(sha1)
+            self.publishing += 1
             self.published_files.add(sha1)
-            started += 1
+            self.core.publish(sha1, wire.VT_ALOC, self.aloc_data(size), now, callback=self._published)
+
+    def _published(self, op) -> None:
+        self.publishing -= 1
 
     def save(self) -> None:
         if self.path is None:
@@ -238,7 +266,46 @@ class DhtService:
     def status(self) -> dict:
         st = self.core.status()
         st["published_files"] = len(self.published_files)
+        st["publish_queue"] = len(self.to_publish)
         return st
+
+
+async def start_for_node(node) -> DhtService:
+    """Open the node's DHT (UDP on its listen port) and start it; `node` is the runtime Node."""
+    cfg = node.cfg
+    limits = DhtLimits()
+    if cfg.dht_per_net24 is not None:
+        n = cfg.dht_per_net24
+        limits = DhtLimits(n, max(n, limits.per_net24_table), n, limits.rate_per_source, limits.rate_burst)
+    if cfg.dht_rate is not None:
+        limits.rate_per_source = cfg.dht_rate
+        limits.rate_burst = max(limits.rate_burst, 3 * cfg.dht_rate)
+    mode = cfg.dht_mode
+    if mode == "auto":
+        mode = PASSIVE_LEAF if cfg.firewalled else ACTIVE
+    ep = UdpEndpoint()
+    bound = await ep.open(cfg.listen_host, node.address[1])
+
+    def shared() -> list[tuple[bytes, int]]:
+        share = node.share
+        return [(sf.sha1, sf.size) for sf in share.files] if share is not None else []
+
+    svc = DhtService(
+        ep,
+        (node.address[0], bound[1]),
+        home=cfg.home,
+        mode=mode,
+        bootstrap=cfg.dht_bootstrap,
+        limits=limits,
+        shared=shared,
+        servent_guid=node.servent_guid,
+        tcp_port=node.address[1],
+        firewalled=cfg.firewalled,
+    )
+    svc.endpoint = ep
+    await svc.start()
+    log.info("DHT %s on UDP %s:%d as %s", mode, *svc.address, svc.core.kuid.hex())
+    return svc
 
 
 def _hex(text, length: int) -> bytes | None:

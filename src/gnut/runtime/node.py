@@ -118,6 +118,7 @@ class Node(LinkManager):
         self.udp = self.udpnode = self.oob = self.bootstrap = self.guess = None
         # Things run beside the node (the app's control API): started last, stopped first.
         self.services: list[Service] = []
+        self.dht = None  # runtime.dht.DhtService when cfg.dht
         self.started = time.monotonic()
         self.address: tuple[str, int] = (cfg.listen_host, cfg.listen_port)
         self.handshake_config = self._handshake_config()
@@ -163,6 +164,10 @@ class Node(LinkManager):
             # Cached unverified: saved and passed on only once it completed a handshake.
             self.hosts.add(host, port, "config", time.time())
             self.dial(host, port)
+        if self.cfg.dht:
+            from gnut.runtime.dht import start_for_node
+
+            self.dht = await start_for_node(self)
         for service in self.services:
             await service.start()
         return self.address
@@ -175,6 +180,8 @@ class Node(LinkManager):
         for service in reversed(self.services):
             await service.stop()
         self.searches.save_spam_state()
+        if self.dht is not None:
+            await self.dht.stop()
         if self._server is not None:
             self._server.close()
         stop_udp(self)
