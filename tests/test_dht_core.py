@@ -247,3 +247,24 @@ def test_passive_modes_flag_firewalled_and_never_join_tables():
     assert b.table.get(a.kuid) is None  # ...but is never routed to
     leaf = DhtCore("10.0.2.1", 1000, 0.0, mode=core.PASSIVE_LEAF)
     assert leaf.flags & wire.F_FIREWALLED and not leaf.table.splittable
+
+
+def test_messages_claiming_our_kuid_or_garbage_are_counted_drops():
+    a, b = _pair()
+    spoof = wire.Contact(b.kuid, "10.0.0.1", 1000)
+    b.receive(wire.encode(wire.Header(b"m" * 16, wire.PING_REQUEST, spoof), b""), a.me.addr, 0.0)
+    b.receive(b"\x00" * 70, a.me.addr, 0.0)
+    assert b.drops == {"own_kuid": 1, "unparseable": 1} and not b.take_outbox()
+
+
+def test_find_node_response_contacts_are_candidates_not_table_entries():
+    a, b = _pair()
+    a.table.add(b.me, 0.0)
+    op = a.find_node(b"\x11" * 20, 0.0)
+    ((req, _),) = a.take_outbox()
+    fake = [wire.Contact(bytes([i]) * 20, f"10.5.{i}.1", 1) for i in range(1, 30)]
+    hdr = wire.decode(req)[0]
+    resp = wire.FindNodeResponse(b"tokn", fake)
+    a.receive(wire.encode_message(wire.Header(hdr.muid, wire.FIND_NODE_RESPONSE, b.me), resp), b.me.addr, 0.0)
+    assert len(a.table) == 1  # only b, who answered
+    assert len(op.lookup.cands) > 1 and len(a.take_outbox()) == 3  # alpha queries to the new candidates

@@ -78,3 +78,22 @@ def test_values_keep_their_type_in_dht_get(run, tmp_path):
             await a.stop()
 
     run(main)
+
+
+def test_cli_flags_and_config_file_turn_the_dht_on(tmp_path):
+    from gnut.app.cli import build_parser, node_config
+
+    cfg = node_config(
+        build_parser().parse_args(["--home", str(tmp_path), "node", "--dht-bootstrap", "127.0.0.1:7001"])
+    )
+    assert cfg.dht and cfg.dht_bootstrap == [("127.0.0.1", 7001)] and cfg.dht_mode == "auto"
+    conf = tmp_path / "gnut.toml"
+    conf.write_text('dht = true\ndht_bootstrap = ["127.0.0.1:7002"]\ndht_mode = "passive"\n')
+    cfg = node_config(build_parser().parse_args(["--home", str(tmp_path), "node", "--config", str(conf)]))
+    assert cfg.dht and cfg.dht_bootstrap == [("127.0.0.1", 7002)] and cfg.dht_mode == "passive"
+    import pytest
+
+    from gnut.runtime.config import NodeConfig
+
+    with pytest.raises(ValueError, match="dht_mode"):
+        NodeConfig(dht_mode="eager")
