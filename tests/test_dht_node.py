@@ -97,3 +97,31 @@ def test_cli_flags_and_config_file_turn_the_dht_on(tmp_path):
 
     with pytest.raises(ValueError, match="dht_mode"):
         NodeConfig(dht_mode="eager")
+
+
+def test_gnutella_pongs_advertising_the_dht_seed_it(run, tmp_path):
+    async def main():
+        a = await start_node(tmp_path, "a", **LAB)
+        b = await start_node(tmp_path, "b", **LAB)  # no bootstrap address at all
+        plain = await start_node(tmp_path, "plain")
+        try:
+            from gnut.protocol import ggep, messages
+
+            assert ggep.find(a.our_pong().ggep, "DHT") == b"\x00\x00\x01"  # version 0.0, active
+            assert plain.our_pong().ggep == ()
+            await link(b, a)
+            for p in b.peers.values():
+                b.send_ping(p, 1)
+            b.flush()
+            await wait_for(
+                lambda: a.dht.core.kuid in {c.kuid for c in b.dht.core.table.contacts()}, 10.0, "seeded"
+            )
+            await wait_for(lambda: b.dht.core.bootstrapped, 10.0, "bootstrapped")
+            before = len(b.dht.pong_seeds)
+            b.dht.offer_pong("127.0.0.1", 9, (messages.GgepItem("DHT", b"\x00\x00\x03"),))  # passive leaf: no
+            assert len(b.dht.pong_seeds) == before
+        finally:
+            for n in (a, b, plain):
+                await n.stop()
+
+    run(main)

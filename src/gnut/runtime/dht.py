@@ -21,6 +21,7 @@ from typing import Protocol
 from gnut.dht import aloc, wire
 from gnut.dht.core import ACTIVE, PASSIVE_LEAF, DhtCore, DhtLimits
 from gnut.errors import RemoteProtocolError
+from gnut.protocol import ggep
 from gnut.runtime.fsutil import atomic_write_json, read_json
 
 log = logging.getLogger("gnut.dht")
@@ -34,6 +35,14 @@ SAVE_EVERY = 300.0
 SYNC_SHARES_EVERY = 60.0
 # Datagrams shorter than a Gnutella header are not dispatched.
 GTA_HEADER_LEN = 23
+# Gnutella hosts whose pong said "active DHT node" that we PING, remembered so each is tried once
+# (bounded: pongs arrive by the thousand on a busy ultrapeer).
+MAX_PONG_SEEDS = 512
+# Below this many contacts, pongs of DHT nodes are used to seed the routing table.
+SEED_FROM_PONGS_BELOW = 20
+# The mode byte of the pong GGEP "DHT" extension (gtk-gnutella's dht_mode_t).
+PONG_DHT_MODES = {ACTIVE: 1, "passive": 2, PASSIVE_LEAF: 3}
+
 # Default wait for one lookup (a converged lookup on the Internet takes a few seconds).
 LOOKUP_TIMEOUT = 20.0
 # Own ALOC publications running at once: a 10,000-file library must not start 10,000 lookups.
@@ -125,6 +134,7 @@ class DhtService:
         self.to_publish: dict[bytes, int] = {}  # sha1 -> size, waiting for a publication slot
         self.publishing = 0
         self.endpoint: UdpEndpoint | None = None  # closed on stop when the service opened it
+        self.pong_seeds: set[tuple[str, int]] = set()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -207,6 +217,25 @@ class DhtService:
             lambda cb: self.core.publish(key, vtype, data, time.monotonic(), callback=cb), timeout
         )
         return op.stores_ok if op is not None else 0
+
+    def pong_ggep(self) -> tuple[ggep.GgepItem, ...]:
+        """The GGEP "DHT" item our Gnutella pongs carry: version major, minor, mode (gtk-gnutella's layout)."""
+        mode = PONG_DHT_MODES[self.core.mode]
+        return (ggep.GgepItem("DHT", bytes((*wire.VERSION, mode))),)
+
+    def offer_pong(self, host: str, port: int, items) -> None:
+        """A Gnutella pong: when it says "active DHT node" and our table is thin, PING that address."""
+        data = ggep.find(items, "DHT")
+        if data is None or len(data) < 3 or data[2] != PONG_DHT_MODES[ACTIVE]:
+            return
+        addr = (host, port)
+        if len(self.core.table) >= SEED_FROM_PONGS_BELOW or addr in self.pong_seeds:
+            return
+        if len(self.pong_seeds) >= MAX_PONG_SEEDS:
+            return
+        self.pong_seeds.add(addr)
+        self.core.ping(addr, time.monotonic())
+        self.flush()
 
     def aloc_data(self, size: int) -> bytes:
         return aloc.encode_aloc(aloc.Aloc(self.servent_guid, self.tcp_port, size, self.firewalled))

@@ -446,7 +446,8 @@ class Node(LinkManager):
 
     def our_pong(self) -> messages.Pong:
         host, port = self.address
-        return messages.Pong(port=port, ip=host, files=len(self.share), kbytes=self.share.total_kbytes)
+        ggep = self.dht.pong_ggep() if self.dht is not None else ()
+        return messages.Pong(port=port, ip=host, files=len(self.share), kbytes=self.share.total_kbytes, ggep=ggep)
 
     def _answer_ping(self, peer: Peer, msg) -> None:
         ttl = msg.hops + 1
@@ -470,6 +471,8 @@ class Node(LinkManager):
         if msg.hops and not self.router.is_own_ping(msg.guid, time.monotonic()):
             self.trust["pong_unsolicited"] += 1
             return
+        if self.dht is not None:
+            self.dht.offer_pong(pong.ip, pong.port, pong.ggep)  # a pong saying "DHT active" seeds the DHT
         why = self.hosts.add(pong.ip, pong.port, "pong", time.time(), via=peer.addr[0] if peer.addr else None)
         if why is not None:
             self.trust[f"pong_{why}"] += 1
