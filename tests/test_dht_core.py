@@ -268,3 +268,22 @@ def test_find_node_response_contacts_are_candidates_not_table_entries():
     a.receive(wire.encode_message(wire.Header(hdr.muid, wire.FIND_NODE_RESPONSE, b.me), resp), b.me.addr, 0.0)
     assert len(a.table) == 1  # only b, who answered
     assert len(op.lookup.cands) > 1 and len(a.take_outbox()) == 3  # alpha queries to the new candidates
+
+
+def test_lookup_refuses_unusable_and_crowded_candidates():
+    from gnut.dht.lookup import Lookup
+
+    rng = random.Random(9)
+    lk = Lookup(bytes(20), [])
+    bad = [
+        wire.Contact(_kuid(rng), "0.0.0.0", 1),
+        wire.Contact(_kuid(rng), "224.0.0.1", 1),
+        wire.Contact(_kuid(rng), "10.0.0.1", 0),
+        wire.Contact(_kuid(rng), "::1", 1),
+    ]
+    victim = [wire.Contact(_kuid(rng), f"10.66.66.{i}", 1) for i in range(40)]
+    src = wire.Contact(_kuid(rng), "10.1.1.1", 1)
+    lk._add(src, 1)
+    lk.next_queries()
+    lk.on_nodes(src, bad + victim)
+    assert len(lk.cands) == 1 + table.PER_NET24_BUCKET and lk.rejected == 4 + 40 - table.PER_NET24_BUCKET

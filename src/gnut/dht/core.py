@@ -200,7 +200,16 @@ class DhtCore:
     def find_node(
         self, target: bytes, now: float, callback: Callable[[_Op], None] | None = None, kind="node"
     ) -> _Op:
-        return self._start(Lookup(target, self.table.closest(target), exclude=self.kuid), kind, now, callback)
+        return self._start(self._lookup(target), kind, now, callback)
+
+    def _lookup(self, target: bytes, values: bool = False) -> Lookup:
+        return Lookup(
+            target,
+            self.table.closest(target),
+            values=values,
+            exclude=self.kuid,
+            per_net24=self.limits.per_net24_bucket,
+        )
 
     def find_value(
         self,
@@ -209,7 +218,7 @@ class DhtCore:
         vtype: bytes = wire.VT_ANY,
         callback: Callable[[_Op], None] | None = None,
     ) -> _Op:
-        lk = Lookup(key, self.table.closest(key), values=True, exclude=self.kuid)
+        lk = self._lookup(key, values=True)
         lk.vtype = vtype  # type: ignore[attr-defined]
         return self._start(lk, "value", now, callback)
 
@@ -234,8 +243,7 @@ class DhtCore:
         self.own.pop((key, vtype), None)
 
     def _publish(self, value: wire.DhtValue, now: float, callback=None) -> _Op:
-        lk = Lookup(value.key, self.table.closest(value.key), exclude=self.kuid)
-        op = self._start(lk, "publish", now, callback)
+        op = self._start(self._lookup(value.key), "publish", now, callback)
         op.value = value
         return op
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gnut.dht.table import K
+from gnut.dht.table import PER_NET24_BUCKET, K, net24
 from gnut.dht.wire import Contact, DhtValue
 
 ALPHA = 3  # queries in flight per lookup (Mojito and gtk-gnutella KDA_ALPHA)
@@ -25,6 +25,14 @@ SHORTLIST = 4 * K
 MAX_RPCS = 150
 
 NEW, INFLIGHT, ANSWERED, FAILED = range(4)
+
+
+def usable_address(host: str, port: int) -> bool:
+    """An address a lookup may send to: IPv4 (our socket's family), a port, not 0/multicast/broadcast."""
+    if port == 0 or ":" in host:
+        return False
+    first = host.split(".", 1)[0]
+    return host not in ("0.0.0.0", "255.255.255.255") and first.isdigit() and not 224 <= int(first) <= 239
 
 
 @dataclass(slots=True)
@@ -45,6 +53,9 @@ class Lookup:
     k: int = K
     alpha: int = ALPHA
     exclude: bytes = b""  # our own KUID: never a candidate
+    # Candidates from one /24: a peer listing 40 "contacts" in one victim network cannot make
+    # the lookup spray it (reflection), nor fill the shortlist with one operator's nodes.
+    per_net24: int = PER_NET24_BUCKET
     cands: dict[bytes, _Cand] = field(default_factory=dict)
     found: list[DhtValue] = field(default_factory=list)
     found_from: list[Contact] = field(default_factory=list)
@@ -57,12 +68,19 @@ class Lookup:
 
     def __post_init__(self) -> None:
         self.tid = int.from_bytes(self.target, "big")
+        self.nets: dict[str, int] = {}
+        self.rejected = 0
         for c in self.seeds:
             self._add(c, 1)
 
     def _add(self, c: Contact, hop: int) -> None:
         if c.kuid == self.exclude or c.kuid in self.cands or len(c.kuid) != 20:
             return
+        net = net24(c.host)
+        if not usable_address(c.host, c.port) or self.nets.get(net, 0) >= self.per_net24:
+            self.rejected += 1
+            return
+        self.nets[net] = self.nets.get(net, 0) + 1
         self.cands[c.kuid] = _Cand(c, hop)
         if len(self.cands) > SHORTLIST:
             far = max(
@@ -72,6 +90,8 @@ class Lookup:
             )
             if far is not None:
                 del self.cands[far.contact.kuid]
+                fnet = net24(far.contact.host)
+                self.nets[fnet] -= 1
 
     def _ranked(self) -> list[_Cand]:
         return sorted(
