@@ -360,10 +360,11 @@ def dht_messages(data: bytes) -> None:
     assert dht_wire.decode_message(again) == (header, body), "DHT message does not survive a round trip"
     if header.op in (dht_wire.STORE_REQUEST, dht_wire.FIND_VALUE_RESPONSE):
         for v in body.values:
-            try:
-                dht_aloc.decode_aloc(v.data)
-            except RemoteProtocolError:
-                pass
+            for decode in (dht_aloc.decode_aloc, dht_aloc.decode_prox):
+                try:
+                    decode(v.data)
+                except RemoteProtocolError:
+                    pass
 
 
 def dht_node(data: bytes) -> None:

@@ -117,3 +117,32 @@ def test_aloc_round_trip_and_sources():
     assert aloc.sources(vals) == [("10.1.2.3", 6346)]
     with pytest.raises(RemoteProtocolError):
         aloc.decode_aloc(aloc.encode_aloc(a) + b"x")
+
+
+def test_prox_values_as_gtk_gnutella_lays_them_out():
+    from gnut.protocol import ggep
+
+    proxies = b"\x04" + bytes((10, 0, 0, 1)) + b"\x18\xca" + b"\x04" + bytes((10, 0, 0, 2)) + b"\x00\x01"
+    data = ggep.encode_ggep(
+        [
+            ggep.GgepItem("client-id", b"G" * 16),
+            ggep.GgepItem("features", b"\x00"),
+            ggep.GgepItem("fwt-version", b"\x00"),
+            ggep.GgepItem("port", b"\x18\xca"),
+            ggep.GgepItem("proxies", proxies),
+        ]
+    )
+    p = aloc.decode_prox(data)
+    assert p.guid == b"G" * 16 and p.port == 6346 and p.proxies == [("10.0.0.1", 6346), ("10.0.0.2", 1)]
+    assert aloc.guid_key(b"G" * 16) == __import__("hashlib").sha1(b"G" * 16).digest()
+    for cut in range(1, len(proxies)):
+        bad = ggep.encode_ggep(
+            [
+                ggep.GgepItem("client-id", b"G" * 16),
+                ggep.GgepItem("port", b"\x00\x01"),
+                ggep.GgepItem("proxies", proxies[:cut]),
+            ]
+        )
+        if cut not in (7,):  # 7 bytes is exactly one whole proxy
+            with pytest.raises(RemoteProtocolError):
+                aloc.decode_prox(bad)

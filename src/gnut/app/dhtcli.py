@@ -51,6 +51,12 @@ def value_dict(v: wire.DhtValue) -> dict:
             }
         except RemoteProtocolError as exc:
             out["aloc_error"] = printable(str(exc))
+    elif v.vtype == wire.VT_PROX:
+        try:
+            p = aloc.decode_prox(v.data)
+            out["prox"] = {"guid": p.guid.hex(), "port": p.port, "proxies": [f"{h}:{n}" for h, n in p.proxies]}
+        except RemoteProtocolError as exc:
+            out["prox_error"] = printable(str(exc))
     return out
 
 
