@@ -287,3 +287,22 @@ def test_lookup_refuses_unusable_and_crowded_candidates():
     lk.next_queries()
     lk.on_nodes(src, bad + victim)
     assert len(lk.cands) == 1 + table.PER_NET24_BUCKET and lk.rejected == 4 + 40 - table.PER_NET24_BUCKET
+
+
+def test_one_network_cannot_take_the_whole_store():
+    vs = store.ValueStore(per_net24_total=5)
+    sender = wire.Contact(b"S" * 20, "10.0.0.1", 1)
+    codes = [
+        vs.store(
+            wire.DhtValue(wire.Contact(bytes([i]) * 20, "10.7.7.7", 1), bytes([i]) * 20, wire.VT_ALOC, b"x"),
+            sender,
+            "10.0.0.1",
+            0.0,
+        )
+        for i in range(8)
+    ]
+    assert codes.count(wire.SC_OK) == 5 and codes[-1] == wire.SC_QUOTA
+    other = wire.DhtValue(wire.Contact(b"o" * 20, "10.8.8.8", 1), b"o" * 20, wire.VT_ALOC, b"x")
+    assert vs.store(other, sender, "10.0.0.1", 0.0) == wire.SC_OK
+    vs.expire(store.VALUE_LIFETIME + 1)
+    assert vs.by_net == {} and vs.count == 0

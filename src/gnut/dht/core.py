@@ -24,6 +24,7 @@ from gnut.dht.lookup import Lookup
 from gnut.dht.store import (
     MAX_VALUES,
     PER_NET24_PER_KEY,
+    PER_NET24_TOTAL,
     RATE_BURST,
     RATE_PER_SOURCE,
     RateLimiter,
@@ -68,6 +69,7 @@ class DhtLimits:
     rate_per_source: float = RATE_PER_SOURCE
     rate_burst: float = RATE_BURST
     max_values: int = MAX_VALUES
+    per_net24_total: int = PER_NET24_TOTAL
 
 
 @dataclass
@@ -136,7 +138,9 @@ class DhtCore:
             per_net24_table=self.limits.per_net24_table,
             splittable=mode != PASSIVE_LEAF,
         )
-        self.values = ValueStore(self.limits.per_net24_per_key, self.limits.max_values)
+        self.values = ValueStore(
+            self.limits.per_net24_per_key, self.limits.max_values, self.limits.per_net24_total
+        )
         self.tokens = Tokens(self.rng.randbytes(16), now)
         self.rate = RateLimiter(self.limits.rate_per_source, self.limits.rate_burst)
         self.outbox: list[tuple[bytes, tuple[str, int]]] = []

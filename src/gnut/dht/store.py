@@ -27,6 +27,9 @@ MAX_VALUES_PER_KEY = 10
 MAX_VALUES = 65536
 # Creators from one /24 under one key.
 PER_NET24_PER_KEY = 3
+# Values from creators of one /24 across all keys: one network cannot take the whole store
+# (a node sharing 10,000 files in a 10,000-node DHT leaves ~20 ALOCs on each storing node).
+PER_NET24_TOTAL = 512
 # Lifetime of a stored value: one hour (gtk-gnutella DHT_VALUE_ALOC_EXPIRE / PROX / NOPE);
 # publishers republish before that.
 VALUE_LIFETIME = 3600.0
@@ -51,12 +54,27 @@ class Stored:
 class ValueStore:
     """Values held for the DHT, keyed by (key, creator KUID)."""
 
-    def __init__(self, per_net24_per_key: int = PER_NET24_PER_KEY, max_values: int = MAX_VALUES) -> None:
+    def __init__(
+        self,
+        per_net24_per_key: int = PER_NET24_PER_KEY,
+        max_values: int = MAX_VALUES,
+        per_net24_total: int = PER_NET24_TOTAL,
+    ) -> None:
         self.keys: dict[bytes, dict[bytes, Stored]] = {}
         self.count = 0
         self.per_net24_per_key = per_net24_per_key
+        self.per_net24_total = per_net24_total
         self.max_values = max_values
         self.codes: dict[int, int] = {}
+        self.by_net: dict[str, int] = {}
+
+    def _net_count(self, host: str, delta: int) -> None:
+        net = net24(host)
+        n = self.by_net.get(net, 0) + delta
+        if n > 0:
+            self.by_net[net] = n
+        else:
+            self.by_net.pop(net, None)
 
     def _code(self, code: int) -> int:
         self.codes[code] = self.codes.get(code, 0) + 1
@@ -81,12 +99,15 @@ class ValueStore:
             if old is not None:
                 del slot[v.creator.kuid]
                 self.count -= 1
+                self._net_count(old.value.creator.host, -1)
                 if not slot:
                     del self.keys[v.key]
             return self._code(wire.SC_OK)
         if old is not None:
             if not original and old.value.data != v.data and old.original:
                 return self._code(wire.SC_DATA_MISMATCH)
+            self._net_count(old.value.creator.host, -1)
+            self._net_count(v.creator.host, 1)
             old.value = v
             old.expires = now + VALUE_LIFETIME
             old.original = original or old.original
@@ -100,8 +121,11 @@ class ValueStore:
             self.per_net24_per_key
         ):
             return self._code(wire.SC_QUOTA)
+        if self.by_net.get(net, 0) >= self.per_net24_total:
+            return self._code(wire.SC_QUOTA)
         self.keys.setdefault(v.key, {})[v.creator.kuid] = Stored(v, now + VALUE_LIFETIME, original)
         self.count += 1
+        self._net_count(v.creator.host, 1)
         return self._code(wire.SC_OK)
 
     def get(
@@ -123,7 +147,7 @@ class ValueStore:
         for key in list(self.keys):
             slot = self.keys[key]
             for kuid in [k for k, s in slot.items() if s.expires <= now]:
-                del slot[kuid]
+                self._net_count(slot.pop(kuid).value.creator.host, -1)
                 gone += 1
             if not slot:
                 del self.keys[key]
