@@ -306,3 +306,23 @@ def test_one_network_cannot_take_the_whole_store():
     assert vs.store(other, sender, "10.0.0.1", 0.0) == wire.SC_OK
     vs.expire(store.VALUE_LIFETIME + 1)
     assert vs.by_net == {} and vs.count == 0
+
+
+def test_republication_of_many_values_is_paced():
+    net = DhtNetwork(150, seed=11)
+    node = net.node(4)
+    for i in range(40):
+        node.own[(key_of(500 + i), wire.VT_ALOC)] = core._Own(
+            wire.DhtValue(node.me, key_of(500 + i), wire.VT_ALOC, b"x"), 0.0
+        )
+    node.tick(1.0)
+    running = [o for o in node.ops if o.kind == "publish" and not o.finished]
+    assert len(running) == core.REPUBLISH_SLOTS and "too_many_lookups" not in node.drops
+    net._flush(4)
+    net.run()  # lookups and STOREs complete; later ticks start the rest
+    for t in range(2, 40):
+        net.now = float(t)
+        node.tick(float(t))
+        net._flush(4)
+        net.run()
+    assert all(o.next_publish > 1.0 for o in node.own.values())

@@ -47,6 +47,9 @@ MAX_LOOKUPS = 64
 REFRESH_PERIOD = 3600.0
 # Our own values are stored again every 30 minutes (they expire after store.VALUE_LIFETIME).
 REPUBLISH_PERIOD = 1800.0
+# Republications running at once: 10,000 shared files fall due together every 30 minutes and
+# must not all start lookups at the same moment (MAX_LOOKUPS would refuse most of them).
+REPUBLISH_SLOTS = 8
 # Values we publish ourselves (shared files' ALOCs and the like).
 MAX_OWN_VALUES = 50_000
 # Unknown senders we are verifying with a PING at once (each costs one datagram).
@@ -156,6 +159,7 @@ class DhtCore:
         self.shutting_down = False
         self._next_sweep = now + EXPIRE_SWEEP
         self._last_refresh_check = now
+        self._next_republish_check = now
 
     # --- sending ----------------------------------------------------------------------
     @property
@@ -500,10 +504,16 @@ class DhtCore:
         self.ops = [o for o in self.ops if not o.finished]
         for addr in [a for a, t in self.verifying.items() if t <= now]:
             del self.verifying[addr]
-        for own in self.own.values():
-            if own.next_publish <= now:
-                own.next_publish = now + REPUBLISH_PERIOD
-                self._publish(own.value, now)
+        if now >= self._next_republish_check:
+            self._next_republish_check = now + 1.0
+            running = sum(1 for o in self.ops if o.kind == "publish" and not o.finished)
+            for own in self.own.values():
+                if running >= REPUBLISH_SLOTS:
+                    break  # the rest stay due: picked up in a later second
+                if own.next_publish <= now:
+                    own.next_publish = now + REPUBLISH_PERIOD
+                    self._publish(own.value, now)
+                    running += 1
         if now >= self._next_sweep:
             self._next_sweep = now + EXPIRE_SWEEP
             self.values.expire(now)
