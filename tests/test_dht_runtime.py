@@ -109,3 +109,17 @@ def test_garbage_datagrams_are_counted_drops(run):
             await _stop(services, endpoints)
 
     run(main)
+
+
+def test_a_damaged_routing_table_file_starts_afresh(tmp_path):
+    for content in (
+        '["not", "a", "dict"]',
+        '{"kuid": 5, "contacts": {"x": 1}}',
+        "{{{",
+        '{"contacts": [[1, 2, 3]]}',
+    ):
+        (tmp_path / "dht.json").write_text(content)
+        svc = DhtService(UdpEndpoint(), ("127.0.0.1", 1), home=tmp_path)
+        assert svc.saved_contacts == [] and len(svc.core.kuid) == 20
+    (tmp_path / "dht.json").write_text('{"contacts": [["ab", "127.0.0.1", 5], ["ab", "127.0.0.1", 70000]]}')
+    assert DhtService(UdpEndpoint(), ("127.0.0.1", 1), home=tmp_path).saved_contacts == [("127.0.0.1", 5)]

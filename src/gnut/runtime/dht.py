@@ -114,13 +114,20 @@ class DhtService:
         self.transceiver = transceiver
         self.path = Path(home) / "dht.json" if home is not None else None
         saved = read_json(self.path, {}) if self.path is not None else {}
+        if not isinstance(saved, dict):  # a damaged file: start afresh rather than fail
+            saved = {}
         kuid = _hex(saved.get("kuid"), wire.KUID_LEN)
         now = time.monotonic()
         self.core = DhtCore(address[0], address[1], now, kuid=kuid, mode=mode, limits=limits)
+        contacts = saved.get("contacts")
         self.saved_contacts = [
-            (c[1], int(c[2]))
-            for c in saved.get("contacts", [])[:MAX_SAVED_CONTACTS]
-            if isinstance(c, list) and len(c) == 3 and isinstance(c[1], str) and isinstance(c[2], int)
+            (c[1], c[2])
+            for c in (contacts if isinstance(contacts, list) else [])[:MAX_SAVED_CONTACTS]
+            if isinstance(c, list)
+            and len(c) == 3
+            and isinstance(c[1], str)
+            and isinstance(c[2], int)
+            and 0 < c[2] < 65536
         ]
         self.bootstrap_addrs = list(bootstrap)
         self.shared = shared
