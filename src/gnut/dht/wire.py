@@ -13,6 +13,7 @@ truncation, trailing bytes, counts above our limits and bad address lengths are 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass, field
 
@@ -208,7 +209,7 @@ class _Reader:
 def _read_addr(r: _Reader, what: str) -> tuple[str, int]:
     n = r.u8(what)
     if n == 4:
-        host = str(ipaddress.IPv4Address(r.take(4, what)))
+        host = socket.inet_ntop(socket.AF_INET, r.take(4, what))
     elif n == 16:
         host = str(ipaddress.IPv6Address(r.take(16, what)))
     else:
@@ -218,13 +219,13 @@ def _read_addr(r: _Reader, what: str) -> tuple[str, int]:
 
 def _write_addr(out: bytearray, host: str, port: int) -> None:
     try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except (OSError, ValueError):
         raise LocalProtocolError(f"DHT: {host!r} is not an IP address") from None
     if not 0 <= port <= 0xFFFF:
         raise LocalProtocolError(f"DHT: port {port} out of range")
-    out.append(len(ip.packed))
-    out += ip.packed
+    out.append(len(packed))
+    out += packed
     out += port.to_bytes(2, "big")
 
 

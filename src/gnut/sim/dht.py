@@ -96,6 +96,10 @@ class DhtNetwork:
         """Nodes built so far (touched by a datagram or an operation)."""
         return len(self._cores)
 
+    def built_nodes(self) -> list[DhtCore]:
+        """The nodes built so far (only they can hold anything)."""
+        return list(self._cores.values())
+
     def node(self, i: int) -> DhtCore:
         core = self._cores.get(i)
         if core is None:
