@@ -12,7 +12,8 @@ import time
 
 from test_e2e import NodeProc, cli
 
-LAB_CONFIG = "dht_per_net24 = 64\ndht_rate = 1000.0\n"  # loopback: every node in one /24
+# Loopback: every node in one /24 and behind one source IP: the DHT and UDP limits are raised.
+LAB_CONFIG = "dht_per_net24 = 64\ndht_rate = 1000.0\nudp_rate = 1000.0\nudp_burst = 3000.0\n"
 
 
 def _urn(data: bytes) -> str:

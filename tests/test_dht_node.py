@@ -14,7 +14,8 @@ from gnut.app.dhtcli import control_dht
 from gnut.dht import wire
 from gnut.runtime.share import sha1_to_urn
 
-LAB = {"dht": True, "dht_per_net24": 64, "dht_rate": 1e4}  # loopback: one /24 for everyone
+# Loopback: one /24 and one source IP for everyone, so the DHT's and the UDP socket's limits are raised.
+LAB = {"dht": True, "dht_per_net24": 64, "dht_rate": 1e4, "udp_rate": 1e4, "udp_burst": 1e4}
 
 
 def test_file_beyond_any_flood_is_found_through_the_dht_and_downloaded(run, tmp_path):
@@ -123,5 +124,21 @@ def test_gnutella_pongs_advertising_the_dht_seed_it(run, tmp_path):
         finally:
             for n in (a, b, plain):
                 await n.stop()
+
+    run(main)
+
+
+def test_the_dht_rides_on_the_node_udp_socket_or_its_own(run, tmp_path):
+    async def main():
+        a = await start_node(tmp_path, "a", **LAB)
+        b = await start_node(tmp_path, "b", **{**LAB, "udp": False}, dht_bootstrap=[a.dht.address])
+        try:
+            assert a.dht.transceiver is a.udp and a.dht.endpoint is None  # the node's transceiver
+            assert b.udp is None and b.dht.endpoint is not None  # UDP services off: its own socket
+            await wait_for(lambda: b.dht.core.bootstrapped and len(a.dht.core.table), 10.0, "DHT bootstrap")
+            assert a.udp.received["0x44"] >= 1
+        finally:
+            await b.stop()
+            await a.stop()
 
     run(main)

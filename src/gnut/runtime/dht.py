@@ -1,10 +1,11 @@
 """The DHT on a UDP socket: drives gnut.dht.DhtCore with datagrams and the loop's clock.
 
 Strategy: the service speaks to the network only through a small transceiver interface,
-`register(msg_type, handler(datagram, addr))` and `send(datagram, addr)`, the shape of the
-node's UDP transceiver (another branch builds it).  Until the node owns one, `UdpEndpoint`
-here implements it on an asyncio DatagramProtocol that dispatches by the Gnutella function
-byte (offset 16).  A tick task drives timeouts, refreshes and republication.  The routing
+`register(msg_type, handler(datagram, addr))` and `send(datagram, addr)`: in a node that is
+the node's UDP transceiver (runtime/udp.py: per-source rate limit, bounded queue, the Gnutella
+header checked before the handler sees the datagram); `UdpEndpoint` here implements the same
+interface on a bare asyncio DatagramProtocol, for a node run with `udp = false` and for
+DHT-only processes (the loopback tests run 30 of them).  A tick task drives timeouts, refreshes and republication.  The routing
 table (and our KUID: Mojito nodes keep theirs) is saved atomically in $GNUT_HOME/dht.json
 and re-pinged at start, so a restart rejoins without a bootstrap address.
 """
@@ -319,15 +320,21 @@ async def start_for_node(node) -> DhtService:
     mode = cfg.dht_mode
     if mode == "auto":
         mode = PASSIVE_LEAF if cfg.firewalled else ACTIVE
-    ep = UdpEndpoint()
-    bound = await ep.open(cfg.listen_host, node.address[1])
+    udp = getattr(node, "udp", None)  # the node's UDP transceiver (runtime/udp.py), when it has one
+    ep = None
+    if udp is not None and udp.address is not None:
+        transceiver, bound = udp, udp.address
+    else:  # UDP services off (udp = false): the DHT opens the port itself
+        ep = UdpEndpoint()
+        bound = await ep.open(cfg.listen_host, node.address[1])
+        transceiver = ep
 
     def shared() -> list[tuple[bytes, int]]:
         share = node.share
         return [(sf.sha1, sf.size) for sf in share.files] if share is not None else []
 
     svc = DhtService(
-        ep,
+        transceiver,
         (node.address[0], bound[1]),
         home=cfg.home,
         mode=mode,
