@@ -42,6 +42,13 @@ def dht_sources(node: Node, urn: str, timeout: float) -> asyncio.Task | None:
     return asyncio.get_running_loop().create_task(lookup())
 
 
+def _dht_found(task: asyncio.Task | None) -> list[dl.Source]:
+    """The DHT sources once the lookup finished well; [] while it runs, or if it failed."""
+    if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+        return []
+    return task.result()
+
+
 class FetchError(Exception):
     """A download that could not complete (no source, timeout, verification failed)."""
 
@@ -140,7 +147,7 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
     try:
         while True:
             now = time.monotonic()
-            if first_at is None and dht_lookup is not None and dht_lookup.done() and dht_lookup.result():
+            if first_at is None and _dht_found(dht_lookup):
                 first_at = now
             wait = (first_at + SOURCE_GATHER - now) if first_at else (deadline - now)
             if wait <= 0:
@@ -158,8 +165,7 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
         if dht_lookup is not None and not dht_lookup.done():
             dht_lookup.cancel()
     found = [hit_source(h) for h in sources.values()]
-    if dht_lookup is not None and dht_lookup.done() and not dht_lookup.cancelled():
-        found += [s for s in dht_lookup.result() if (s.host, s.port) not in {(f.host, f.port) for f in found}]
+    found += [s for s in _dht_found(dht_lookup) if (s.host, s.port) not in {(f.host, f.port) for f in found}]
     if not found:
         raise FetchError(f"no source found for {urn} within {timeout:.0f} s")
     left = max(1.0, deadline - time.monotonic())
