@@ -133,6 +133,10 @@ class ControlServer:
                 await send({"error": str(exc)})
                 return
             await send({"done": True, "path": str(path), "seconds": round(time.monotonic() - started, 2)})
+        elif op == "dht":
+            from gnut.app.dhtcli import control_dht
+
+            await send(await control_dht(node, req))
         else:
             await send({"error": f"unknown op {op!r}"})
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from gnut.constants import DEFAULT_PORT, DEFAULT_TTL, GUID_CACHE_CAPACITY, ROUTE_TABLE_CAPACITY
 
 MODES = ("ultrapeer", "leaf", "flood")
+DHT_MODES = ("auto", "active", "passive", "passive-leaf")
 
 
 def default_home() -> Path:
@@ -99,10 +100,21 @@ class NodeConfig:
     uhc_timeout: float = 5.0
     # A hostiles file (gtk-gnutella's format) read besides $GNUT_HOME/hostiles.txt; None: only that one.
     hostiles: Path | None = None
+    # The Gnutella DHT (Mojito, UDP on the listen port): off unless asked for.
+    dht: bool = False
+    dht_bootstrap: list[tuple[str, int]] = field(default_factory=list)
+    # "auto" (active when reachable, passive-leaf when firewalled), "active", "passive", "passive-leaf".
+    dht_mode: str = "auto"
+    # Lab networks (many nodes on one /24, e.g. loopback) raise the DHT's per-/24 bounds and rate limit.
+    dht_per_net24: int | None = None
+    dht_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.dht_mode not in DHT_MODES:
+            raise ValueError(f"dht_mode must be one of {', '.join(DHT_MODES)}, not {self.dht_mode!r}")
+        self.dht_bootstrap = [parse_hostport(a) if isinstance(a, str) else tuple(a) for a in self.dht_bootstrap]
         self.home = Path(self.home)
         self.share_dirs = [Path(p) for p in self.share_dirs]
         if self.download_dir is None:

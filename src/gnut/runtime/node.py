@@ -118,6 +118,7 @@ class Node(LinkManager):
         self.udp = self.udpnode = self.oob = self.bootstrap = self.guess = None
         # Things run beside the node (the app's control API): started last, stopped first.
         self.services: list[Service] = []
+        self.dht = None  # runtime.dht.DhtService when cfg.dht
         self.started = time.monotonic()
         self.address: tuple[str, int] = (cfg.listen_host, cfg.listen_port)
         self.handshake_config = self._handshake_config()
@@ -163,6 +164,10 @@ class Node(LinkManager):
             # Cached unverified: saved and passed on only once it completed a handshake.
             self.hosts.add(host, port, "config", time.time())
             self.dial(host, port)
+        if self.cfg.dht:
+            from gnut.runtime.dht import start_for_node
+
+            self.dht = await start_for_node(self)
         for service in self.services:
             await service.start()
         return self.address
@@ -175,6 +180,8 @@ class Node(LinkManager):
         for service in reversed(self.services):
             await service.stop()
         self.searches.save_spam_state()
+        if self.dht is not None:
+            await self.dht.stop()
         if self._server is not None:
             self._server.close()
         stop_udp(self)
@@ -439,7 +446,8 @@ class Node(LinkManager):
 
     def our_pong(self) -> messages.Pong:
         host, port = self.address
-        return messages.Pong(port=port, ip=host, files=len(self.share), kbytes=self.share.total_kbytes)
+        ggep = self.dht.pong_ggep() if self.dht is not None else ()
+        return messages.Pong(port=port, ip=host, files=len(self.share), kbytes=self.share.total_kbytes, ggep=ggep)
 
     def _answer_ping(self, peer: Peer, msg) -> None:
         ttl = msg.hops + 1
@@ -463,6 +471,8 @@ class Node(LinkManager):
         if msg.hops and not self.router.is_own_ping(msg.guid, time.monotonic()):
             self.trust["pong_unsolicited"] += 1
             return
+        if self.dht is not None:
+            self.dht.offer_pong(pong.ip, pong.port, pong.ggep)  # a pong saying "DHT active" seeds the DHT
         why = self.hosts.add(pong.ip, pong.port, "pong", time.time(), via=peer.addr[0] if peer.addr else None)
         if why is not None:
             self.trust[f"pong_{why}"] += 1
