@@ -12,6 +12,9 @@ from gnut.runtime.config import NodeConfig
 from gnut.runtime.node import Node
 
 LOOPS = ["uvloop", "asyncio"]
+# Fairness limits of a lab network where every node shares one address (NodeConfig fields).
+LAB_LIMITS = {"max_links_per_ip": 256, "max_links_per_24": 256, "max_pending_per_ip": 64,
+              "max_http_per_ip": 64, "upload_slots_per_host": 8}
 
 
 async def start_node(tmp: Path, name: str, mode: str = "flood", files: dict[str, bytes] | None = None,
@@ -25,6 +28,10 @@ async def start_node(tmp: Path, name: str, mode: str = "flood", files: dict[str,
     kw.setdefault("out_links", 0)
     kw.setdefault("listen_host", "127.0.0.1")
     kw.setdefault("save_hosts", False)
+    # Every node of a test network sits on 127.0.0.1: raise the per-address fairness limits
+    # (tests of the limits pass the defaults back explicitly).
+    for key, value in LAB_LIMITS.items():
+        kw.setdefault(key, value)
     cfg = NodeConfig(listen_port=0, mode=mode, home=home, share_dirs=[share], control=False, **kw)
     node = Node(cfg)
     await node.start()

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from nethelpers import LAB_LIMITS
 
 REPO = Path(__file__).resolve().parents[1]
 GNUT = [sys.executable, "-m", "gnut"]
@@ -82,9 +83,13 @@ class NodeProc:
         home.mkdir(parents=True, exist_ok=True)
         self.log_path = home / "node.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        # Every test node and client shares 127.0.0.1: the lab raises the per-address limits
+        # in the node's config file, as a user's own lab network would.
+        conf = home / "lab.toml"
+        conf.write_text("".join(f"{k} = {v}\n" for k, v in LAB_LIMITS.items()))
         self.proc = subprocess.Popen(
             preexec_fn=_default_signals,
-            args=[*GNUT, "node", "--listen", "127.0.0.1:0", *args],
+            args=[*GNUT, "node", "--listen", "127.0.0.1:0", "--config", str(conf), *args],
             env=_env(home),
             stdout=subprocess.DEVNULL,
             stderr=self._log,

@@ -37,6 +37,7 @@ from gnut.runtime.config import NodeConfig
 from gnut.runtime.dynquery import DqDriver
 from gnut.runtime.hostcache import HostCache
 from gnut.runtime.hostiles import HOSTILES_FILE, load_hostiles, persist_ban, trust_view
+from gnut.runtime.limits import Limits
 from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
 from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
 from gnut.runtime.search import SearchManager
@@ -101,6 +102,8 @@ class Node(LinkManager):
         self.dq = DqDriver(self)
         self.sent: collections.Counter[int] = collections.Counter()
         self.events: collections.Counter[str] = collections.Counter()
+        # Fairness and resource refusals by reason (runtime/limits.py); `gnut status` shows them.
+        self.limits = Limits(cfg.fd_reserve)
         self._accepts: dict[str, collections.deque] = {}
         self._dialing: set[tuple[str, int]] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -407,7 +410,7 @@ class Node(LinkManager):
             if why is not None:
                 self.trust[f"push_{why}"] += 1
                 return
-            self.transfers.on_push(push)
+            self.transfers.on_push(push, peer, msg.hops)
         elif t == MSG_BYE:
             bye = messages.Bye.decode(msg.payload)
             peer.close(f"peer said BYE {bye.code} {bye.reason}")
@@ -564,6 +567,7 @@ class Node(LinkManager):
             if not p.established:
                 if now - p.started > self.handshake_timeout:
                     self.events["handshake_timeouts"] += 1
+                    self.limits.refuse("deadline", f"{p.describe()} not through the handshake in time")
                     p.close("handshake timeout")
                 continue
             silent = now - p.last_rx
@@ -632,6 +636,7 @@ class Node(LinkManager):
             "qrp_skips": r.qrp_skips,
             "dup_ttl_relays": r.dup_ttl_relays,
             "events": dict(self.events),
+            "limits": self.limits.stats(),
             "dynamic_queries": self.dq.stats(),
             "spam": self.searches.spam_stats(),
             "hosts_known": len(self.hosts),
