@@ -63,7 +63,7 @@ class LinkManager:
                 DIAL_TIMEOUT,
             )
         except (TimeoutError, OSError) as exc:
-            log.info("dial %s:%d failed: %s", host, port, exc or "timeout")
+            log.info("dial %s:%d failed: %s", printable(host), port, printable(str(exc or "timeout")))
             self.hosts.mark_failed(host, port, time.time())
             self.events["dial_failed"] += 1
         finally:
@@ -141,7 +141,7 @@ class LinkManager:
                 self.n_ultrapeers -= 1
         if peer.established:
             self._slot_removed(peer, self.router.remove_peer(peer.id))
-            log.info("left %s: %s", peer.describe(), peer.close_reason)
+            log.info("left %s: %s", peer.describe(), printable(peer.close_reason))
             self.qrp_changed()
         if peer in self._dirty:
             self._dirty.remove(peer)
@@ -189,7 +189,7 @@ class LinkManager:
 
     def protocol_error(self, peer: Peer, exc: Exception) -> None:
         self.events["protocol_errors"] += 1
-        log.info("protocol error from %s: %s", peer.describe(), exc)
+        log.info("protocol error from %s: %s", peer.describe(), printable(str(exc)))
         if peer.established:
             peer.send_bye(400, str(exc)[:80])
         else:
@@ -237,7 +237,7 @@ class LinkManager:
             peer.conn.accept(verdict.headers, peer_is_ultrapeer=verdict.peer_is_ultrapeer)
         else:
             self.events["refused"] += 1
-            log.info("refusing %s: %d %s", peer.describe(), verdict.code, verdict.reason)
+            log.info("refusing %s: %d %s", peer.describe(), verdict.code, printable(verdict.reason))
             peer.conn.refuse(verdict.code, verdict.reason, self.try_hosts())
             peer._write_pending()
             peer.close(f"refused: {verdict.code} {verdict.reason}")
@@ -279,7 +279,7 @@ class LinkManager:
             "to" if peer.outgoing else "from",
             peer.describe(),
             peer.role.name.lower(),
-            peer.user_agent,
+            printable(peer.user_agent, 80),
             ev.deflate_in,
             ev.deflate_out,
         )
@@ -315,7 +315,7 @@ class LinkManager:
 
     def on_refused(self, peer: Peer, ev) -> None:
         self.events["refused_by_peer"] += 1
-        log.info("%s refused us: %d %s", peer.describe(), ev.code, ev.reason)
+        log.info("%s refused us: %d %s", peer.describe(), ev.code, printable(ev.reason))
         now = time.time()
         if peer.outgoing and peer.listen_addr:
             self.hosts.mark_failed(*peer.listen_addr, now)

@@ -33,6 +33,7 @@ from gnut.protocol import messages, qrp
 from gnut.protocol import routing as rt
 from gnut.protocol.addresses import AddressPolicy, AddressVotes
 from gnut.protocol.guid import new_guid
+from gnut.protocol.printable import printable
 from gnut.runtime.config import NodeConfig
 from gnut.runtime.dynquery import DqDriver
 from gnut.runtime.hostcache import HostCache
@@ -311,7 +312,7 @@ class Node(LinkManager):
                             self._local(peer, msg)
                         except RemoteProtocolError as exc:
                             router.drops[rt.DropReason.MALFORMED] += 1
-                            log.debug("malformed QUERY from %s: %s", peer.describe(), exc)
+                            log.debug("malformed QUERY from %s: %s", peer.describe(), printable(str(exc)))
                         if peer.closed:
                             return
                         continue
@@ -356,7 +357,8 @@ class Node(LinkManager):
                         self._local(peer, msg)
                     except RemoteProtocolError as exc:
                         router.drops[rt.DropReason.MALFORMED] += 1
-                        log.debug("malformed %s from %s: %s", TYPE_NAMES.get(msg.type), peer.describe(), exc)
+                        log.debug("malformed %s from %s: %s", TYPE_NAMES.get(msg.type), peer.describe(),
+                                  printable(str(exc)))
                 if peer.closed:
                     return
         finally:
@@ -488,7 +490,7 @@ class Node(LinkManager):
             done = peer.qrp.apply(messages.decode_qrp(msg.payload))
         except RemoteProtocolError as exc:
             self.events["qrp_rejected"] += 1
-            log.info("bad QRP table from %s: %s", peer.describe(), exc)
+            log.info("bad QRP table from %s: %s", peer.describe(), printable(str(exc)))
             peer.send_bye(413, "Bad QRP table")
             return
         if done:
@@ -619,7 +621,7 @@ class Node(LinkManager):
             host, port = p.listen_addr or p.addr or ("?", 0)
             peers.append({
                 "id": p.id, "host": host, "port": port, "role": p.role.name.lower() if p.role is not None else "handshake",
-                "outgoing": p.outgoing, "user_agent": p.user_agent, "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
+                "outgoing": p.outgoing, "user_agent": printable(p.user_agent, 80), "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
                 "queued": p.queued() if p.transport else 0, "shed": p.shed,
                 "uptime": round(time.monotonic() - p.started, 1),
             })
