@@ -354,6 +354,9 @@ async def status(args: argparse.Namespace, home: Path) -> int:
                   f"OOB hits in {oob.get('hits_received', 0)} out {oob.get('hits_sent', 0)}, "
                   f"bootstrap {u['bootstrap']['phase']}; drops "
                   + (", ".join(f"{k} {v}" for k, v in u["drops"].items()) or "none"))
+        lim = dict(st.get("limits", {}))
+        fds = f"fds {lim.pop('open_fds', '?')}/{lim.pop('fd_limit', '?') or 'unlimited'}"
+        print("limits:   " + ", ".join([*(f"{k} {v}" for k, v in sorted(lim.items())), fds]))
         t = st.get("transfers", {})
         print(f"uploads: {t.get('uploads_active', 0)} active, {t.get('uploads_done', 0)} done; "
               f"downloads: {len(t.get('downloads', []))}")

@@ -162,7 +162,12 @@ class _BrowseCache:
             self._building = asyncio.ensure_future(asyncio.to_thread(self._encode, build))
             self._building.add_done_callback(lambda f: f.cancelled() or f.exception())
         fut = self._building
-        body, cut = await asyncio.shield(fut)
+        try:
+            body, cut = await asyncio.shield(fut)
+        except Exception:
+            if self._building is fut:  # a failed build is not kept: the next request tries again
+                self._building = None
+            raise
         if self._building is fut:
             self._building = None
             self.key, self.body, self.cut = key, body, cut
@@ -669,17 +674,21 @@ class _Refused(Exception):
         self.reason = reason
 
 
-async def handle_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: HttpContext) -> None:
+async def handle_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: HttpContext,
+                      elapsed: float = 0.0) -> None:
     """Serve one connection that starts with an HTTP request or a GIV.
 
     Args:
         reader: the connection's stream, still holding the bytes the node peeked.
         writer: its writer; closed on return unless a GIV handed the socket to ctx.on_giv.
         ctx: shares, slots, callbacks and counters.
+        elapsed: seconds the connection already spent before (sniffing on the Gnutella port);
+            they count against the first request's total deadline.
 
     Only network errors and timeouts end a connection early; none escapes this coroutine.
     """
     upload = _Upload(reader, writer, ctx)
+    upload.head_deadline -= elapsed
     ip = upload.ip
     if ctx.conns_by_ip[ip] >= ctx.max_http_per_ip:
         ctx.limits.refuse("http_per_ip", f"{printable(ip)} has {ctx.conns_by_ip[ip]} HTTP connections open")

@@ -326,4 +326,5 @@ class LinkManager:
     def switch_to_http(self, peer: Peer, first: bytes) -> None:
         """Hand a connection whose first bytes are not Gnutella to the HTTP side."""
         self.peers.pop(peer.id, None)
-        self.transfers.take_http(peer.transport, first)
+        # The time spent sniffing counts against the HTTP request's total deadline.
+        self.transfers.take_http(peer.transport, first, elapsed=time.monotonic() - peer.started)

@@ -618,9 +618,11 @@ class Node(LinkManager):
         """Peers, traffic by message type, drops by reason, transfers: for `gnut status`."""
         peers = []
         for p in self.peers.values():
-            host, port = p.listen_addr or p.addr or ("?", 0)
+            # The socket's address (what we know); an incoming peer's claimed listen address beside it.
+            host, port = p.addr or p.listen_addr or ("?", 0)
+            listen = f"{p.listen_addr[0]}:{p.listen_addr[1]}" if p.listen_addr else ""
             peers.append({
-                "id": p.id, "host": host, "port": port, "role": p.role.name.lower() if p.role is not None else "handshake",
+                "id": p.id, "host": host, "port": port, "listen": printable(listen, 80), "role": p.role.name.lower() if p.role is not None else "handshake",
                 "outgoing": p.outgoing, "user_agent": printable(p.user_agent, 80), "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
                 "queued": p.queued() if p.transport else 0, "shed": p.shed,
                 "uptime": round(time.monotonic() - p.started, 1),

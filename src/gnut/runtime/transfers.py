@@ -142,8 +142,13 @@ class Transfers:
         ]
 
     # --- HTTP on the Gnutella port ------------------------------------------------------------
-    def take_http(self, transport: asyncio.Transport, first: bytes) -> None:
-        """Switch a sniffed connection to an HTTP stream and serve it."""
+    def take_http(self, transport: asyncio.Transport, first: bytes, elapsed: float = 0.0) -> None:
+        """Switch a sniffed connection to an HTTP stream and serve it.
+
+        Args:
+            elapsed: seconds the connection already spent (sniffing): they count against the
+                first request's total deadline.
+        """
         if not http.is_http_start(first):
             self.node.events["not_gnutella_or_http"] += 1
             transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -156,11 +161,11 @@ class Transfers:
         proto.connection_made(transport)
         writer = asyncio.StreamWriter(transport, proto, reader, loop)
         reader.feed_data(first)
-        self._spawn(self._serve(reader, writer))
+        self._spawn(self._serve(reader, writer, elapsed))
 
-    async def _serve(self, reader, writer) -> None:
+    async def _serve(self, reader, writer, elapsed: float = 0.0) -> None:
         try:
-            await http.handle_http(reader, writer, self.ctx)
+            await http.handle_http(reader, writer, self.ctx, elapsed=elapsed)
         finally:
             if not writer.is_closing():
                 writer.close()
