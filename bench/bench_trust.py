@@ -126,13 +126,14 @@ class Raw:
 
 
 async def http(addr, raw: bytes, ip: str = ATTACKER, read: bool = True) -> tuple[int, int, bytes]:
-    """Send `raw`; return (bytes in, bytes out, first line) after the server closes or 2 s of quiet."""
+    """Send `raw`; return (bytes in, bytes out, first line) after the server closes or 2 s of quiet
+    (30 s for the first byte: a first browse of a large share takes a while to encode)."""
     reader, writer = await asyncio.open_connection(*addr, local_addr=(ip, 0))
     writer.write(raw)
     got = bytearray()
     try:
         while read:
-            data = await asyncio.wait_for(reader.read(1 << 20), 2.0)
+            data = await asyncio.wait_for(reader.read(1 << 20), 2.0 if got else 30.0)
             if not data:
                 break
             got += data

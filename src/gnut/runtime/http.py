@@ -7,7 +7,7 @@ import collections
 import contextlib
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
@@ -46,9 +46,11 @@ from gnut.runtime.share import SharedFile, ShareIndex
 # (slowloris); a stalled downloader is dropped after stall_timeout.
 #
 # Browse host: the QUERYHIT encoding of the whole share is built once per share generation
-# (in a worker thread, one build shared by concurrent requests), bounded by
-# BROWSE_MAX_BYTES, kept until a rescan changes the catalog, and streamed in SEND_CHUNK
-# pieces with drain. HEAD never builds it. At most max_browses bodies stream at once.
+# (one build shared by concurrent requests), bounded by BROWSE_MAX_BYTES, kept until a rescan
+# changes the catalog, and streamed in SEND_CHUNK pieces with drain. The build runs on the
+# event loop in slices (browse_hits may be a generator: the loop gets control back every
+# BROWSE_YIELD_EVERY messages), so other peers wait milliseconds, not the whole encoding.
+# HEAD never builds it. At most max_browses bodies stream at once.
 
 # Header block limit: real download requests are < 1 KiB; above this answer 431.
 MAX_HEADER_BYTES = 8 * 1024
@@ -79,8 +81,10 @@ RETRY_AFTER = 60
 # A keep-alive connection with no new request for this long gives its upload slot back, seconds
 # (a swarming downloader asks its next range within milliseconds of the last one).
 SLOT_HOLD_IDLE = 5.0
-# A browse-host body beyond this is cut (100k files encode to ~12 MiB): memory stays bounded.
+# A browse-host body beyond this is cut (100k files encode to ~11 MiB): memory stays bounded.
 BROWSE_MAX_BYTES = 32 * 1024 * 1024
+# While encoding browse host, the event loop runs other work after this many QUERYHITs (~100 files).
+BROWSE_YIELD_EVERY = 10
 # Range numbers longer than this many digits are garbage (a 64-bit size has 20 digits).
 MAX_RANGE_DIGITS = 20
 # File indices longer than this many digits are garbage (our indices are small ints).
@@ -103,8 +107,8 @@ class HttpContext:
     servent_guid: bytes = bytes(GUID_LEN)
     user_agent: str = f"{USER_AGENT_PRODUCT}/{__version__}"
     # Full QUERYHIT messages (header included) for browse host; None disables browse host.
-    # Called in a worker thread, once per share generation (see the strategy note).
-    browse_hits: Callable[[], list[bytes]] | None = None
+    # Called once per share generation; an iterator is consumed in slices (see the strategy note).
+    browse_hits: Callable[[], Iterable[bytes]] | None = None
     on_giv: GivCallback | None = None
     request_timeout: float = REQUEST_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
@@ -159,7 +163,7 @@ class _BrowseCache:
             return body
         if self._building is None or self._building_key != key:
             self._building_key = key
-            self._building = asyncio.ensure_future(asyncio.to_thread(self._encode, build))
+            self._building = asyncio.ensure_future(self._encode(build))
             self._building.add_done_callback(lambda f: f.cancelled() or f.exception())
         fut = self._building
         try:
@@ -175,14 +179,16 @@ class _BrowseCache:
         return body
 
     @staticmethod
-    def _encode(build: Callable[[], list[bytes]]) -> tuple[bytes, int]:
+    async def _encode(build: Callable[[], Iterable[bytes]]) -> tuple[bytes, int]:
         kept, size, cut = [], 0, 0
-        for msg in build():
+        for n, msg in enumerate(build(), 1):
             if size + len(msg) > BROWSE_MAX_BYTES:
                 cut += 1
-                continue
-            kept.append(msg)
-            size += len(msg)
+            else:
+                kept.append(msg)
+                size += len(msg)
+            if n % BROWSE_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         return b"".join(kept), cut
 
 

@@ -31,6 +31,8 @@ MAX_PUSH_CALLBACKS = 8
 HTTP_READ_LIMIT = 64 * 1024
 # Share rescan period: new and changed files get picked up and the QRP table refreshed.
 RESCAN_EVERY = 300.0
+# Browse host encodes this many files per step (hits pack 10 per message: whole messages per batch).
+BROWSE_BATCH_FILES = 100
 # Connect-backs (GIV) to one IP address per minute, whatever the ports and file indices:
 # PUSH must not turn us into a connection cannon aimed at a third party.
 PUSH_CALLBACKS_PER_TARGET_PER_MINUTE = 4
@@ -135,11 +137,14 @@ class Transfers:
     def ctx_busy(self) -> bool:
         return self.ctx.active_uploads >= self.ctx.upload_slots
 
-    def browse_hits(self) -> list[bytes]:
+    def browse_hits(self):
+        """Browse host's QUERYHIT messages, generated a batch of files at a time (the HTTP side
+        encodes them once per share generation, giving the event loop control between batches)."""
         guid = self.node.new_guid()
-        return [
-            messages.build(guid, MSG_QUERYHIT, 1, 0, p) for p in self.hit_payloads(list(self.share.files), ggep_h=True)
-        ]
+        files = self.share.files
+        for i in range(0, len(files), BROWSE_BATCH_FILES):
+            for p in self.hit_payloads(files[i : i + BROWSE_BATCH_FILES], ggep_h=True):
+                yield messages.build(guid, MSG_QUERYHIT, 1, 0, p)
 
     # --- HTTP on the Gnutella port ------------------------------------------------------------
     def take_http(self, transport: asyncio.Transport, first: bytes, elapsed: float = 0.0) -> None:
