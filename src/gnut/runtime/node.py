@@ -116,6 +116,7 @@ class Node(LinkManager):
         # every link that asks for it: a new link costs neither a table build nor a compression.
         self._qrp_table: qrp.QrpTable | None = None
         self._qrp_full: list[bytes] | None = None
+        self._share_qrp: tuple[tuple, qrp.QrpTable] | None = None  # (share generation, table of our files)
         self.share = None
         self.transfers = None
         # UDP (runtime/udpnode.start_udp): transceiver, PING/PONG/GUESS, OOB, bootstrap; None without UDP.
@@ -508,10 +509,17 @@ class Node(LinkManager):
 
     def our_qrp_table(self) -> qrp.QrpTable:
         """Our shares' words, merged with our leaves' tables when we are an ultrapeer."""
+        # The shares' part is hashed once per share generation (on a 100k-file share that is
+        # ~1 s of CPU: rebuilding it for every new link let one address burn the loop by reconnecting).
+        key = (id(self.share), self.share.generation)
+        if self._share_qrp is None or self._share_qrp[0] != key:
+            own = qrp.QrpTable()
+            own.add_words(self.share.all_words())
+            # URNs too, so urn:sha1 queries (source searches of downloads) reach us through QRP.
+            own.add_words(sf.urn for sf in self.share.files)
+            self._share_qrp = (key, own)
         table = qrp.QrpTable()
-        table.add_words(self.share.all_words())
-        # URNs too, so urn:sha1 queries (source searches of downloads) reach us through QRP.
-        table.add_words(sf.urn for sf in self.share.files)
+        table.merge(self._share_qrp[1])
         if self.cfg.mode == "ultrapeer":
             for p in self.peers.values():
                 if p.role == rt.PeerRole.LEAF and p.qrp is not None and p.qrp.table is not None:
