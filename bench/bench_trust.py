@@ -12,6 +12,7 @@ Measured:
 - amplification (bytes we send / bytes the attacker sent) of a browse-host GET, a browse-host
   HEAD, a QUERY matching many files, a PING and a PUSH naming a third party (connections and
   bytes the third party receives);
+- CPU per new link (handshake, our QRP table, first ping);
 - what one address holds: Gnutella links, upload slots, pending sockets (and process fds),
   how long a GIV trickling one line every 2 s keeps its socket, memory (RSS) held by 12 unread
   browses, and event-loop CPU per browse request.
@@ -226,6 +227,15 @@ async def measure(files: int) -> dict:
             honest.close()
             for r in links:
                 r.close()
+            await asyncio.sleep(0.3)
+            # CPU per new link (handshake, our QRP table, first ping), from distinct addresses.
+            cpu0 = time.process_time()
+            for i in range(5):
+                r = Raw()
+                await r.connect(addr, f"127.0.2.{i + 1}")
+                await asyncio.sleep(0.2)
+                r.close()
+            out["cpu_per_new_link_ms"] = round((time.process_time() - cpu0) / 5 * 1e3, 1)
             await asyncio.sleep(0.3)
 
             slots = []

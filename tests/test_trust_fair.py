@@ -513,3 +513,27 @@ def test_control_api_survives_bad_numbers(run, tmp_path: Path) -> None:
     assert all("error" in a for a in answers), [a for a in answers if "error" not in a][:3]
     assert not any("internal error" in a["error"] for a in answers)
     assert status[-1]["done"] and "limits" in status[-1]["status"]
+
+
+def test_limits_are_config_fields_and_keys(tmp_path: Path) -> None:
+    from gnut.app.configfile import load_config_file
+    from gnut.runtime.config import NodeConfig
+
+    cfg = NodeConfig(home=tmp_path)
+    assert (cfg.max_links_per_ip, cfg.max_links_per_24, cfg.upload_slots_per_host) == (
+        lim.MAX_LINKS_PER_IP, lim.MAX_LINKS_PER_24, lim.UPLOAD_SLOTS_PER_HOST)
+    conf = tmp_path / "lab.toml"
+    conf.write_text("max_links_per_ip = 64\nmax_browses = 3\nfd_reserve = 128\n")
+    cfg = NodeConfig(home=tmp_path, **load_config_file(conf))
+    assert (cfg.max_links_per_ip, cfg.max_browses, cfg.fd_reserve) == (64, 3, 128)
+    for bad in ({"max_links_per_ip": 0}, {"upload_slots_per_host": -1}, {"max_browses": True}, {"fd_reserve": -5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            NodeConfig(home=tmp_path, **bad)
+
+
+def test_net_key_groups_by_24_and_64() -> None:
+    assert lim.net_key("127.0.0.66") == lim.net_key("127.0.0.200") == "127.0.0.0/24"
+    assert lim.net_key("127.0.1.5") != lim.net_key("127.0.0.5")
+    assert lim.net_key("::ffff:10.1.2.3") == "10.1.2.0/24"
+    assert lim.net_key("2001:db8:1:2::5") == lim.net_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert lim.net_key("not an address") == "not an address"
