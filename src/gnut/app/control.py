@@ -41,14 +41,16 @@ MAX_TEXT = 4096  # search text, names, paths and urns are short
 MAX_URNS = 16  # urns one search carries
 
 
-def req_number(req: dict, key: str, default, lo, hi, kind=float):
-    """`req[key]` as `kind` within lo..hi (default when absent or null).
+def req_number(req: dict, key: str, default, lo, hi, kind=float, nullable: bool = False):
+    """`req[key]` as `kind` within lo..hi (default when absent; null only when `nullable`).
 
     Raises:
         ValueError: with a message naming the field and its range (not a bool, NaN or infinity).
     """
-    value = req.get(key)
-    if value is None:
+    if key not in req:
+        return default
+    value = req[key]
+    if value is None and nullable:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{key} must be a number in {lo}..{hi}, not {value!r}"[:200])
@@ -143,10 +145,8 @@ class ControlServer:
             await send({"done": True, "peers": node.stats()["peers"]})
         elif op == "connect":
             host, port = req.get("host"), req.get("port")
-            if not isinstance(host, str) or not host or len(host) > 255:
-                raise ValueError("connect needs a host string and a port in 1..65535")
-            port = req_number(req, "port", None, 1, 65535, int)
-            if port is None:
+            if (not isinstance(host, str) or not host or len(host) > 255 or isinstance(port, bool)
+                    or not isinstance(port, int) or not 0 < port < 65536):
                 raise ValueError("connect needs a host string and a port in 1..65535")
             node.dial(host, port)
             await send({"done": True})
@@ -169,7 +169,7 @@ class ControlServer:
             if not isinstance(req.get("urn"), str) or len(req["urn"]) > MAX_TEXT:
                 raise ValueError("get needs a urn (or magnet) string")
             name, out = req_text(req, "name"), req_text(req, "out")
-            size = req_number(req, "size", None, 0, MAX_FILE_SIZE, int)
+            size = req_number(req, "size", None, 0, MAX_FILE_SIZE, int, nullable=True)
             timeout = req_number(req, "timeout", 120.0, 0.1, GET_TIMEOUT_MAX)
             started = time.monotonic()
 
@@ -205,7 +205,7 @@ class ControlServer:
             raise ValueError(f"search text and urns are at most {MAX_TEXT} characters, at most {MAX_URNS} urns")
         # Every number typed and ranged (a bool, NaN, infinity or 1e308 is a clear error, not a raise later).
         timeout = req_number(req, "timeout", getattr(cfg, "search_timeout", 10.0), 0.1, SEARCH_TIMEOUT_MAX)
-        quiet = (req_number(req, "quiet", None, 0.01, SEARCH_TIMEOUT_MAX) if "quiet" in req
+        quiet = (req_number(req, "quiet", None, 0.01, SEARCH_TIMEOUT_MAX, nullable=True) if "quiet" in req
                  else getattr(cfg, "search_quiet", None))
         max_results = req_number(req, "max_results", 100, 1, MAX_RESULTS_MAX, int)
 
