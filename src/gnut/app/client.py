@@ -342,8 +342,10 @@ async def status(args: argparse.Namespace, home: Path) -> int:
               f"{st['hosts_known']} hosts known")
         print(f"peers ({len(st['peers'])}):")
         for p in st["peers"]:
+            claimed = p.get("listen", "")  # an incoming peer's claimed listen address (escaped by the node)
+            claimed = f" listens {claimed}" if claimed and claimed != f"{p['host']}:{p['port']}" else ""
             print(f"  #{p['id']:<4} {p['host']}:{p['port']:<6} {p['role']:<10} {'out' if p['outgoing'] else 'in ':<4}"
-                  f" in {p['msgs_in']:<8} out {p['msgs_out']:<8} shed {p['shed']:<5} {p['user_agent']}")
+                  f" in {p['msgs_in']:<8} out {p['msgs_out']:<8} shed {p['shed']:<5} {p['user_agent']}{claimed}")
         print("received: " + ", ".join(f"{k} {v}" for k, v in st["received"].items()))
         print("sent:     " + ", ".join(f"{k} {v}" for k, v in st["sent"].items()))
         print("drops:    " + (", ".join(f"{k} {v}" for k, v in st["drops"].items()) or "none"))
@@ -354,6 +356,9 @@ async def status(args: argparse.Namespace, home: Path) -> int:
                   f"OOB hits in {oob.get('hits_received', 0)} out {oob.get('hits_sent', 0)}, "
                   f"bootstrap {u['bootstrap']['phase']}; drops "
                   + (", ".join(f"{k} {v}" for k, v in u["drops"].items()) or "none"))
+        lim = dict(st.get("limits", {}))
+        fds = f"fds {lim.pop('open_fds', '?')}/{lim.pop('fd_limit', '?') or 'unlimited'}"
+        print("limits:   " + ", ".join([*(f"{k} {v}" for k, v in sorted(lim.items())), fds]))
         t = st.get("transfers", {})
         print(f"uploads: {t.get('uploads_active', 0)} active, {t.get('uploads_done', 0)} done; "
               f"downloads: {len(t.get('downloads', []))}")

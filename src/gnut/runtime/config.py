@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gnut.constants import DEFAULT_PORT, DEFAULT_TTL, GUID_CACHE_CAPACITY, ROUTE_TABLE_CAPACITY
+from gnut.runtime import limits as lim
 
 MODES = ("ultrapeer", "leaf", "flood")
 DHT_MODES = ("auto", "active", "passive", "passive-leaf")
@@ -108,6 +109,15 @@ class NodeConfig:
     # Lab networks (many nodes on one /24, e.g. loopback) raise the DHT's per-/24 bounds and rate limit.
     dht_per_net24: int | None = None
     dht_rate: float | None = None
+    # Fairness limits (reasons beside the constants in runtime/limits.py). They hold on loopback
+    # too: a local test network or the demo raises them here, never by address range.
+    max_links_per_ip: int = lim.MAX_LINKS_PER_IP
+    max_links_per_24: int = lim.MAX_LINKS_PER_24
+    max_pending_per_ip: int = lim.MAX_PENDING_PER_IP
+    max_http_per_ip: int = lim.MAX_HTTP_PER_IP
+    upload_slots_per_host: int = lim.UPLOAD_SLOTS_PER_HOST
+    max_browses: int = lim.MAX_BROWSES
+    fd_reserve: int = lim.FD_RESERVE
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -122,6 +132,13 @@ class NodeConfig:
         self.download_dir = Path(self.download_dir)
         self.uhc = [parse_hostport(u) if isinstance(u, str) else (str(u[0]), int(u[1])) for u in self.uhc]
         self.gwc = [str(u) for u in self.gwc]
+        for name in ("max_links_per_ip", "max_links_per_24", "max_pending_per_ip", "max_http_per_ip",
+                     "upload_slots_per_host", "max_browses", "upload_slots"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
+        if not isinstance(self.fd_reserve, int) or isinstance(self.fd_reserve, bool) or self.fd_reserve < 0:
+            raise ValueError(f"fd_reserve must be a whole number >= 0, not {self.fd_reserve!r}")
 
     @property
     def control_path(self) -> Path:

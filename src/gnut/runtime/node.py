@@ -33,10 +33,12 @@ from gnut.protocol import messages, qrp
 from gnut.protocol import routing as rt
 from gnut.protocol.addresses import AddressPolicy, AddressVotes
 from gnut.protocol.guid import new_guid
+from gnut.protocol.printable import printable
 from gnut.runtime.config import NodeConfig
 from gnut.runtime.dynquery import DqDriver
 from gnut.runtime.hostcache import HostCache
 from gnut.runtime.hostiles import HOSTILES_FILE, load_hostiles, persist_ban, trust_view
+from gnut.runtime.limits import Limits
 from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
 from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
 from gnut.runtime.search import SearchManager
@@ -101,6 +103,8 @@ class Node(LinkManager):
         self.dq = DqDriver(self)
         self.sent: collections.Counter[int] = collections.Counter()
         self.events: collections.Counter[str] = collections.Counter()
+        # Fairness and resource refusals by reason (runtime/limits.py); `gnut status` shows them.
+        self.limits = Limits(cfg.fd_reserve)
         self._accepts: dict[str, collections.deque] = {}
         self._dialing: set[tuple[str, int]] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -112,6 +116,7 @@ class Node(LinkManager):
         # every link that asks for it: a new link costs neither a table build nor a compression.
         self._qrp_table: qrp.QrpTable | None = None
         self._qrp_full: list[bytes] | None = None
+        self._share_qrp: tuple[tuple, qrp.QrpTable] | None = None  # (share generation, table of our files)
         self.share = None
         self.transfers = None
         # UDP (runtime/udpnode.start_udp): transceiver, PING/PONG/GUESS, OOB, bootstrap; None without UDP.
@@ -315,7 +320,7 @@ class Node(LinkManager):
                             self._local(peer, msg)
                         except RemoteProtocolError as exc:
                             router.drops[rt.DropReason.MALFORMED] += 1
-                            log.debug("malformed QUERY from %s: %s", peer.describe(), exc)
+                            log.debug("malformed QUERY from %s: %s", peer.describe(), printable(str(exc)))
                         if peer.closed:
                             return
                         continue
@@ -360,7 +365,8 @@ class Node(LinkManager):
                         self._local(peer, msg)
                     except RemoteProtocolError as exc:
                         router.drops[rt.DropReason.MALFORMED] += 1
-                        log.debug("malformed %s from %s: %s", TYPE_NAMES.get(msg.type), peer.describe(), exc)
+                        log.debug("malformed %s from %s: %s", TYPE_NAMES.get(msg.type), peer.describe(),
+                                  printable(str(exc)))
                 if peer.closed:
                     return
         finally:
@@ -414,7 +420,7 @@ class Node(LinkManager):
             if why is not None:
                 self.trust[f"push_{why}"] += 1
                 return
-            self.transfers.on_push(push)
+            self.transfers.on_push(push, peer, msg.hops)
         elif t == MSG_BYE:
             bye = messages.Bye.decode(msg.payload)
             peer.close(f"peer said BYE {bye.code} {bye.reason}")
@@ -495,7 +501,7 @@ class Node(LinkManager):
             done = peer.qrp.apply(messages.decode_qrp(msg.payload))
         except RemoteProtocolError as exc:
             self.events["qrp_rejected"] += 1
-            log.info("bad QRP table from %s: %s", peer.describe(), exc)
+            log.info("bad QRP table from %s: %s", peer.describe(), printable(str(exc)))
             peer.send_bye(413, "Bad QRP table")
             return
         if done:
@@ -513,10 +519,17 @@ class Node(LinkManager):
 
     def our_qrp_table(self) -> qrp.QrpTable:
         """Our shares' words, merged with our leaves' tables when we are an ultrapeer."""
+        # The shares' part is hashed once per share generation (on a 100k-file share that is
+        # ~1 s of CPU: rebuilding it for every new link let one address burn the loop by reconnecting).
+        key = (id(self.share), self.share.generation)
+        if self._share_qrp is None or self._share_qrp[0] != key:
+            own = qrp.QrpTable()
+            own.add_words(self.share.all_words())
+            # URNs too, so urn:sha1 queries (source searches of downloads) reach us through QRP.
+            own.add_words(sf.urn for sf in self.share.files)
+            self._share_qrp = (key, own)
         table = qrp.QrpTable()
-        table.add_words(self.share.all_words())
-        # URNs too, so urn:sha1 queries (source searches of downloads) reach us through QRP.
-        table.add_words(sf.urn for sf in self.share.files)
+        table.merge(self._share_qrp[1])
         if self.cfg.mode == "ultrapeer":
             for p in self.peers.values():
                 if p.role == rt.PeerRole.LEAF and p.qrp is not None and p.qrp.table is not None:
@@ -574,6 +587,7 @@ class Node(LinkManager):
             if not p.established:
                 if now - p.started > self.handshake_timeout:
                     self.events["handshake_timeouts"] += 1
+                    self.limits.refuse("deadline", f"{p.describe()} not through the handshake in time")
                     p.close("handshake timeout")
                 continue
             silent = now - p.last_rx
@@ -622,10 +636,12 @@ class Node(LinkManager):
         """Peers, traffic by message type, drops by reason, transfers: for `gnut status`."""
         peers = []
         for p in self.peers.values():
-            host, port = p.listen_addr or p.addr or ("?", 0)
+            # The socket's address (what we know); an incoming peer's claimed listen address beside it.
+            host, port = p.addr or p.listen_addr or ("?", 0)
+            listen = f"{p.listen_addr[0]}:{p.listen_addr[1]}" if p.listen_addr else ""
             peers.append({
-                "id": p.id, "host": host, "port": port, "role": p.role.name.lower() if p.role is not None else "handshake",
-                "outgoing": p.outgoing, "user_agent": p.user_agent, "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
+                "id": p.id, "host": host, "port": port, "listen": printable(listen, 80), "role": p.role.name.lower() if p.role is not None else "handshake",
+                "outgoing": p.outgoing, "user_agent": printable(p.user_agent, 80), "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
                 "queued": p.queued() if p.transport else 0, "shed": p.shed,
                 "uptime": round(time.monotonic() - p.started, 1),
             })
@@ -642,6 +658,7 @@ class Node(LinkManager):
             "qrp_skips": r.qrp_skips,
             "dup_ttl_relays": r.dup_ttl_relays,
             "events": dict(self.events),
+            "limits": self.limits.stats(),
             "dynamic_queries": self.dq.stats(),
             "spam": self.searches.spam_stats(),
             "hosts_known": len(self.hosts),
