@@ -345,7 +345,8 @@ async def status(args: argparse.Namespace, home: Path) -> int:
             claimed = p.get("listen", "")  # an incoming peer's claimed listen address (escaped by the node)
             claimed = f" listens {claimed}" if claimed and claimed != f"{p['host']}:{p['port']}" else ""
             print(f"  #{p['id']:<4} {p['host']}:{p['port']:<6} {p['role']:<10} {'out' if p['outgoing'] else 'in ':<4}"
-                  f" in {p['msgs_in']:<8} out {p['msgs_out']:<8} shed {p['shed']:<5} {p['user_agent']}{claimed}")
+                  f" in {p['msgs_in']:<8} out {p['msgs_out']:<8} shed {p['shed']:<5} {p.get('tls') or 'plain':<8}"
+                  f" {p['user_agent']}{claimed}")
         print("received: " + ", ".join(f"{k} {v}" for k, v in st["received"].items()))
         print("sent:     " + ", ".join(f"{k} {v}" for k, v in st["sent"].items()))
         print("drops:    " + (", ".join(f"{k} {v}" for k, v in st["drops"].items()) or "none"))

@@ -19,10 +19,12 @@ from gnut.protocol.handshake import (
     Verdict,
     build_connect,
     build_response,
+    confirms_upgrade,
     content_is_deflated,
     evaluate_response,
     find_block_end,
     has_token,
+    offers_tls_upgrade,
     our_headers,
     parse_block,
     parse_bool,
@@ -109,6 +111,9 @@ class HandshakeComplete:
     deflate_out: bool
     peer_listen: tuple[str, int] | None
     user_agent: str
+    # Both sides agreed the gnet-TLS-upgrade: the bytes after this block are TLS records
+    # (Connection.tls_leftover holds any that came with it); what TLS decrypts is fed back in.
+    tls_upgrade: bool = False
 
 
 @dataclass(slots=True)
@@ -146,12 +151,19 @@ class Connection:
         cfg: our handshake configuration.
         outgoing: True when we dialed (we send CONNECT), False when the peer did.
         remote_ip: the peer's address as we see it, announced as Remote-IP.
+        secure: the link already runs over TLS (direct TLS): no upgrade is offered or accepted.
     """
 
-    def __init__(self, cfg: HandshakeConfig, outgoing: bool, remote_ip: str | None = None) -> None:
+    def __init__(
+        self, cfg: HandshakeConfig, outgoing: bool, remote_ip: str | None = None, secure: bool = False
+    ) -> None:
         self.cfg = cfg
         self.outgoing = outgoing
         self.remote_ip = remote_ip
+        self.secure = secure
+        self.tls_upgrade = False  # the handshake agreed to switch this link to TLS
+        self.tls_leftover = b""  # TLS bytes that arrived with the block that opened the link
+        self._tls_offered = False  # listener: our 200 accepted the peer's upgrade proposal
         self.handshake_done = False
         self.peer_headers: Headers | None = None
         self.peer_is_ultrapeer: bool | None = None
@@ -173,7 +185,7 @@ class Connection:
         self._eof = False
         if outgoing:
             self.state = State.SENT_CONNECT
-            self._queue(build_connect(cfg, remote_ip))
+            self._queue(build_connect(cfg, remote_ip, secure))
         else:
             self.state = State.AWAIT_CONNECT
 
@@ -247,7 +259,10 @@ class Connection:
         if self.state is State.OPEN and self._inbuf:
             rest = bytes(self._inbuf)
             self._inbuf.clear()
-            self._feed_open(rest)
+            if self.tls_upgrade:
+                self.tls_leftover += rest
+            else:
+                self._feed_open(rest)
 
     def _on_answer(self, start_line: str, headers: Headers) -> None:
         # Dialer, second step: the listener's answer to our CONNECT.
@@ -259,6 +274,9 @@ class Connection:
             self.deflate_in = verdict.deflate_in
             self.deflate_out = verdict.deflate_out
             final = [("Content-Encoding", "deflate")] if self.deflate_out else []
+            if self.cfg.tls and not self.secure and offers_tls_upgrade(headers) and confirms_upgrade(headers):
+                self.tls_upgrade = True
+                final.append(("Connection", "Upgrade"))
             self._queue(build_response(CODE_OK, "OK", final))
             self._open(headers)
             return
@@ -280,6 +298,7 @@ class Connection:
             return
         # Lenient: a peer that compresses without our Accept-Encoding offer is still read.
         self.deflate_in = content_is_deflated(headers)
+        self.tls_upgrade = self._tls_offered and confirms_upgrade(headers)
         role = parse_bool(headers.get("X-Ultrapeer"))
         if role is not None:
             self.peer_is_ultrapeer = role
@@ -303,6 +322,7 @@ class Connection:
                 self.deflate_out,
                 peer_listen_address(headers),
                 headers.get("User-Agent", "") or "",
+                self.tls_upgrade,
             )
         )
 
@@ -378,7 +398,9 @@ class Connection:
         else:
             peer_accepts = has_token(self.peer_headers.get("Accept-Encoding"), "deflate")
             self.deflate_out = self.cfg.accept_deflate and peer_accepts
-            headers = our_headers(self.cfg, self.remote_ip, True, peer_accepts) + list(extra_headers)
+            self._tls_offered = self.cfg.tls and not self.secure and offers_tls_upgrade(self.peer_headers)
+            headers = our_headers(self.cfg, self.remote_ip, True, peer_accepts, self._tls_offered)
+            headers += list(extra_headers)
             self._queue(build_response(CODE_OK, "OK", headers))
             self.state = State.AWAIT_FINAL
         self._guarded(self._advance_handshake, b"")

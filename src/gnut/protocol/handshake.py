@@ -36,6 +36,8 @@ PONG_CACHING_VERSION = "0.1"
 GGEP_VERSION = "0.5"
 BYE_PACKET_VERSION = "0.1"
 VENDOR_MESSAGE_VERSION = "0.2"
+# gnet-TLS-upgrade: the protocol a plain link may switch to after the handshake (dialer = TLS client).
+TLS_UPGRADE_PROTOCOL = "TLS/1.0"
 # A 0.4 peer sends "GNUTELLA CONNECT/0.4\n\n" and expects exactly this answer (spec 0.4).
 GNUTELLA_04_OK = b"GNUTELLA OK\n\n"
 # Codes we use when refusing: 503 = no slot / wrong role (GnutellaBun, gtk-gnutella),
@@ -119,6 +121,8 @@ class HandshakeConfig:
     max_ttl: int = MAX_TTL_ADVERTISED
     degree: int = 32
     ultrapeer_needed: bool = True
+    # Offer (dialing) and accept (listening) the gnet-TLS-upgrade of a plain link.
+    tls: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -391,13 +395,27 @@ def peer_listen_address(headers: Headers) -> tuple[str, int] | None:
 # --- Building our blocks ---------------------------------------------------------------
 
 
+def offers_tls_upgrade(headers: Headers) -> bool:
+    """The peer proposes (CONNECT) or selected (200) the TLS upgrade: `Upgrade: TLS/1.0`."""
+    return has_token(headers.get("Upgrade"), TLS_UPGRADE_PROTOCOL)
+
+
+def confirms_upgrade(headers: Headers) -> bool:
+    """The block carries `Connection: Upgrade` (the answer's readiness, the dialer's go)."""
+    return has_token(headers.get("Connection"), "Upgrade")
+
+
 def presents_as_ultrapeer(cfg: HandshakeConfig) -> bool:
     """True when we announce X-Ultrapeer: True (ultrapeer and flood modes)."""
     return cfg.mode != "leaf"
 
 
 def our_headers(
-    cfg: HandshakeConfig, remote_ip: str | None, for_response: bool, peer_accepts_deflate: bool
+    cfg: HandshakeConfig,
+    remote_ip: str | None,
+    for_response: bool,
+    peer_accepts_deflate: bool,
+    tls_upgrade: bool = False,
 ) -> list[tuple[str, str]]:
     """The headers of our CONNECT (dialing) or of our 200 answer (listening).
 
@@ -406,6 +424,7 @@ def our_headers(
         remote_ip: the peer's address as we see it (Remote-IP), if known.
         for_response: True for our 200 answer to a CONNECT, False for our CONNECT.
         peer_accepts_deflate: the peer's CONNECT carried Accept-Encoding: deflate.
+        tls_upgrade: CONNECT: propose the TLS upgrade; answer: accept the one the peer proposed.
 
     Returns:
         (name, value) pairs in the order to send them.
@@ -436,6 +455,10 @@ def our_headers(
     if cfg.listen_ip and cfg.listen_ip not in ("0.0.0.0", "::") and 0 < cfg.listen_port <= 0xFFFF:
         address = f"{cfg.listen_ip}:{cfg.listen_port}"
         out += [("Listen-IP", address), ("X-My-Address", address)]
+    if tls_upgrade:
+        out.append(("Upgrade", TLS_UPGRADE_PROTOCOL))
+        if for_response:
+            out.append(("Connection", "Upgrade"))
     out += list(cfg.extra.items())
     return out
 
@@ -445,17 +468,18 @@ def _render(start_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
-def build_connect(cfg: HandshakeConfig, remote_ip: str | None = None) -> bytes:
+def build_connect(cfg: HandshakeConfig, remote_ip: str | None = None, secure: bool = False) -> bytes:
     """Our first block: "GNUTELLA CONNECT/0.6" and our headers.
 
     Args:
         cfg: our configuration.
         remote_ip: the address we dial, announced as Remote-IP.
+        secure: the link already runs over TLS (no upgrade is proposed then).
 
     Returns:
         The block's bytes, CRLF lines, blank line included.
     """
-    return _render("GNUTELLA CONNECT/0.6", our_headers(cfg, remote_ip, False, False))
+    return _render("GNUTELLA CONNECT/0.6", our_headers(cfg, remote_ip, False, False, cfg.tls and not secure))
 
 
 def build_response(code: int, reason: str, headers: Iterable[tuple[str, str]]) -> bytes:

@@ -78,6 +78,8 @@ class NodeConfig:
     save_hosts: bool = True
     # Offer and use deflate on links (gtk-gnutella ultrapeers refuse leaves that do not).
     deflate: bool = True
+    # Offer and accept TLS on links (gnet-TLS-upgrade, direct TLS): runtime/tls.py.
+    tls: bool = True
     # Seen-GUID cache and reverse-route table sizes: the memory bound under a flood of unique GUIDs.
     seen_cache_size: int = GUID_CACHE_CAPACITY
     route_table_size: int = ROUTE_TABLE_CAPACITY

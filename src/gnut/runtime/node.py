@@ -69,6 +69,17 @@ MAX_PARALLEL_DIALS = 4
 WILDCARDS = ("0.0.0.0", "::")
 
 
+def _tls_contexts(home):
+    """TLS contexts with our identity from `home`, or None (logged) when they cannot be made."""
+    from gnut.runtime.tls import TlsContexts
+
+    try:
+        return TlsContexts(home)
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.warning("TLS is off: %s", exc)
+        return None
+
+
 class Service(Protocol):
     """Something that runs beside a node (Node.services): started after it, stopped before it."""
 
@@ -126,6 +137,7 @@ class Node(LinkManager):
         self.dht = None  # runtime.dht.DhtService when cfg.dht
         self.started = time.monotonic()
         self.address: tuple[str, int] = (cfg.listen_host, cfg.listen_port)
+        self.tls = None  # runtime/tls.TlsContexts once started, when cfg.tls
         self.handshake_config = self._handshake_config()
         self.stopping = False
         # Established links by role, kept up to date so admitting a peer is O(1), not O(links).
@@ -151,6 +163,8 @@ class Node(LinkManager):
         loop = asyncio.get_running_loop()
         self.transfers = Transfers(self)
         self.share = self.transfers.share
+        if self.cfg.tls:
+            self.tls = _tls_contexts(self.cfg.home)
         await self.transfers.scan()
         self._server = await loop.create_server(
             lambda: Peer(self, outgoing=False), self.cfg.listen_host, self.cfg.listen_port, reuse_address=True
@@ -247,7 +261,11 @@ class Node(LinkManager):
 
     def _handshake_config(self) -> hs.HandshakeConfig:
         return hs.HandshakeConfig(mode=self.cfg.mode, listen_ip=self.address[0], listen_port=self.address[1],
-                                  accept_deflate=self.cfg.deflate)
+                                  accept_deflate=self.cfg.deflate, tls=self.tls is not None)
+
+    def tls_context(self, server_side: bool):
+        """The TLS context for a link (None when TLS is off or could not be set up)."""
+        return self.tls.get(server_side) if self.tls is not None else None
 
     def spawn(self, coro) -> asyncio.Task:
         """Run `coro` as a task the node cancels on stop."""
@@ -643,6 +661,8 @@ class Node(LinkManager):
                 "id": p.id, "host": host, "port": port, "listen": printable(listen, 80), "role": p.role.name.lower() if p.role is not None else "handshake",
                 "outgoing": p.outgoing, "user_agent": printable(p.user_agent, 80), "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
                 "queued": p.queued() if p.transport else 0, "shed": p.shed,
+                "tls": p.tls.version if p.tls is not None else "",
+                "deflate": bool(p.conn is not None and (p.conn.deflate_in or p.conn.deflate_out)),
                 "uptime": round(time.monotonic() - p.started, 1),
             })
         r = self.router

@@ -11,6 +11,7 @@ from gnut.errors import ProtocolError
 from gnut.protocol import connection as cx
 from gnut.protocol.printable import printable
 from gnut.runtime.host import LinkHost
+from gnut.runtime.tls import TlsError, TlsLayer, looks_like_client_hello
 
 log = logging.getLogger("gnut.runtime.peer")
 
@@ -71,6 +72,7 @@ class Peer(asyncio.Protocol):
         self.peer_headers = None
         self._sniff = bytearray()
         self.ready: asyncio.Future | None = None
+        self.tls: TlsLayer | None = None  # runtime/tls.py: set when the link runs over TLS
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,6 +87,17 @@ class Peer(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
+        if self.tls is not None:
+            try:
+                data, wire = self.tls.receive(data)
+            except TlsError as exc:
+                self.node.events["tls_failed"] += 1
+                self.close(str(exc))
+                return
+            if wire and not self.transport.is_closing():
+                self.transport.write(wire)
+            if not data:
+                return
         if self.conn is None:
             self._sniff += data
             if len(self._sniff) < SNIFF_BYTES and b"\n" not in self._sniff:
@@ -92,8 +105,12 @@ class Peer(asyncio.Protocol):
             first = bytes(self._sniff)
             self._sniff = bytearray()
             if first.startswith(b"GNUTELLA"):
-                self.conn = cx.Connection(self.node.handshake_config, outgoing=False, remote_ip=self.addr[0])
+                self.conn = cx.Connection(self.node.handshake_config, outgoing=False, remote_ip=self.addr[0],
+                                          secure=self.tls is not None)
                 data = first
+            elif self.tls is None and looks_like_client_hello(first):
+                self._start_tls(True, first)  # direct TLS: what it decrypts comes back here
+                return
             else:
                 self.node.switch_to_http(self, first)
                 return
@@ -134,6 +151,11 @@ class Peer(asyncio.Protocol):
                 node.on_handshake_request(self, ev)
             elif isinstance(ev, cx.HandshakeComplete):
                 self.established = True
+                if ev.tls_upgrade:
+                    self._write_pending()  # our final block (dialer) goes out in clear first
+                    leftover, conn.tls_leftover = conn.tls_leftover, b""
+                    if not self._start_tls(not self.outgoing, leftover):
+                        return
                 node.on_established(self, ev)
             elif isinstance(ev, cx.HandshakeRefused):
                 node.on_refused(self, ev)
@@ -190,8 +212,40 @@ class Peer(asyncio.Protocol):
         if self.conn is None or self.transport is None:
             return
         out = self.conn.data_to_send()
+        if out and self.tls is not None:
+            try:
+                out = self.tls.send(out)
+            except TlsError as exc:
+                self.node.events["tls_failed"] += 1
+                self.close(str(exc))
+                return
         if out and not self.transport.is_closing():
             self.transport.write(out)
+
+    def _start_tls(self, server_side: bool, received: bytes) -> bool:
+        """Switch the link to TLS (False when it failed and was closed, or TLS is off).
+
+        Args:
+            server_side: we answer the TLS handshake (we listened), else we start it.
+            received: TLS bytes already received (the start of the peer's ClientHello).
+        """
+        ctx = self.node.tls_context(server_side)
+        if ctx is None:
+            self.close("TLS requested but not available")
+            return False
+        self.tls = TlsLayer(ctx, server_side)
+        self.node.events["tls_links"] += 1
+        try:
+            wire = self.tls.start()
+            if wire:
+                self.transport.write(wire)
+        except TlsError as exc:
+            self.node.events["tls_failed"] += 1
+            self.close(str(exc))
+            return False
+        if received:
+            self.data_received(received)
+        return not self.closed
 
     def send_bye(self, code: int, reason: str) -> None:
         """Send BYE (when the link is up) and close after it is written."""
