@@ -48,7 +48,11 @@ def test_node_defaults_and_gnut_home(tmp_path, monkeypatch):
     cfg = cli.node_config(parse("node"))
     default = NodeConfig()
     assert cfg.home == tmp_path / "h"
-    assert (cfg.listen_port, cfg.mode, cfg.firewalled, cfg.control) == (default.listen_port, "ultrapeer", False, True)
+    assert (cfg.listen_port, cfg.mode, cfg.firewalled, cfg.control) == (default.listen_port, "leaf", False, True)
+    # The real network's defaults: every interface, auto role (starts as a leaf), TLS on.
+    assert (cfg.listen_host, cfg.auto_role, cfg.tls) == ("0.0.0.0", True, True)
+    assert cli.node_config(parse("node", "--mode", "ultrapeer")).auto_role is False
+    assert cli.node_config(parse("node", "--no-tls")).tls is False
     assert cli.node_config(parse("node", "--no-control")).control is False
 
 

@@ -68,16 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("node", help="run a servent")
     n.add_argument("--listen", type=_listen_address, default=None, metavar="HOST:PORT",
-                   help=f"address to listen on (default 127.0.0.1:{DEFAULT_PORT})")
+                   help=f"address to listen on (default 0.0.0.0:{DEFAULT_PORT}: every interface)")
     n.add_argument("--connect", type=_hostport, action="append", default=[], metavar="HOST:PORT",
                    help="peer to connect to (repeatable)")
     n.add_argument("--share", type=Path, action="append", default=[], metavar="DIR", help="folder to share (repeatable)")
-    n.add_argument("--mode", choices=MODES, default=None, help="ultrapeer (default), leaf, or flood (classic all-relay)")
+    n.add_argument("--mode", choices=MODES, default=None, help="auto (default: a leaf that becomes an ultrapeer when reachable), ultrapeer, "
+                        "leaf, or flood (classic all-relay)")
     n.add_argument("--loop", choices=LOOP_CHOICES, default=None, help="event loop (default auto: uvloop)")
     n.add_argument("--max-peers", type=int, default=None, metavar="N", help="ultrapeer/flood links accepted (default 32)")
     n.add_argument("--max-leaves", type=int, default=None, metavar="N", help="leaves an ultrapeer takes (default 30)")
     n.add_argument("--out-links", type=int, default=None, metavar="N", help="links to keep dialled (default 3)")
     n.add_argument("--firewalled", action="store_true", default=None, help="act as firewalled: downloads from us need PUSH")
+    n.add_argument("--no-tls", action="store_false", default=None, dest="tls",
+                   help="neither offer nor accept TLS on links")
     n.add_argument("--download-dir", type=Path, default=None, metavar="DIR")
     n.add_argument("--no-control", action="store_true", help="do not serve the local control API")
     n.add_argument("--config", type=Path, default=None, metavar="FILE", help="TOML file with the same settings")
@@ -166,7 +169,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         kw["bootstrap"] = True
     for opt, key in (("mode", "mode"), ("loop", "loop"), ("max_peers", "max_peers"), ("max_leaves", "max_leaves"),
                      ("out_links", "out_links"), ("firewalled", "firewalled"), ("download_dir", "download_dir"),
-                     ("hostiles", "hostiles")):
+                     ("hostiles", "hostiles"), ("tls", "tls")):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)
     if args.no_control:

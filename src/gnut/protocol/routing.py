@@ -281,6 +281,31 @@ class Router:
         (self._leaf_peers if role == PeerRole.LEAF else self._relay_peers)[peer_id] = None
         return self.core.add_peer(peer_id, self._next_gen, role != PeerRole.LEAF)
 
+    def set_mode(self, mode: str) -> None:
+        """Change our role (auto role election): a new relay core over the same tables and peers.
+
+        The peers are re-added in the old core's slot order, so every peer keeps its slot (the
+        node's per-slot lists stay valid); each gets a new generation (old reverse routes lapse).
+
+        Raises:
+            LocalProtocolError: unknown mode.
+        """
+        if mode not in MODES:
+            raise LocalProtocolError(f"unknown router mode {mode!r}, expected one of {MODES}")
+        self._sync()
+        slots = tuple(self.core.slot_ids)
+        self.mode = mode
+        self.core = RelayCore(mode, self._seen, self._query_routes)
+        self._local_words = None
+        for k, peer_id in enumerate(slots):
+            st = self._peers[peer_id]
+            self._next_gen += 1
+            st.gen = self._next_gen
+            if self.core.add_peer(peer_id, st.gen, st.role != PeerRole.LEAF) != k:
+                raise LocalProtocolError("relay core slots changed order on a mode change")
+            if st.matcher is not None:
+                self.set_qrp(peer_id, st.matcher)
+
     def remove_peer(self, peer_id: int) -> tuple[int, int] | None:
         """Forget a neighbour; its reverse routes become stale without a scan. Unknown ids are ignored.
 

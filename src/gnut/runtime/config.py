@@ -9,7 +9,8 @@ from pathlib import Path
 from gnut.constants import DEFAULT_PORT, DEFAULT_TTL, GUID_CACHE_CAPACITY, ROUTE_TABLE_CAPACITY
 from gnut.runtime import limits as lim
 
-MODES = ("ultrapeer", "leaf", "flood")
+# `auto` (the default): start as a leaf, become an ultrapeer when reachable (runtime/reach.py).
+MODES = ("auto", "ultrapeer", "leaf", "flood")
 DHT_MODES = ("auto", "active", "passive", "passive-leaf")
 
 
@@ -43,11 +44,12 @@ def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
 class NodeConfig:
     """Everything a node needs to run; CLI flags and the config file fill it."""
 
-    listen_host: str = "127.0.0.1"
+    # Every interface, as a servent on the Internet needs; the demo and the tests pass 127.0.0.1.
+    listen_host: str = "0.0.0.0"
     listen_port: int = DEFAULT_PORT
     connect: list[tuple[str, int]] = field(default_factory=list)
     share_dirs: list[Path] = field(default_factory=list)
-    mode: str = "ultrapeer"
+    mode: str = "auto"
     loop: str = "auto"
     # Ultrapeer (or flood) links we accept in total; gtk-gnutella defaults to 32.
     max_peers: int = 32
@@ -120,6 +122,13 @@ class NodeConfig:
     upload_slots_per_host: int = lim.UPLOAD_SLOTS_PER_HOST
     max_browses: int = lim.MAX_BROWSES
     fd_reserve: int = lim.FD_RESERVE
+    # Firewall detection: no incoming connection this long after asking peers to connect back
+    # (BEAR/7) means we are not reachable over TCP (runtime/reach.py).
+    connect_back_wait: float = 30.0
+    # Auto mode: seconds of uptime before a reachable leaf may become an ultrapeer.
+    up_min_uptime: float = 600.0
+    # Set from mode "auto": `mode` is then the current role, which runtime/reach.py changes.
+    auto_role: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -127,6 +136,9 @@ class NodeConfig:
         if self.dht_mode not in DHT_MODES:
             raise ValueError(f"dht_mode must be one of {', '.join(DHT_MODES)}, not {self.dht_mode!r}")
         self.dht_bootstrap = [parse_hostport(a) if isinstance(a, str) else tuple(a) for a in self.dht_bootstrap]
+        if self.mode == "auto":
+            self.auto_role = True
+            self.mode = "leaf"
         self.home = Path(self.home)
         self.share_dirs = [Path(p) for p in self.share_dirs]
         if self.download_dir is None:

@@ -96,6 +96,7 @@ class LinkManager:
                 peer.transport.abort()
                 return
             q.append(now)
+            self.reach.on_accept(peer.transport)
         self.peers[peer.id] = peer
 
     def _admit_socket(self, peer: Peer) -> bool:
@@ -284,6 +285,7 @@ class LinkManager:
             ev.deflate_out,
         )
         self.send_qrp(peer)
+        self.reach.on_link_up(peer)
         # A first ping learns the neighbourhood (answered from the peer's pong cache).
         self.send_ping(peer, ttl=2 if self.cfg.mode != "leaf" else 1)
 

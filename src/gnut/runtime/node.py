@@ -41,6 +41,7 @@ from gnut.runtime.hostiles import HOSTILES_FILE, load_hostiles, persist_ban, tru
 from gnut.runtime.limits import Limits
 from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
 from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
+from gnut.runtime.reach import Reachability
 from gnut.runtime.search import SearchManager
 from gnut.runtime.udpnode import start_udp, stop_udp, udp_stats
 
@@ -138,18 +139,19 @@ class Node(LinkManager):
         self.started = time.monotonic()
         self.address: tuple[str, int] = (cfg.listen_host, cfg.listen_port)
         self.tls = None  # runtime/tls.TlsContexts once started, when cfg.tls
+        self.wildcard = cfg.listen_host in WILDCARDS
         self.handshake_config = self._handshake_config()
         self.stopping = False
         # Established links by role, kept up to date so admitting a peer is O(1), not O(links).
         self.n_ultrapeers = 0
         self.n_leaves = 0
-        self.wildcard = False
         # Keep-alive and handshake deadlines (constants; tests shorten them on an instance).
         self.idle_ping_after = IDLE_PING_AFTER
         self.idle_close_after = IDLE_CLOSE_AFTER
         self.handshake_timeout = HANDSHAKE_TIMEOUT
         self.accepts_per_ip_per_minute = ACCEPTS_PER_IP_PER_MINUTE
         self.tick_interval = TICK
+        self.reach = Reachability(self)
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
@@ -260,8 +262,23 @@ class Node(LinkManager):
         return entry
 
     def _handshake_config(self) -> hs.HandshakeConfig:
-        return hs.HandshakeConfig(mode=self.cfg.mode, listen_ip=self.address[0], listen_port=self.address[1],
+        # A wildcard bind has no address of its own: advertise none until peers tell us ours.
+        listen_ip = "" if self.wildcard else self.address[0]
+        return hs.HandshakeConfig(mode=self.cfg.mode, listen_ip=listen_ip, listen_port=self.address[1],
                                   accept_deflate=self.cfg.deflate, tls=self.tls is not None)
+
+    def on_connect_back(self, peer: Peer) -> None:
+        self.reach.on_connect_back_received()
+
+    def set_role(self, mode: str) -> None:
+        """Become `mode` (auto role election): BYE 200 to every link (they agreed our old role), redial."""
+        for p in list(self.peers.values()):
+            p.send_bye(200, "Changing role")
+        self.cfg.mode = mode
+        self.router.set_mode(mode)
+        self.handshake_config = self._handshake_config()
+        self._qrp_sent.clear()
+        self._qrp_dirty = True
 
     def tls_context(self, server_side: bool):
         """The TLS context for a link (None when TLS is off or could not be set up)."""
@@ -445,7 +462,7 @@ class Node(LinkManager):
         elif t == MSG_QRP:
             self._on_qrp(peer, msg)
         elif t in (MSG_VENDOR, MSG_VENDOR_STD):
-            if not self.dq.on_vendor(peer, msg):
+            if not self.reach.on_vendor(peer, msg) and not self.dq.on_vendor(peer, msg):
                 self.events["vendor_ignored"] += 1
 
     def send_to(self, peer: Peer, mtype: int, payload: bytes, ttl: int, guid: bytes | None = None) -> bytes:
@@ -626,6 +643,7 @@ class Node(LinkManager):
                     table = table or self.current_qrp_table()
                     self.send_qrp(p, table)
         self.searches.tick(now)
+        self.reach.tick(now)
         if self.transfers is not None:
             self.transfers.maybe_rescan(now)
         self._keep_links(now)
@@ -685,6 +703,7 @@ class Node(LinkManager):
             "hosts": self.hosts.stats(),
             "trust": trust_view(r, self.addr_votes, self.address[0], self.wildcard, self.hostiles, self.trust,
                                 time.monotonic()),
+            "reachability": self.reach.stats(),
             "shared_files": len(self.share) if self.share is not None else 0,
             "transfers": self.transfers.stats() if self.transfers is not None else {},
             "udp": udp_stats(self),

@@ -73,6 +73,7 @@ class Peer(asyncio.Protocol):
         self._sniff = bytearray()
         self.ready: asyncio.Future | None = None
         self.tls: TlsLayer | None = None  # runtime/tls.py: set when the link runs over TLS
+        self.vendor_supported: set | None = None  # (vendor, selector) from its Messages Supported
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,6 +109,10 @@ class Peer(asyncio.Protocol):
                 self.conn = cx.Connection(self.node.handshake_config, outgoing=False, remote_ip=self.addr[0],
                                           secure=self.tls is not None)
                 data = first
+            elif not first.strip(b"\r\n"):
+                self.node.on_connect_back(self)  # a BEAR/7 probe: "\n\n" then close
+                self.close("connect-back probe received")
+                return
             elif self.tls is None and looks_like_client_hello(first):
                 self._start_tls(True, first)  # direct TLS: what it decrypts comes back here
                 return
