@@ -113,7 +113,8 @@ def local_hits(node: Node, text: str, urns: tuple[str, ...], limit: int) -> list
 def hit_source(h: Hit) -> dl.Source:
     """A download source from a search hit."""
     return dl.Source(host=h.host, port=h.port, index=h.index, name=h.name, size=h.size, urn=h.urn,
-                     servent_guid=bytes.fromhex(h.servent_guid), firewalled=h.firewalled)
+                     servent_guid=bytes.fromhex(h.servent_guid), firewalled=h.firewalled,
+                     push_proxies=tuple(h.push_proxies))
 
 
 async def fetch(node: Node, target: str, name: str | None, size: int | None, out: Path, timeout: float,

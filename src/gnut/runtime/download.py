@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import re
 from collections import deque
@@ -38,6 +39,7 @@ from gnut.runtime.fsutil import atomic_write_bytes
 CHUNK_SIZE = 256 * 1024  # one request's worth: amortises the request, still spreads a 1 MB file
 READ_SIZE = 64 * 1024  # bytes asked of the socket per read
 MAX_RESPONSE_HEADER_BYTES = 16 * 1024  # real response heads are < 1 KiB (gtk-gnutella ~700 B)
+log = logging.getLogger("gnut.runtime.download")
 DEFAULT_STALL_TIMEOUT = 30.0  # connect, PUSH callback or any read silent this long: the source failed
 RETRY_BASE_DELAY = 1.0  # first backoff after a failure, doubled for each consecutive failure
 RETRY_MAX_DELAY = 60.0  # ceiling of the exponential backoff
@@ -297,6 +299,7 @@ class Download:
         self._retry_base = retry_base
         self._max_failures = max_failures
         self._assume_private = assume_private_firewalled
+        self._push_only: set[str] = set()  # sources whose direct connect failed: PUSH only
         self._node_addr = node_addr
         self._sources: dict[str, _SourceState] = {}
         self._excluded: set[str] = set()
@@ -620,19 +623,28 @@ class Download:
     # --- HTTP -------------------------------------------------------------------------
 
     async def _connect(self, source: Source) -> _Conn:
-        if needs_push(source, assume_private_firewalled=self._assume_private):
-            if self._push is None:
-                raise _SourceFailure("source needs a PUSH and no push route is available", drop=True)
+        direct = source.key not in self._push_only and not needs_push(
+            source, assume_private_firewalled=self._assume_private)
+        if direct:
             try:
-                reader, writer = await asyncio.wait_for(self._push(source), self._timeout)
-            except TimeoutError as exc:
-                raise _SourceFailure("no GIV callback after PUSH") from exc
-            except Exception as exc:  # the node's routing may fail in its own ways
-                raise _SourceFailure(f"PUSH failed: {exc!r}") from exc
-        else:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(source.host, source.port), self._timeout
-            )
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(source.host, source.port), self._timeout
+                )
+                return _Conn(reader, writer)
+            except (TimeoutError, OSError) as exc:
+                if self._push is None:
+                    raise
+                # Unreachable directly (NAT, firewall, a private address): PUSH from now on.
+                log.info("direct connect to %s failed (%s): trying PUSH", source.key, exc or "timeout")
+                self._push_only.add(source.key)
+        if self._push is None:
+            raise _SourceFailure("source needs a PUSH and no push route is available", drop=True)
+        try:
+            reader, writer = await asyncio.wait_for(self._push(source), self._timeout)
+        except TimeoutError as exc:
+            raise _SourceFailure("no GIV callback after PUSH") from exc
+        except Exception as exc:  # the node's routing may fail in its own ways
+            raise _SourceFailure(f"PUSH failed: {exc!r}") from exc
         return _Conn(reader, writer)
 
     def _request(self, source: Source, start: int, end: int) -> h11.Request:

@@ -55,6 +55,8 @@ class NodeServices(Protocol):
     searches: Any
     dq: Any
     limits: Any  # runtime/limits.Limits: refusal counters and the fd watch
+    reach: Any  # runtime/reach.Reachability
+    pushproxy: Any  # runtime/pushproxy.PushProxy
 
     def spawn(self, coro: Any) -> asyncio.Task: ...
     def new_guid(self) -> bytes: ...

@@ -91,6 +91,8 @@ MAX_RANGE_DIGITS = 20
 MAX_INDEX_DIGITS = 10
 
 BROWSE_MIME = "application/x-gnutella-packets"
+# Push-proxy request paths (LimeWire's and gtk-gnutella's), served by HttpContext.push_proxy.
+PUSH_PROXY_PATHS = (b"/gnutella/push-proxy", b"/gnet/push-proxy")
 HTTP_PREFIXES = (b"GET ", b"HEAD ", b"GIV ")
 # Bytes the node must peek to tell HTTP from a Gnutella handshake with is_http_start().
 HTTP_SNIFF_BYTES = max(len(p) for p in HTTP_PREFIXES)
@@ -110,6 +112,10 @@ class HttpContext:
     # Called once per share generation; an iterator is consumed in slices (see the strategy note).
     browse_hits: Callable[[], Iterable[bytes]] | None = None
     on_giv: GivCallback | None = None
+    # Push-proxy requests (runtime/pushproxy.py): (target, headers, requester IP) -> (status, reason).
+    push_proxy: Callable[[bytes, dict, str], tuple[int, str]] | None = None
+    # Headers added to every answer (X-Push-Proxies while we are firewalled).
+    extra_headers: Callable[[], list[tuple[str, str]]] | None = None
     request_timeout: float = REQUEST_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
@@ -368,7 +374,8 @@ class _Upload:
         self.head_deadline = self.loop.time() + ctx.request_timeout
 
     def _headers(self, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        return [("Server", self.ctx.user_agent), ("X-Features", "browse/1.0"), *extra]
+        more = self.ctx.extra_headers() if self.ctx.extra_headers is not None else []
+        return [("Server", self.ctx.user_agent), ("X-Features", "browse/1.0"), *more, *extra]
 
     async def _write(self, data: bytes) -> None:
         if data:
@@ -507,6 +514,11 @@ class _Upload:
             await self._simple(405, "Method Not Allowed", [("Allow", "GET, HEAD")], close=last)
             return
         target = request.target
+        if ctx.push_proxy is not None and target.partition(b"?")[0].lower() in PUSH_PROXY_PATHS:
+            peer = self.writer.get_extra_info("peername")
+            status, reason = ctx.push_proxy(target, dict(request.headers), peer[0] if peer else "")
+            await self._simple(status, reason, close=last)
+            return
         if target == b"/" or target.startswith(b"/?"):
             await self._browse(request, last)
             return

@@ -135,6 +135,7 @@ class LinkManager:
         if self.peers.pop(peer.id, None) is None:
             return
         self._qrp_sent.pop(peer.id, None)
+        self.pushproxy.peer_closed(peer)
         if peer.counted:
             if peer.role == rt.PeerRole.LEAF:
                 self.n_leaves -= 1

@@ -41,6 +41,7 @@ from gnut.runtime.hostiles import HOSTILES_FILE, load_hostiles, persist_ban, tru
 from gnut.runtime.limits import Limits
 from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
 from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
+from gnut.runtime.pushproxy import PushProxy
 from gnut.runtime.reach import Reachability
 from gnut.runtime.search import SearchManager
 from gnut.runtime.udpnode import start_udp, stop_udp, udp_stats
@@ -152,6 +153,7 @@ class Node(LinkManager):
         self.accepts_per_ip_per_minute = ACCEPTS_PER_IP_PER_MINUTE
         self.tick_interval = TICK
         self.reach = Reachability(self)
+        self.pushproxy = PushProxy(self)
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
@@ -462,7 +464,8 @@ class Node(LinkManager):
         elif t == MSG_QRP:
             self._on_qrp(peer, msg)
         elif t in (MSG_VENDOR, MSG_VENDOR_STD):
-            if not self.reach.on_vendor(peer, msg) and not self.dq.on_vendor(peer, msg):
+            if not (self.reach.on_vendor(peer, msg) or self.pushproxy.on_vendor(peer, msg)
+                    or self.dq.on_vendor(peer, msg)):
                 self.events["vendor_ignored"] += 1
 
     def send_to(self, peer: Peer, mtype: int, payload: bytes, ttl: int, guid: bytes | None = None) -> bytes:
@@ -474,6 +477,9 @@ class Node(LinkManager):
     def _answer_query(self, peer: Peer, msg) -> None:
         q = messages.Query.decode(msg.payload)
         self.events["queries_seen"] += 1
+        if q.firewalled and self.reach.firewalled():
+            self.events["queries_fw_to_fw"] += 1  # neither side could connect to the other
+            return
         files = self.share.match(q.text, q.urns, self.cfg.max_results_per_query)
         if not files:
             return
@@ -493,7 +499,7 @@ class Node(LinkManager):
     def _answer_ping(self, peer: Peer, msg) -> None:
         ttl = msg.hops + 1
         crawler = msg.ttl == 2 and msg.hops == 0
-        if not crawler:
+        if not crawler and not self.wildcard:  # unlearned wildcard: no address to advertise yet
             self.send_to(peer, MSG_PONG, self.our_pong().encode(), ttl, guid=msg.guid)
         if msg.ttl > 1:
             # Only proven hosts are passed on: cached pongs of hosts the cache holds as good.
@@ -644,6 +650,7 @@ class Node(LinkManager):
                     self.send_qrp(p, table)
         self.searches.tick(now)
         self.reach.tick(now)
+        self.pushproxy.tick()
         if self.transfers is not None:
             self.transfers.maybe_rescan(now)
         self._keep_links(now)

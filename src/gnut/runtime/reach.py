@@ -92,8 +92,11 @@ class Reachability:
         return "unknown", "no incoming connection yet, no peer asked to connect back"
 
     def firewalled(self) -> bool:
-        """True when we must act firewalled: hits say push-needed, queries set the flag."""
-        return self.tcp()[0] != "yes"
+        """True when we know we are firewalled: hits say push-needed, queries set the flag.
+
+        "unknown" acts as reachable (a downloader that cannot connect falls back to PUSH).
+        """
+        return self.tcp()[0] == "no"
 
     def stats(self) -> dict:
         tcp, why = self.tcp()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from gnut.constants import MSG_QUERY, MSG_VENDOR
 from gnut.protocol import messages, spam
 from gnut.protocol import routing as rt
+from gnut.protocol import vmsg_reach as vr
 from gnut.protocol.guid import new_guid
 from gnut.protocol.printable import printable
 from gnut.runtime import dynquery
@@ -72,6 +73,7 @@ class Hit:
     local: bool = False
     # Why the spam filter rejected it (a gnut.protocol.spam reason), or None.
     spam: str | None = None
+    push_proxies: tuple[tuple[str, int], ...] = ()  # from the hit's GGEP "PUSH"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -203,6 +205,8 @@ class SearchManager:
         flags = messages.QF_DEFAULT | (messages.QF_LEAF_GUIDED if node.cfg.mode == "leaf" else 0)
         if oob_guid is not None:
             flags |= messages.QF_OUT_OF_BAND
+        if node.reach.firewalled():  # hits from firewalled servents are then useless to us
+            flags |= messages.QF_FIREWALLED
         q = messages.Query(text=text, flags=flags, urns=tuple(urns),
                            ggep=(messages.GgepItem("SO", b""),) if oob_guid is not None else ())
         ttl = ttl or node.cfg.query_ttl
@@ -241,6 +245,7 @@ class SearchManager:
         now = time.time()  # wall clock: the spam observations outlive this process
         text_query = bool(search.text.strip()) and search.text != URN_QUERY_TEXT
         guid_hex = qh.servent_guid.hex()
+        proxies = vr.decode_push_proxies(messages.find(qh.ggep, "PUSH") or b"")
         for r in qh.results:
             urn = next((u for u in r.urns if u.lower().startswith("urn:sha1:")), None)
             reason = self.spam.classify(search.text, r.name, r.size, urn, guid_hex, now, text_query)
@@ -249,7 +254,7 @@ class SearchManager:
             if not search.add(Hit(
                 name=r.name, size=r.size, urn=urn, host=qh.ip, port=qh.port, index=r.index,
                 servent_guid=guid_hex, firewalled=bool(qh.push), vendor=vendor,
-                speed=qh.speed, hops=msg.hops, busy=bool(qh.busy), spam=reason,
+                speed=qh.speed, hops=msg.hops, busy=bool(qh.busy), spam=reason, push_proxies=proxies,
             )):
                 self.node.events["search_results_over_limit"] += 1
 

@@ -442,6 +442,7 @@ def build_hits(
     browse: bool = True,
     per_message: int = HITS_PER_MESSAGE,
     speed: int = HIT_SPEED_KBPS,
+    push_proxies: bytes = b"",
 ) -> list[bytes]:
     """Encode QUERYHIT payloads (no header) answering with `files`, per_message results at most each.
 
@@ -459,6 +460,7 @@ def build_hits(
         browse: announce browse host.
         per_message: results per payload (1..255).
         speed: advertised speed in kbit/s.
+        push_proxies: GGEP "PUSH" data (our push proxies, vmsg_reach.encode_push_proxies).
 
     Returns:
         The payloads, in file order; [] when there are no files.
@@ -473,6 +475,8 @@ def build_hits(
         ggep = (GgepItem("H", bytes((GGEP_H_SHA1,)) + sf.sha1),) if ggep_h else ()
         results.append(HitResult(sf.index, sf.size, sf.name, urns=(sf.urn,), ggep=ggep))
     trailer_ggep = (GgepItem("BH", b""),) if browse else ()
+    if push_proxies:
+        trailer_ggep += (GgepItem("PUSH", push_proxies),)
     out: list[bytes] = []
     batch: list[HitResult] = []
     used = HIT_OVERHEAD_BYTES

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 from gnut.constants import DEFAULT_TTL, MSG_PUSH, MSG_QUERYHIT
 from gnut.protocol import messages
+from gnut.protocol import vmsg_reach as vr
 from gnut.protocol.printable import printable
 from gnut.runtime import download as dl
-from gnut.runtime import http
+from gnut.runtime import http, pushproxy
 from gnut.runtime.share import ShareIndex, build_hits
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ class Transfers:
             max_http_per_ip=cfg.max_http_per_ip,
             max_browses=cfg.max_browses,
             limits=node.limits,
+            push_proxy=node.pushproxy.http_request,
+            extra_headers=self._proxy_headers,
         )
         # Target IP -> times of our recent connect-backs to it (PUSH reflection bound).
         self._push_targets: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
@@ -129,10 +132,19 @@ class Transfers:
     # --- answering queries and browse host ---------------------------------------------------
     def hit_payloads(self, files, ggep_h: bool) -> list[bytes]:
         host, port = self.node.address
+        firewalled = self.node.reach.firewalled()
+        proxies = vr.encode_push_proxies(self.node.pushproxy.our_proxies()) if firewalled else b""
         return build_hits(
             files, servent_guid=self.node.servent_guid, ip=host, port=port,
-            push=self.node.cfg.firewalled, busy=self.ctx_busy(), ggep_h=ggep_h,
+            push=firewalled, busy=self.ctx_busy(), ggep_h=ggep_h, push_proxies=proxies,
         )
+
+    def _proxy_headers(self) -> list[tuple[str, str]]:
+        """X-Push-Proxies while we are firewalled and have proxies (push_proxy 4.2)."""
+        if not self.node.reach.firewalled():
+            return []
+        proxies = self.node.pushproxy.our_proxies()
+        return [("X-Push-Proxies", ",".join(f"{h}:{p}" for h, p in proxies))] if proxies else []
 
     def ctx_busy(self) -> bool:
         return self.ctx.active_uploads >= self.ctx.upload_slots
@@ -247,20 +259,32 @@ class Transfers:
         await writer.wait_closed() if hasattr(writer, "wait_closed") else None
 
     async def push_connect(self, source: dl.Source):
-        """Route a PUSH to `source`'s servent and wait for its GIV connection."""
+        """PUSH `source`'s servent (routed, and through its push proxies) and wait for its GIV."""
         node = self.node
         peer_id = node.router.push_route(source.servent_guid, time.monotonic())
         peer = node.peers.get(peer_id) if peer_id is not None else None
-        if peer is None:
-            raise dl.DownloadError(f"no route for PUSH to {source.servent_guid.hex()}")
+        if peer is None and not source.push_proxies:
+            raise dl.DownloadError(f"no route and no push proxy for PUSH to {source.servent_guid.hex()}")
         host, port = node.address
-        payload = messages.Push(servent_guid=source.servent_guid, index=source.index, ip=host, port=port).encode()
         fut = asyncio.get_running_loop().create_future()
         key = (source.servent_guid, source.index)
         self._giv_waiters[key] = fut
-        node.send_to(peer, MSG_PUSH, payload, DEFAULT_TTL)
-        node.flush()
-        node.events["push_sent"] += 1
+        if peer is not None:
+            payload = messages.Push(servent_guid=source.servent_guid, index=source.index, ip=host,
+                                    port=port).encode()
+            node.send_to(peer, MSG_PUSH, payload, DEFAULT_TTL)
+            node.flush()
+            node.events["push_sent"] += 1
+        asked = 0
+        for proxy in source.push_proxies:
+            if await pushproxy.contact(proxy, source.servent_guid, source.index, (host, port)):
+                node.events["push_proxy_used"] += 1
+                asked += 1
+                break
+            node.events["push_proxy_failed"] += 1
+        if peer is None and not asked:
+            self._giv_waiters.pop(key, None)
+            raise dl.DownloadError(f"no push proxy of {source.servent_guid.hex()} accepted our request")
         try:
             async with asyncio.timeout(PUSH_WAIT):  # not wait_for: 3.11's can swallow a cancel
                 return await fut
