@@ -340,6 +340,10 @@ async def status(args: argparse.Namespace, home: Path) -> int:
             return 0
         print(f"node {st['address']} mode {st['mode']} up {st['uptime']} s, {st['shared_files']} files shared, "
               f"{st['hosts_known']} hosts known")
+        r = st.get("reachability")
+        if r:
+            print(f"reachable TCP: {r['tcp']} ({r['tcp_reason']}); UDP: {r['udp']} ({r['udp_reason']})")
+            print(f"role: {r['role']}{' (auto)' if r['auto'] else ''}: {r['role_reason']}")
         print(f"peers ({len(st['peers'])}):")
         for p in st["peers"]:
             claimed = p.get("listen", "")  # an incoming peer's claimed listen address (escaped by the node)

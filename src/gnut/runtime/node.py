@@ -270,7 +270,7 @@ class Node(LinkManager):
                                   accept_deflate=self.cfg.deflate, tls=self.tls is not None)
 
     def on_connect_back(self, peer: Peer) -> None:
-        self.reach.on_connect_back_received()
+        self.reach.on_connect_back_received(peer.transport)
 
     def set_role(self, mode: str) -> None:
         """Become `mode` (auto role election): BYE 200 to every link (they agreed our old role), redial."""

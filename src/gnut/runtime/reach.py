@@ -69,6 +69,7 @@ class Reachability:
         self.last_incoming_from = ""
         self.connect_backs_received = 0
         self.asked: set[int] = set()  # peer ids asked for a connect-back this round
+        self.asked_ips: set[str] = set()  # their addresses (at most ASK_PEERS per round)
         self.asked_at = 0.0  # when this round's first request went out (monotonic), 0 = not asked
         self.probe_times: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.probe_window: collections.deque[float] = collections.deque()
@@ -117,9 +118,16 @@ class Reachability:
         self.incoming += 1
         self.last_incoming_from = peer[0]
 
-    def on_connect_back_received(self) -> None:
+    def on_connect_back_received(self, transport) -> None:
+        """A "\\n\\n" probe arrived. From another host on_accept() counted it already; from our
+        own host it still proves the path when it comes from a peer we asked (a loopback network)."""
         self.connect_backs_received += 1
         self.node.events["connect_back_received"] += 1
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        sock = transport.get_extra_info("sockname") if transport is not None else None
+        if peer and sock and peer[0] == sock[0] and peer[0] in self.asked_ips:
+            self.incoming += 1
+            self.last_incoming_from = peer[0]
 
     # --- asking -----------------------------------------------------------------------------------
     def on_link_up(self, peer) -> None:
@@ -136,12 +144,15 @@ class Reachability:
         if not self.asked_at:
             self.asked_at = time.monotonic()
         self.asked.add(peer.id)
+        if peer.addr is not None:
+            self.asked_ips.add(peer.addr[0])
         node.send_to(peer, MSG_VENDOR, vr.connect_back(node.address[1]), 1)
         node.events["connect_back_asked"] += 1
 
     def tick(self, now: float) -> None:
         if not self.incoming and self.asked_at and now - self.asked_at > ASK_AGAIN:
             self.asked.clear()
+            self.asked_ips.clear()
             self.asked_at = 0.0
             for p in list(self.node.peers.values()):
                 if p.established and p.outgoing:

@@ -269,20 +269,22 @@ class Transfers:
         fut = asyncio.get_running_loop().create_future()
         key = (source.servent_guid, source.index)
         self._giv_waiters[key] = fut
-        if peer is not None:
+        # Its push proxies first (one HTTP request to a host with a direct link to it, push_proxy
+        # section 2); the routed PUSH only when none of them accepted.
+        asked = False
+        for proxy in source.push_proxies:
+            if await pushproxy.contact(proxy, source.servent_guid, source.index, (host, port)):
+                node.events["push_proxy_used"] += 1
+                asked = True
+                break
+            node.events["push_proxy_failed"] += 1
+        if not asked and peer is not None:
             payload = messages.Push(servent_guid=source.servent_guid, index=source.index, ip=host,
                                     port=port).encode()
             node.send_to(peer, MSG_PUSH, payload, DEFAULT_TTL)
             node.flush()
             node.events["push_sent"] += 1
-        asked = 0
-        for proxy in source.push_proxies:
-            if await pushproxy.contact(proxy, source.servent_guid, source.index, (host, port)):
-                node.events["push_proxy_used"] += 1
-                asked += 1
-                break
-            node.events["push_proxy_failed"] += 1
-        if peer is None and not asked:
+        elif not asked:
             self._giv_waiters.pop(key, None)
             raise dl.DownloadError(f"no push proxy of {source.servent_guid.hex()} accepted our request")
         try:
