@@ -222,3 +222,26 @@ def test_direct_tls_connection_is_served(run, tmp_path):
             await node.stop()
 
     run(main)
+
+
+def test_pong_advertises_tls_and_the_next_dial_is_direct_tls(run, tmp_path):
+    async def main():
+        a = await start_node(tmp_path, "a", mode="leaf")  # a leaf's first PING has TTL 1: b answers itself
+        b = await start_node(tmp_path, "b", mode="ultrapeer")
+        try:
+            a.dial(*b.address)
+            await wait_for(lambda: b.address in a.tls_hosts, what="b's pong with GGEP TLS")
+            for p in list(a.peers.values()):
+                p.close("test: redial")
+            await wait_for(lambda: not a.peers and not b.peers, what="links gone")
+            a.dial(*b.address)
+            await wait_for(lambda: any(p.established and p.tls is not None and p.tls.done for p in b.peers.values()),
+                           what="direct TLS link")
+            (bp,) = b.peers.values()
+            assert "Upgrade" not in bp.peer_headers  # TLS from the first byte, not an upgrade
+            assert a.events["tls_links"] == 2
+        finally:
+            await a.stop()
+            await b.stop()
+
+    run(main)

@@ -57,9 +57,11 @@ class LinkManager:
 
     async def _dial(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
+        direct_tls = self.tls is not None and (host, port) in self.tls_hosts
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: Peer(self, outgoing=True, addr=(host, port)), host, port),
+                loop.create_connection(lambda: Peer(self, outgoing=True, addr=(host, port), direct_tls=direct_tls),
+                                       host, port),
                 DIAL_TIMEOUT,
             )
         except (TimeoutError, OSError) as exc:

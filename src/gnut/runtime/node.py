@@ -65,6 +65,8 @@ DUP_WINDOW = 60.0
 BYE_DUPLICATES = 401
 # Save the host cache at most this often.
 HOSTS_SAVE_EVERY = 30.0
+# Hosts remembered as speaking direct TLS (their pongs carried GGEP "TLS"), oldest forgotten first.
+TLS_HOSTS_MAX = 4096
 # Parallel outgoing dials while filling link slots.
 MAX_PARALLEL_DIALS = 4
 # Listening on these means "every interface": the address we advertise must come from elsewhere.
@@ -140,6 +142,7 @@ class Node(LinkManager):
         self.started = time.monotonic()
         self.address: tuple[str, int] = (cfg.listen_host, cfg.listen_port)
         self.tls = None  # runtime/tls.TlsContexts once started, when cfg.tls
+        self.tls_hosts: collections.OrderedDict[tuple[str, int], bool] = collections.OrderedDict()
         self.wildcard = cfg.listen_host in WILDCARDS
         self.handshake_config = self._handshake_config()
         self.stopping = False
@@ -493,7 +496,9 @@ class Node(LinkManager):
 
     def our_pong(self) -> messages.Pong:
         host, port = self.address
-        ggep = self.dht.pong_ggep() if self.dht is not None else ()
+        ggep = tuple(self.dht.pong_ggep()) if self.dht is not None else ()
+        if self.tls is not None:
+            ggep += (messages.GgepItem("TLS", b""),)  # we accept direct TLS
         return messages.Pong(port=port, ip=host, files=len(self.share), kbytes=self.share.total_kbytes, ggep=ggep)
 
     def _answer_ping(self, peer: Peer, msg) -> None:
@@ -524,6 +529,10 @@ class Node(LinkManager):
         if why is not None:
             self.trust[f"pong_{why}"] += 1
             return
+        if messages.find(pong.ggep, "TLS") is not None:
+            self.tls_hosts[key] = True  # dial it with direct TLS
+            while len(self.tls_hosts) > TLS_HOSTS_MAX:
+                self.tls_hosts.popitem(last=False)
         self.pong_cache[key] = msg.payload
         self.pong_cache.move_to_end(key)
         while len(self.pong_cache) > PONG_CACHE_SIZE:

@@ -42,7 +42,8 @@ def shed_priority(mtype: int, hops: int) -> int:
 class Peer(asyncio.Protocol):
     """An asyncio Protocol for one link; all decisions are the Connection's and the Node's."""
 
-    def __init__(self, node: LinkHost, outgoing: bool, addr: tuple[str, int] | None = None) -> None:
+    def __init__(self, node: LinkHost, outgoing: bool, addr: tuple[str, int] | None = None,
+                 direct_tls: bool = False) -> None:
         self.node = node
         self.outgoing = outgoing
         self.id = node.next_peer_id()
@@ -74,6 +75,7 @@ class Peer(asyncio.Protocol):
         self.ready: asyncio.Future | None = None
         self.tls: TlsLayer | None = None  # runtime/tls.py: set when the link runs over TLS
         self.vendor_supported: set | None = None  # (vendor, selector) from its Messages Supported
+        self.direct_tls = direct_tls  # dial: TLS from the first byte (the peer advertised GGEP "TLS")
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -82,7 +84,10 @@ class Peer(asyncio.Protocol):
         if peername:
             self.addr = (peername[0], peername[1])
         if self.outgoing:
-            self.conn = cx.Connection(self.node.handshake_config, outgoing=True, remote_ip=self.addr[0])
+            if self.direct_tls and not self._start_tls(False, b""):
+                return
+            self.conn = cx.Connection(self.node.handshake_config, outgoing=True, remote_ip=self.addr[0],
+                                      secure=self.tls is not None)
             self._write_pending()
         self.node.peer_opened(self)
 

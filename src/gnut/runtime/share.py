@@ -443,6 +443,7 @@ def build_hits(
     per_message: int = HITS_PER_MESSAGE,
     speed: int = HIT_SPEED_KBPS,
     push_proxies: bytes = b"",
+    tls: bool = False,
 ) -> list[bytes]:
     """Encode QUERYHIT payloads (no header) answering with `files`, per_message results at most each.
 
@@ -461,6 +462,7 @@ def build_hits(
         per_message: results per payload (1..255).
         speed: advertised speed in kbit/s.
         push_proxies: GGEP "PUSH" data (our push proxies, vmsg_reach.encode_push_proxies).
+        tls: we accept TLS connections (GGEP "TLS" in the trailer, as gtk-gnutella sends).
 
     Returns:
         The payloads, in file order; [] when there are no files.
@@ -477,6 +479,8 @@ def build_hits(
     trailer_ggep = (GgepItem("BH", b""),) if browse else ()
     if push_proxies:
         trailer_ggep += (GgepItem("PUSH", push_proxies),)
+    if tls:
+        trailer_ggep += (GgepItem("TLS", b""),)
     out: list[bytes] = []
     batch: list[HitResult] = []
     used = HIT_OVERHEAD_BYTES

@@ -137,6 +137,7 @@ class Transfers:
         return build_hits(
             files, servent_guid=self.node.servent_guid, ip=host, port=port,
             push=firewalled, busy=self.ctx_busy(), ggep_h=ggep_h, push_proxies=proxies,
+            tls=getattr(self.node, "tls", None) is not None,
         )
 
     def _proxy_headers(self) -> list[tuple[str, str]]:
