@@ -69,7 +69,7 @@ def test_listener_without_tls_ignores_the_upgrade_offer():
 def test_dialer_switches_on_gnutellabun_answer():
     conn = cx.Connection(_cfg(tls=True), outgoing=True, remote_ip="127.0.0.1")
     _, connect = hs.parse_block(conn.data_to_send())
-    assert connect.get("Upgrade") == "TLS/1.0"
+    assert connect.get("Upgrade") == "TLS/1.0" and hs.has_token(connect.get("X-Features"), "tls/1.0")
     conn.receive_data(_vec("handshake_response_up_tls"))
     (done,) = _events(conn)
     assert done.tls_upgrade and done.deflate_in  # deflate runs inside TLS

@@ -38,6 +38,8 @@ BYE_PACKET_VERSION = "0.1"
 VENDOR_MESSAGE_VERSION = "0.2"
 # gnet-TLS-upgrade: the protocol a plain link may switch to after the handshake (dialer = TLS client).
 TLS_UPGRADE_PROTOCOL = "TLS/1.0"
+# X-Features token for TLS support (doc/gnutella/x-features format, gtk-gnutella's name).
+TLS_FEATURE = "tls/1.0"
 # A 0.4 peer sends "GNUTELLA CONNECT/0.4\n\n" and expects exactly this answer (spec 0.4).
 GNUTELLA_04_OK = b"GNUTELLA OK\n\n"
 # Codes we use when refusing: 503 = no slot / wrong role (GnutellaBun, gtk-gnutella),
@@ -455,6 +457,8 @@ def our_headers(
     if cfg.listen_ip and cfg.listen_ip not in ("0.0.0.0", "::") and 0 < cfg.listen_port <= 0xFFFF:
         address = f"{cfg.listen_ip}:{cfg.listen_port}"
         out += [("Listen-IP", address), ("X-My-Address", address)]
+    if cfg.tls:
+        out.append(("X-Features", TLS_FEATURE))  # gtk-gnutella's token: we accept TLS (direct or upgrade)
     if tls_upgrade:
         out.append(("Upgrade", TLS_UPGRADE_PROTOCOL))
         if for_response:

@@ -138,6 +138,8 @@ class LinkManager:
             return
         self._qrp_sent.pop(peer.id, None)
         self.pushproxy.peer_closed(peer)
+        if peer.direct_tls and not peer.established and peer.listen_addr:
+            self.tls_hosts.pop(peer.listen_addr, None)  # next time: plain, with the upgrade offer
         if peer.counted:
             if peer.role == rt.PeerRole.LEAF:
                 self.n_leaves -= 1
