@@ -325,3 +325,55 @@ def test_push_proxy_request_from_a_non_leaf_is_declined(run, tmp_path):
             await up.stop()
 
     run(main)
+
+
+# --- role ---------------------------------------------------------------------------------------------
+def test_role_change_says_bye_and_relinks_in_the_new_role(run, tmp_path):
+    async def main():
+        up = await start_node(tmp_path, "up", mode="ultrapeer")
+        node = await start_node(tmp_path, "n", mode="auto")
+        try:
+            assert node.cfg.mode == "leaf" and node.cfg.auto_role
+            node.dial(*up.address)
+            await wait_for(lambda: any(p.established for p in up.peers.values()), what="leaf link")
+            assert [p.role.name for p in up.peers.values()] == ["LEAF"]
+            node.set_role("ultrapeer")
+            assert node.router.mode == "ultrapeer" and node.handshake_config.mode == "ultrapeer"
+            await wait_for(lambda: not up.peers, what="BYE on role change")
+            node.dial(*up.address)
+            await wait_for(lambda: any(p.established for p in up.peers.values()), what="relink")
+            assert [p.role.name for p in up.peers.values()] == ["ULTRAPEER"]
+        finally:
+            await node.stop()
+            await up.stop()
+
+    run(main)
+
+
+def test_auto_election_rules(tmp_path):
+    from gnut.runtime.config import NodeConfig
+    from gnut.runtime.node import Node
+
+    cfg = NodeConfig(listen_host="11.0.0.9", listen_port=6346, mode="auto", home=tmp_path, up_min_uptime=5.0,
+                     control=False, save_hosts=False)
+    node = Node(cfg)  # never started: the rules only read its state (no socket is opened)
+    node.wildcard = False
+    r = node.reach
+    now = node.started + 1.0
+    ok, why = r.up_capable(now)
+    assert not ok and "TCP not reachable" in why
+    r.incoming = 1  # as if another host had connected
+    ok, why = r.up_capable(now)
+    assert not ok and "uptime" not in why and "needed" in why
+    assert r.up_capable(node.started + 6.0)[0]
+    r.tick(node.started + 6.0)
+    assert cfg.mode == "ultrapeer" and r.role_reason.startswith("auto: promoted")
+    # Reachability lost (here: --firewalled): it steps down, but not within ROLE_HOLD of the last change.
+    cfg.firewalled = True
+    r.tick(node.started + 7.0)
+    assert cfg.mode == "ultrapeer"
+    r.tick(node.started + 7.0 + reach.ROLE_HOLD)
+    assert cfg.mode == "leaf" and r.role_reason.startswith("auto: stepped down")
+    node.address = ("127.0.0.1", 6346)
+    cfg.firewalled = False
+    assert r.up_capable(node.started + 10_000)[1].endswith("is not routable")
