@@ -245,3 +245,63 @@ def test_pong_advertises_tls_and_the_next_dial_is_direct_tls(run, tmp_path):
             await b.stop()
 
     run(main)
+
+
+# --- hostile ---------------------------------------------------------------------------------------------
+def _raw_upgrade_cfg() -> hs.HandshakeConfig:
+    return hs.HandshakeConfig(mode="leaf", listen_ip="127.0.0.1", listen_port=1, tls=True)
+
+
+def test_garbage_after_an_agreed_upgrade_closes_the_link(run, tmp_path):
+    async def main():
+        node = await start_node(tmp_path, "n", mode="ultrapeer")
+        try:
+            reader, writer = await asyncio.open_connection(*node.address)
+            conn = cx.Connection(_raw_upgrade_cfg(), outgoing=True, remote_ip="127.0.0.1")
+            writer.write(conn.data_to_send())
+            while not any(isinstance(ev, cx.HandshakeComplete) for ev in _events_after(conn, await reader.read(4096))):
+                pass
+            writer.write(conn.data_to_send())  # final block with Connection: Upgrade
+            writer.write(b"\x16\x03\x01\x00\x05" + b"\xff" * 64)  # not a ClientHello
+            await wait_for(lambda: node.events["tls_failed"] == 1 and not node.peers, what="link closed")
+            writer.close()
+        finally:
+            await node.stop()
+
+    run(main)
+
+
+def test_stalled_tls_handshake_hits_the_handshake_deadline(run, tmp_path):
+    async def main():
+        node = await start_node(tmp_path, "n", mode="ultrapeer")
+        node.handshake_timeout = 0.3
+        node.tick_interval = 0.05
+        try:
+            reader, writer = await asyncio.open_connection(*node.address)
+            conn = cx.Connection(_raw_upgrade_cfg(), outgoing=True, remote_ip="127.0.0.1")
+            writer.write(conn.data_to_send())
+            while not any(isinstance(ev, cx.HandshakeComplete) for ev in _events_after(conn, await reader.read(4096))):
+                pass
+            writer.write(conn.data_to_send())  # agree, then never start TLS
+            await wait_for(lambda: node.events["handshake_timeouts"] == 1 and not node.peers, what="deadline")
+            writer.close()
+        finally:
+            await node.stop()
+
+    run(main)
+
+
+def _events_after(conn: cx.Connection, data: bytes) -> list:
+    assert data, "node closed during the handshake"
+    conn.receive_data(data)
+    return _events(conn)
+
+
+def test_wildcard_node_advertises_no_listen_ip_before_learning(tmp_path):
+    from gnut.runtime.config import NodeConfig
+    from gnut.runtime.node import Node
+
+    node = Node(NodeConfig(listen_host="0.0.0.0", listen_port=6346, home=tmp_path, control=False))  # not started
+    assert node.handshake_config.listen_ip == ""
+    names = [n for n, _ in hs.our_headers(node.handshake_config, "11.0.0.7", False, False)]
+    assert "Listen-IP" not in names and "X-My-Address" not in names

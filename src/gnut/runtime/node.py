@@ -634,8 +634,8 @@ class Node(LinkManager):
         for p in list(self.peers.values()):
             if p.closed:
                 continue
-            if not p.established:
-                if now - p.started > self.handshake_timeout:
+            if not p.established or (p.tls is not None and not p.tls.done):
+                if now - p.started > self.handshake_timeout:  # the TLS handshake has the same deadline
                     self.events["handshake_timeouts"] += 1
                     self.limits.refuse("deadline", f"{p.describe()} not through the handshake in time")
                     p.close("handshake timeout")
