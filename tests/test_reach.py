@@ -152,7 +152,7 @@ async def _listener(ip: str, port: int = 0):
     got: list[tuple[str, bytes]] = []
 
     async def serve(reader, writer):
-        got.append((writer.get_extra_info("peername")[0], await reader.read(16)))
+        got.append((writer.get_extra_info("peername")[0], await reader.read(128)))
         writer.close()
 
     server = await asyncio.start_server(serve, ip, port)
@@ -377,3 +377,31 @@ def test_auto_election_rules(tmp_path):
     node.address = ("127.0.0.1", 6346)
     cfg.firewalled = False
     assert r.up_capable(node.started + 10_000)[1].endswith("is not routable")
+
+
+def test_pushes_naming_one_address_are_rate_limited_at_the_leaf(run, tmp_path):
+    """Index-0 PUSHes (LimeWire-style proxy requests) are answered with GIV 0, but one address
+    gets at most PUSH_CALLBACKS_PER_IP_PER_MINUTE callbacks, whoever asks."""
+    from gnut.runtime import transfers
+
+    async def main():
+        up, leaf = await _proxied_pair(tmp_path)
+        srv, port, got = await _listener("127.0.0.34")
+        try:
+            b32 = pushproxy.guid_base32(leaf.servent_guid)
+            codes = [await _http(up.address, f"/gnutella/push-proxy?ServerId={b32}",
+                                 headers=f"X-Node: 127.0.0.99:{port}\r\n", local_ip="127.0.0.34")
+                     for _ in range(pushproxy.REQUESTS_PER_IP_PER_MINUTE)]
+            assert codes == [202] * pushproxy.REQUESTS_PER_IP_PER_MINUTE
+            limit = transfers.PUSH_CALLBACKS_PER_IP_PER_MINUTE
+            await wait_for(lambda: len(got) == limit and leaf.events["push_rate_limited"]
+                           == pushproxy.REQUESTS_PER_IP_PER_MINUTE - limit, what="bounded callbacks")
+            # The GIVs went to the requester's own address (not X-Node's 127.0.0.99), for index 0.
+            assert all(g[1].startswith(b"GIV 0:" + leaf.servent_guid.hex().upper().encode()) for g in got)
+        finally:
+            srv.close()
+            await srv.wait_closed()
+            await leaf.stop()
+            await up.stop()
+
+    run(main)

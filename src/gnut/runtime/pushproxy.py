@@ -101,6 +101,10 @@ class PushProxy:
                 node.send_to(p, MSG_VENDOR, vr.push_proxy_request(), 1, guid=node.servent_guid)
                 node.events["push_proxy_asked"] += 1
 
+    def is_our_proxy(self, peer) -> bool:
+        """The link is an ultrapeer that acknowledged being our push proxy (its PUSHes name others)."""
+        return peer is not None and peer.id in self.proxies
+
     def our_proxies(self) -> list[tuple[str, int]]:
         """Live proxies that acknowledged us, for hits and X-Push-Proxies."""
         return [addr for pid, addr in self.proxies.items() if pid in self.node.peers][: vr.MAX_PUSH_PROXIES]

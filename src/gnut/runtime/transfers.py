@@ -198,8 +198,9 @@ class Transfers:
         """
         if push.servent_guid != self.node.servent_guid:
             return
-        f = self.share.by_index(push.index)
-        if f is None or self._push_callbacks >= MAX_PUSH_CALLBACKS:
+        # Index 0 is a push proxy's PUSH (push_proxy section 5): GIV 0, the downloader's GET names the file.
+        f = self.share.by_index(push.index) if push.index else None
+        if (f is None and push.index) or self._push_callbacks >= MAX_PUSH_CALLBACKS:
             self.node.events["push_ignored"] += 1
             return
         refusal = self._push_refusal(push, peer, hops)
@@ -208,7 +209,7 @@ class Transfers:
             self.node.limits.refuse(refusal, f"PUSH asking us to connect to {printable(push.ip)}:{push.port}")
             return
         self._push_callbacks += 1
-        self._spawn(self._giv(push, f.name))
+        self._spawn(self._giv(push, f.name if f is not None else ""))
 
     def _push_refusal(self, push, peer, hops: int) -> str | None:
         """Why we will not connect back for this PUSH (counter key), or None (and the dial is counted)."""
@@ -217,7 +218,8 @@ class Transfers:
             return bogus
         addr = getattr(peer, "addr", None)
         # Sent by the neighbour itself: the requester is that neighbour, at its socket's address.
-        if hops == 0 and addr and addr[0] != push.ip:
+        # ... unless it is our push proxy relaying a downloader's request (push_proxy section 5).
+        if hops == 0 and addr and addr[0] != push.ip and not self.node.pushproxy.is_our_proxy(peer):
             return "push_reflection"
         if not self.node.limits.fd_room():
             return "fd_headroom"
@@ -251,6 +253,9 @@ class Transfers:
     # --- PUSH: we are the downloader --------------------------------------------------------------
     async def on_giv(self, index: int, guid: bytes, name: str, reader, writer) -> None:
         fut = self._giv_waiters.pop((guid, index), None)
+        if fut is None:  # a proxy may have pushed index 0: any download waiting on that servent
+            key = next((k for k in self._giv_waiters if k[0] == guid), None)
+            fut = self._giv_waiters.pop(key) if key is not None else None
         if fut is None or fut.done():
             self.node.events["giv_unexpected"] += 1
             writer.close()
