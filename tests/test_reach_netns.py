@@ -1,7 +1,7 @@
 """Reachability between real `gnut node` processes in the namespace rig (tests/netrig.py, docs/NETNS.md).
 
 One network: a public ultrapeer (`seed`), a public `auto` node, a leaf behind NAT sharing a file,
-and a public downloader. Proves: the NATed node finds itself firewalled and the public ones
+a public downloader and an `auto` node on a public address behind an inbound firewall. Proves: the NATed node finds itself firewalled and the public ones
 reachable; the public auto node becomes an ultrapeer while the NATed one stays a leaf; the NATed
 leaf's file is found and downloaded by the public node through the seed as push proxy, with the
 leaf's own address unreachable.
@@ -65,6 +65,7 @@ def test_nat_firewall_role_and_push_proxy_download(netrig, tmp_path):  # noqa: F
     auto_h = rig.public_host("auto")
     nat_h = rig.nat_host("nat")
     dl_h = rig.public_host("dl")
+    fw_h = rig.firewalled_host("fw")
     rig.assert_isolated()
     seed_at = f"{seed_h.ip}:{PORT}"
 
@@ -72,6 +73,7 @@ def test_nat_firewall_role_and_push_proxy_download(netrig, tmp_path):  # noqa: F
     auto = _node(rig, auto_h, tmp_path, f"{auto_h.ip}:{PORT}", "auto", [seed_at])
     nat = _node(rig, nat_h, tmp_path, f"0.0.0.0:{PORT}", "auto", [seed_at], {NAT_FILE: NAT_DATA})
     dl = _node(rig, dl_h, tmp_path, f"{dl_h.ip}:{PORT}", "leaf", [seed_at])
+    fw = _node(rig, fw_h, tmp_path, f"{fw_h.ip}:{PORT}", "auto", [seed_at])
     try:
         # Reachability is real in the rig: nobody can dial the NATed host, at either address.
         assert not rig.can_connect(dl_h, nat_h.seen_as, PORT, timeout=0.5)
@@ -81,6 +83,8 @@ def test_nat_firewall_role_and_push_proxy_download(netrig, tmp_path):  # noqa: F
         st = wait_until(lambda: (s := _status(nat))["reachability"]["tcp"] == "no" and s, 30,
                         "the NATed node to find itself firewalled")
         assert "connect back" in st["reachability"]["tcp_reason"]
+        # So does a node on a public address behind its own inbound firewall.
+        wait_until(lambda: _status(fw)["reachability"]["tcp"] == "no", 30, "the firewalled node's verdict")
         st = wait_until(lambda: (s := _status(auto))["reachability"]["tcp"] == "yes" and s, 30,
                         "the public auto node to find itself reachable")
         assert _status(seed)["events"].get("connect_back_probes", 0) >= 2
@@ -92,6 +96,7 @@ def test_nat_firewall_role_and_push_proxy_download(netrig, tmp_path):  # noqa: F
         st = _status(nat)
         assert st["mode"] == "leaf" and "TCP not reachable" in st["reachability"]["role_reason"]
         assert st["address"].split(":")[0] == nat_h.seen_as  # learned from the seed's Remote-IP
+        assert _status(fw)["mode"] == "leaf"  # a routable address is not enough: nobody can reach it
 
         # The NATed leaf has the seed as push proxy.
         wait_until(lambda: _status(nat)["events"].get("push_proxies_acked", 0) >= 1, 20,
@@ -117,6 +122,6 @@ def test_nat_firewall_role_and_push_proxy_download(netrig, tmp_path):  # noqa: F
         assert _status(seed)["events"].get("push_proxy_pushes", 0) >= 1
         assert _status(nat)["events"].get("giv_sent", 0) >= 1
     except BaseException:
-        for home in (seed, auto, nat, dl):
+        for home in (seed, auto, nat, dl, fw):
             print(f"----- {home.name}\n{_log(home)[-4000:]}")
         raise
