@@ -405,3 +405,22 @@ def test_pushes_naming_one_address_are_rate_limited_at_the_leaf(run, tmp_path):
             await up.stop()
 
     run(main)
+
+
+def test_x_push_proxies_from_the_source_replace_the_hits_list(run, tmp_path):
+    async def main():
+        up, leaf = await _proxied_pair(tmp_path)
+        downloader = await start_node(tmp_path, "d", mode="leaf")
+        try:
+            sf = leaf.share.files[0]
+            src = _source(leaf, [], host=leaf.address[0], port=leaf.address[1], firewalled=False)
+            d = dl.Download(sf.urn, sf.size, sf.name, tmp_path / "got", sources=[src],
+                            push=downloader.transfers.push_connect, assume_private_firewalled=False)
+            path = await asyncio.wait_for(d.run(), 20)
+            assert path.read_bytes() == DATA
+            assert d._sources[src.key].source.push_proxies == (up.address,)
+        finally:
+            for n in (downloader, leaf, up):
+                await n.stop()
+
+    run(main)

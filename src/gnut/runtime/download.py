@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import ipaddress
@@ -25,6 +26,7 @@ from gnut.constants import USER_AGENT_PRODUCT
 from gnut.errors import LocalProtocolError, RemoteProtocolError
 from gnut.protocol.addresses import AddrClass, classify
 from gnut.protocol.magnet import DIGITS, MAX_NAME_BYTES, normalize_urn, parse_magnet, safe_name  # noqa: F401 (re-exported)
+from gnut.protocol.vmsg_reach import parse_hostports
 from gnut.runtime.fsutil import atomic_write_bytes
 
 # Strategy: the file is cut into chunks of the bytes still missing; one worker per source
@@ -703,6 +705,9 @@ class Download:
                 f"response head of {head_size} bytes exceeds {MAX_RESPONSE_HEADER_BYTES}"
             )
         headers = _header_map(response.headers)
+        proxies = headers.get("x-push-proxies")
+        if proxies is not None:  # the source's current push proxies replace what its hit said (push_proxy 4.2)
+            st.source = dataclasses.replace(st.source, push_proxies=tuple(parse_hostports(proxies)))
         if status in (404, 410, 416):
             raise _SourceFailure(f"HTTP {status}", drop=True)
         if status == 503:
