@@ -93,6 +93,9 @@ def test_nat_firewall_role_and_push_proxy_download(netrig, tmp_path):  # noqa: F
         st = wait_until(lambda: (s := _status(auto))["mode"] == "ultrapeer" and s, 30,
                         "the public auto node to become an ultrapeer")
         assert st["reachability"]["role_reason"].startswith("auto: promoted")
+        # ... and links to the seed again, now as an ultrapeer.
+        wait_until(lambda: any(p["host"] == auto_h.ip and p["role"] == "ultrapeer"
+                               for p in _status(seed)["peers"]), 30, "the promoted node's new link")
         st = _status(nat)
         assert st["mode"] == "leaf" and "TCP not reachable" in st["reachability"]["role_reason"]
         assert st["address"].split(":")[0] == nat_h.seen_as  # learned from the seed's Remote-IP

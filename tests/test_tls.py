@@ -162,6 +162,7 @@ def test_gnut_to_gnut_tls_links_relay_queries_and_hits(run, tmp_path):
             await wait_for(lambda: len(_tls_of(b)) == 2 and all(_tls_of(b)) and all(_tls_of(a) + _tls_of(c)),
                            what="TLS links")
             assert all(v.startswith("TLSv1.") for v in _tls_of(b))
+            assert all(p["deflate"] for p in b.stats()["peers"])  # deflate runs inside TLS
             assert a.events["tls_links"] == 1 and b.events["tls_links"] == 2
             search = a.searches.start("tlsquokka")
             await wait_for(lambda: search.results, what="hit over two TLS hops")

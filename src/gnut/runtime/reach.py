@@ -17,8 +17,9 @@ PROBE_PER_MINUTE in total, and we send exactly "\\n\\n" and close.
 
 Role election (`--mode auto`, the default): start as a leaf; become an ultrapeer when TCP is
 reachable, our address is routable, we have been up `up_min_uptime` seconds and the process
-can hold the links (file descriptors for max_peers + max_leaves): LimeWire's NodeAssigner and
-gtk-gnutella's ultra-peers rules without the bandwidth measurement (we do not have one). Step
+can hold the links (file descriptors for max_peers + max_leaves), unless every ultrapeer we
+are linked to says `X-Ultrapeer-Needed: False`: LimeWire's NodeAssigner and gtk-gnutella's
+ultra-peers rules without the bandwidth measurement (we do not have one). Step
 down to leaf when reachability is lost. A role change says BYE 200 to every link and redials
 (peers negotiated our old role in the handshake), at most once per ROLE_HOLD seconds.
 """
@@ -35,6 +36,8 @@ from typing import Any
 from gnut.constants import MSG_VENDOR
 from gnut.errors import RemoteProtocolError
 from gnut.protocol import vmsg_reach as vr
+from gnut.protocol.handshake import parse_bool
+from gnut.protocol.routing import PeerRole
 
 log = logging.getLogger("gnut.runtime.reach")
 
@@ -251,12 +254,21 @@ class Reachability:
         if self.role_changed_at and now - self.role_changed_at < ROLE_HOLD:
             return
         ok, why = self.up_capable(now)
+        if node.cfg.mode == "leaf" and ok and self._ultrapeers_say_enough():
+            ok, why = False, "our ultrapeers say no more ultrapeers are needed (X-Ultrapeer-Needed: False)"
         if node.cfg.mode == "leaf" and ok:
             self._change("ultrapeer", f"auto: promoted ({why})", now)
         elif node.cfg.mode == "ultrapeer" and not ok and self.tcp(now)[0] == "no":
             self._change("leaf", f"auto: stepped down ({why})", now)
         elif node.cfg.mode == "leaf":
             self.role_reason = f"auto: leaf ({why})"
+
+    def _ultrapeers_say_enough(self) -> bool:
+        """Every ultrapeer we are linked to said `X-Ultrapeer-Needed: False` (LimeWire's leaf guidance)."""
+        said = [parse_bool(p.peer_headers.get("X-Ultrapeer-Needed"))
+                for p in self.node.peers.values() if p.established and p.peer_headers is not None
+                and p.role == PeerRole.ULTRAPEER]
+        return bool(said) and all(v is False for v in said)
 
     def _change(self, mode: str, why: str, now: float) -> None:
         log.info("role: %s -> %s: %s", self.node.cfg.mode, mode, why)
