@@ -424,3 +424,25 @@ def test_x_push_proxies_from_the_source_replace_the_hits_list(run, tmp_path):
                 await n.stop()
 
     run(main)
+
+
+def test_unlearned_wildcard_node_never_advertises_loopback_in_hits(run, tmp_path):
+    """A node bound to every interface that has not learned its address answers with the address
+    the query's link reached (push-needed when not routable), never 127.0.0.1 (no traffic here:
+    hit payloads are only built and decoded)."""
+
+    async def main():
+        node = await start_node(tmp_path, "n", mode="leaf", files={FILE: DATA})
+        try:
+            node.wildcard = True  # as after a bind to 0.0.0.0, before any peer told us our address
+            files = list(node.share.files)
+            hit = messages.QueryHit.decode(node.transfers.hit_payloads(files, True, local_ip="192.168.1.2")[0])
+            assert (hit.ip, hit.push) == ("192.168.1.2", True)
+            hit = messages.QueryHit.decode(node.transfers.hit_payloads(files, True, local_ip="11.0.0.5")[0])
+            assert (hit.ip, hit.push) == ("11.0.0.5", False)
+            hit = messages.QueryHit.decode(node.transfers.hit_payloads(files, True)[0])
+            assert (hit.ip, hit.push) == ("0.0.0.0", True)
+        finally:
+            await node.stop()
+
+    run(main)

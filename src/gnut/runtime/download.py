@@ -627,6 +627,7 @@ class Download:
     async def _connect(self, source: Source) -> _Conn:
         direct = source.key not in self._push_only and not needs_push(
             source, assume_private_firewalled=self._assume_private)
+        why = ""
         if direct:
             try:
                 reader, writer = await asyncio.wait_for(
@@ -639,14 +640,15 @@ class Download:
                 # Unreachable directly (NAT, firewall, a private address): PUSH from now on.
                 log.info("direct connect to %s failed (%s): trying PUSH", source.key, exc or "timeout")
                 self._push_only.add(source.key)
+                why = f"direct connect failed ({exc or 'timeout'}), then "
         if self._push is None:
             raise _SourceFailure("source needs a PUSH and no push route is available", drop=True)
         try:
             reader, writer = await asyncio.wait_for(self._push(source), self._timeout)
         except TimeoutError as exc:
-            raise _SourceFailure("no GIV callback after PUSH") from exc
+            raise _SourceFailure(f"{why}no GIV callback after PUSH") from exc
         except Exception as exc:  # the node's routing may fail in its own ways
-            raise _SourceFailure(f"PUSH failed: {exc!r}") from exc
+            raise _SourceFailure(f"{why}PUSH failed: {exc!r}") from exc
         return _Conn(reader, writer)
 
     def _request(self, source: Source, start: int, end: int) -> h11.Request:

@@ -488,7 +488,11 @@ class Node(LinkManager):
             return
         self.events["queries_answered"] += 1
         ttl = min(msg.hops + 2, SOFT_TTL_LIMIT) if msg.hops else 1
-        payloads = self.transfers.hit_payloads(files, ggep_h=bool(q.flags & messages.QF_GGEP_H))
+        local = None
+        if self.wildcard and peer.transport is not None:  # no learned address: the one this link reached
+            sock = peer.transport.get_extra_info("sockname")
+            local = sock[0] if sock else None
+        payloads = self.transfers.hit_payloads(files, ggep_h=bool(q.flags & messages.QF_GGEP_H), local_ip=local)
         if self.oob is not None and self.oob.offer(msg, q, payloads, peer.addr[0] if peer.addr else None):
             return  # out of band: the hits go by UDP once the querier claims them
         for payload in payloads:

@@ -198,17 +198,24 @@ class PushProxy:
         return 202, "Push Proxy: Message Sent"
 
 
-async def contact(proxy: tuple[str, int], guid: bytes, index: int, our_addr: tuple[str, int]) -> bool:
-    """Ask push proxy `proxy` to PUSH servent `guid` (file `index`) to us; True on 202."""
+async def contact(proxy: tuple[str, int], guid: bytes, index: int, our_addr: tuple[str | None, int]) -> bool:
+    """Ask push proxy `proxy` to PUSH servent `guid` (file `index`) to us; True on 202.
+
+    `our_addr`: where the GIV should come (X-Node); ip None = our end of this connection.
+    """
     ip, port = proxy
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), CONTACT_TIMEOUT)
     except (TimeoutError, OSError) as exc:
         log.info("push proxy %s:%d unreachable: %s", ip, port, exc or "timeout")
         return False
+    our_ip = our_addr[0]
+    if our_ip is None:
+        sock = writer.get_extra_info("sockname")
+        our_ip = sock[0] if sock else "0.0.0.0"
     try:
         writer.write((f"GET /gnutella/push-proxy?ServerId={guid_base32(guid)}&file={index} HTTP/1.1\r\n"
-                      f"Host: {ip}:{port}\r\nX-Node: {our_addr[0]}:{our_addr[1]}\r\n"
+                      f"Host: {ip}:{port}\r\nX-Node: {our_ip}:{our_addr[1]}\r\n"
                       "Connection: close\r\n\r\n").encode())
         line = await asyncio.wait_for(reader.readline(), CONTACT_TIMEOUT)
     except (TimeoutError, OSError, ValueError):

@@ -130,9 +130,14 @@ class Transfers:
             t.cancel()
 
     # --- answering queries and browse host ---------------------------------------------------
-    def hit_payloads(self, files, ggep_h: bool) -> list[bytes]:
+    def hit_payloads(self, files, ggep_h: bool, local_ip: str | None = None) -> list[bytes]:
+        """QUERYHIT payloads for `files`; `local_ip`: our end of the query's link, used while a
+        wildcard-bound node has not learned its address (a non-routable one then says push-needed)."""
         host, port = self.node.address
         firewalled = self.node.reach.firewalled()
+        if getattr(self.node, "wildcard", False):
+            host = local_ip if local_ip and ":" not in local_ip else "0.0.0.0"
+            firewalled = firewalled or not vr.is_routable_ipv4(host)
         proxies = vr.encode_push_proxies(self.node.pushproxy.our_proxies()) if firewalled else b""
         return build_hits(
             files, servent_guid=self.node.servent_guid, ip=host, port=port,
@@ -272,6 +277,9 @@ class Transfers:
         if peer is None and not source.push_proxies:
             raise dl.DownloadError(f"no route and no push proxy for PUSH to {source.servent_guid.hex()}")
         host, port = node.address
+        if getattr(node, "wildcard", False) and peer is not None and peer.transport is not None:
+            sock = peer.transport.get_extra_info("sockname")  # no learned address: this link's end
+            host = sock[0] if sock and ":" not in sock[0] else host
         fut = asyncio.get_running_loop().create_future()
         key = (source.servent_guid, source.index)
         self._giv_waiters[key] = fut
@@ -279,7 +287,8 @@ class Transfers:
         # section 2); the routed PUSH only when none of them accepted.
         asked = False
         for proxy in source.push_proxies:
-            if await pushproxy.contact(proxy, source.servent_guid, source.index, (host, port)):
+            our_ip = None if getattr(node, "wildcard", False) else host  # None: the proxy link's own end
+            if await pushproxy.contact(proxy, source.servent_guid, source.index, (our_ip, port)):
                 node.events["push_proxy_used"] += 1
                 asked = True
                 break
