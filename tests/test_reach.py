@@ -446,3 +446,21 @@ def test_unlearned_wildcard_node_never_advertises_loopback_in_hits(run, tmp_path
             await node.stop()
 
     run(main)
+
+
+def test_a_leaf_cannot_take_over_another_leafs_push_proxy_slot(run, tmp_path):
+    async def main():
+        up, leaf = await _proxied_pair(tmp_path)
+        raw = RawPeer(mode="leaf")
+        try:
+            await raw.connect(up)
+            raw.send(messages.build(leaf.servent_guid, MSG_VENDOR, 1, 0, vr.push_proxy_request()))
+            await wait_for(lambda: up.events["push_proxy_guid_taken"] == 1, what="hijack refused")
+            leaf_peer = next(p for p in up.peers.values() if p.listen_addr == leaf.address)
+            assert up.pushproxy.leaves[leaf.servent_guid] == leaf_peer.id
+        finally:
+            await raw.close()
+            await leaf.stop()
+            await up.stop()
+
+    run(main)

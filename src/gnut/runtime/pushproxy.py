@@ -118,6 +118,10 @@ class PushProxy:
             if node.cfg.mode != "ultrapeer" or peer.role != rt.PeerRole.LEAF or node.wildcard:
                 node.events["push_proxy_declined"] += 1
                 return True
+            holder = self.leaves.get(bytes(msg.guid))
+            if holder is not None and holder != peer.id and holder in node.peers:
+                node.events["push_proxy_guid_taken"] += 1  # another live leaf has that servent GUID
+                return True
             old = getattr(peer, "push_guid", None)
             if old is not None and self.leaves.get(old) == peer.id:
                 del self.leaves[old]
