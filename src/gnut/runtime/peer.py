@@ -179,7 +179,8 @@ class Peer(asyncio.Protocol):
     def queued(self) -> int:
         """Bytes waiting for this peer: not yet compressed plus in the transport."""
         t = self.transport
-        return len(self.outbuf) + (t.get_write_buffer_size() if t is not None else 0)
+        n = len(self.outbuf) + (t.get_write_buffer_size() if t is not None else 0)
+        return n if self.tls is None else n + self.tls.pending_bytes()
 
     def enqueue(self, raw: bytes, prio: int = PRIO_KEEP) -> bool:
         """Queue a framed message; shed it (False) when the peer is backed up.

@@ -140,6 +140,10 @@ class TlsLayer:
         self.version = ""
         self.cipher = ""
 
+    def pending_bytes(self) -> int:
+        """Plaintext waiting for the handshake to end (counted by the link's flow control)."""
+        return len(self._pending)
+
     def start(self) -> bytes:
         """Begin the handshake; returns the bytes to write (ClientHello, or b"" as server)."""
         self._handshake()
