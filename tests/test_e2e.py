@@ -318,7 +318,10 @@ def test_status_text_and_json(net):
     assert re.search(r"peers \(\d+\):", text) and net["b"].addr in text
     for word in ("received:", "sent:", "drops:", "uploads:", "downloads:"):
         assert word in text
+    assert re.search(r"reachable TCP: (yes|no|unknown) \(", text) and "role: ultrapeer: configured" in text
+    assert "TLSv1." in text  # the links between gnut nodes are encrypted
     st = status_json(a.home)
+    assert st["reachability"]["udp"] == "unknown"
     assert st["peers"] and {"received", "sent", "drops", "transfers"} <= set(st)
     assert st["received"].get("QRP", 0) > 0 and st["sent"].get("PING", 0) > 0
 
