@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ FAST = 'connect_back_wait = 3.0\nup_min_uptime = 2.0\nsave_hosts = false\n'
 
 
 def _gnut(home: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "gnut", "--home", str(home), *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
