@@ -183,7 +183,13 @@ class Node(LinkManager):
         self.address = ("127.0.0.1" if self.wildcard else sock[0], sock[1])
         self.handshake_config = self._handshake_config()
         self.address_changed()
-        log.info("listening on %s:%d as %s (%d files shared)", *self.address, self.cfg.mode, len(self.share))
+        if self.wildcard:
+            log.info("listening on %s:%d (every interface; our address is advertised once peers tell it) "
+                     "as %s%s (%d files shared)", sock[0], sock[1], self.cfg.mode,
+                     " (auto)" if self.cfg.auto_role else "", len(self.share))
+        else:
+            log.info("listening on %s:%d as %s%s (%d files shared)", *self.address, self.cfg.mode,
+                     " (auto)" if self.cfg.auto_role else "", len(self.share))
         await start_udp(self)
         self.spawn(self._housekeeping())
         for host, port in self.cfg.connect:
