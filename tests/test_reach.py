@@ -78,8 +78,8 @@ def test_connect_back_shows_the_dialer_reachable(run, tmp_path):
 class SilentUltrapeer:
     """A raw ultrapeer listener that ignores vendor messages (never connects back) and records frames."""
 
-    def __init__(self) -> None:
-        self.cfg = hs.HandshakeConfig(mode="ultrapeer", listen_ip="127.0.0.1", listen_port=1)
+    def __init__(self, user_agent: str = "gnut/0.1.0") -> None:
+        self.cfg = hs.HandshakeConfig(mode="ultrapeer", listen_ip="127.0.0.1", listen_port=1, user_agent=user_agent)
         self.messages: list = []
         self.writers: list = []
 
@@ -462,5 +462,24 @@ def test_a_leaf_cannot_take_over_another_leafs_push_proxy_slot(run, tmp_path):
             await raw.close()
             await leaf.stop()
             await up.stop()
+
+    run(main)
+
+
+def test_no_firewalled_verdict_from_peers_that_do_not_support_connect_back(run, tmp_path):
+    async def main():
+        silent = SilentUltrapeer(user_agent="OtherServent/1.0")  # no Messages Supported either
+        addr = await silent.start()
+        leaf = await start_node(tmp_path, "leaf", mode="leaf", connect_back_wait=0.2)
+        try:
+            leaf.dial(*addr)
+            await wait_for(lambda: "none known to support it" in leaf.reach.tcp()[1], what="verdict")
+            assert leaf.reach.tcp()[0] == "unknown" and not leaf.reach.firewalled()
+            # Its Messages Supported, listing BEAR/7, makes the silence mean something.
+            silent.send(messages.build(b"M" * 16, MSG_VENDOR, 1, 0, vr.messages_supported()))
+            await wait_for(lambda: leaf.reach.tcp()[0] == "no", what="firewalled verdict")
+        finally:
+            await leaf.stop()
+            await silent.stop()
 
     run(main)

@@ -73,6 +73,7 @@ class Reachability:
         self.connect_backs_received = 0
         self.asked: set[int] = set()  # peer ids asked for a connect-back this round
         self.asked_ips: set[str] = set()  # their addresses (at most ASK_PEERS per round)
+        self.asked_capable: set[int] = set()  # ... of which known to answer BEAR/7 (a "no" needs one)
         self.asked_at = 0.0  # when this round's first request went out (monotonic), 0 = not asked
         self.probe_times: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.probe_window: collections.deque[float] = collections.deque()
@@ -88,9 +89,13 @@ class Reachability:
             return "no", "--firewalled given"
         if self.incoming:
             return "yes", f"{self.incoming} incoming connection(s) from other hosts (last from {self.last_incoming_from})"
-        if self.asked_at and now - self.asked_at >= self.node.cfg.connect_back_wait:
+        waited = self.asked_at and now - self.asked_at >= self.node.cfg.connect_back_wait
+        if waited and self.asked_capable:
             return "no", (f"no incoming connection {now - self.asked_at:.0f} s after asking {len(self.asked)} "
                           "peer(s) to connect back")
+        if waited:
+            return "unknown", (f"asked {len(self.asked)} peer(s) to connect back, none known to support it "
+                               "(no Messages Supported listing BEAR/7)")
         if self.asked_at:
             return "unknown", f"waiting for the connect-back of {len(self.asked)} peer(s)"
         return "unknown", "no incoming connection yet, no peer asked to connect back"
@@ -147,6 +152,8 @@ class Reachability:
         if not self.asked_at:
             self.asked_at = time.monotonic()
         self.asked.add(peer.id)
+        if _answers_connect_back(peer):
+            self.asked_capable.add(peer.id)
         if peer.addr is not None:
             self.asked_ips.add(peer.addr[0])
         node.send_to(peer, MSG_VENDOR, vr.connect_back(node.address[1]), 1)
@@ -156,6 +163,7 @@ class Reachability:
         if not self.incoming and self.asked_at and now - self.asked_at > ASK_AGAIN:
             self.asked.clear()
             self.asked_ips.clear()
+            self.asked_capable.clear()
             self.asked_at = 0.0
             for p in list(self.node.peers.values()):
                 if p.established and p.outgoing:
@@ -175,6 +183,8 @@ class Reachability:
         if vr.is_kind(payload, vr.MESSAGES_SUPPORTED):
             try:
                 peer.vendor_supported = vr.parse_messages_supported(payload)
+                if peer.id in self.asked and _answers_connect_back(peer):
+                    self.asked_capable.add(peer.id)
             except RemoteProtocolError as exc:
                 self.node.events["bad_vendor"] += 1
                 log.debug("bad Messages Supported from %s: %s", peer.describe(), exc)
@@ -277,3 +287,14 @@ class Reachability:
         self.node.events["role_changes"] += 1
         self.node.set_role(mode)
 
+
+# Servents known to answer BEAR/7 even before their Messages Supported arrives.
+CONNECT_BACK_AGENTS = ("gnut/", "gtk-gnutella/")
+
+
+def _answers_connect_back(peer) -> bool:
+    """The peer listed BEAR/7 in its Messages Supported, or is a servent known to answer it."""
+    supported = getattr(peer, "vendor_supported", None)
+    if supported is not None and (vr.BEAR, 7) in supported:
+        return True
+    return (peer.user_agent or "").startswith(CONNECT_BACK_AGENTS)
