@@ -306,3 +306,28 @@ def test_wildcard_node_advertises_no_listen_ip_before_learning(tmp_path):
     assert node.handshake_config.listen_ip == ""
     names = [n for n, _ in hs.our_headers(node.handshake_config, "11.0.0.7", False, False)]
     assert "Listen-IP" not in names and "X-My-Address" not in names
+
+
+def test_http_upload_over_direct_tls(run, tmp_path):
+    """A download over TLS (gtk-gnutella fetches over TLS from TLS-capable hosts): the upload side
+    runs on the plaintext of the TLS layer, with its flow control."""
+    big = bytes(range(256)) * 8192  # 2 MiB
+
+    async def main():
+        node = await start_node(tmp_path, "n", files={"tlsfile.bin": big})
+        try:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            reader, writer = await asyncio.open_connection(*node.address, ssl=ctx)
+            urn = node.share.files[0].urn
+            writer.write(f"GET /uri-res/N2R?{urn} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200") and f"Content-Length: {len(big)}".encode() in head
+            body = await asyncio.wait_for(reader.readexactly(len(big)), 20)
+            assert body == big
+            writer.close()
+        finally:
+            await node.stop()
+
+    run(main)

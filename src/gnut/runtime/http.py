@@ -601,6 +601,8 @@ class _Upload:
         sent = 0
         transport = self.writer.transport
         try:
+            if not getattr(transport, "sendfile_ok", True):  # e.g. TLS: the bytes must pass write()
+                raise NotImplementedError
             while sent < count:
                 seg = min(SENDFILE_SEGMENT, count - sent)
                 n = await asyncio.wait_for(

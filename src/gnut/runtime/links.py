@@ -14,6 +14,7 @@ from gnut.protocol.addresses import AddrClass, classify, parse_ip
 from gnut.protocol.printable import printable
 from gnut.runtime.limits import net_key
 from gnut.runtime.peer import Peer
+from gnut.runtime.tls import TlsTransport
 
 if TYPE_CHECKING:
     pass
@@ -333,5 +334,7 @@ class LinkManager:
     def switch_to_http(self, peer: Peer, first: bytes) -> None:
         """Hand a connection whose first bytes are not Gnutella to the HTTP side."""
         self.peers.pop(peer.id, None)
-        # The time spent sniffing counts against the HTTP request's total deadline.
-        self.transfers.take_http(peer.transport, first, elapsed=time.monotonic() - peer.started)
+        # The time spent sniffing counts against the HTTP request's total deadline. Over TLS the
+        # Peer keeps the socket and feeds the HTTP side what it decrypts.
+        transport = peer.transport if peer.tls is None else TlsTransport(peer)
+        self.transfers.take_http(transport, first, elapsed=time.monotonic() - peer.started)

@@ -76,6 +76,7 @@ class Peer(asyncio.Protocol):
         self.tls: TlsLayer | None = None  # runtime/tls.py: set when the link runs over TLS
         self.vendor_supported: set | None = None  # (vendor, selector) from its Messages Supported
         self.direct_tls = direct_tls  # dial: TLS from the first byte (the peer advertised GGEP "TLS")
+        self.http_proto: asyncio.Protocol | None = None  # HTTP over TLS: gets what TLS decrypts
 
     # --- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,6 +104,9 @@ class Peer(asyncio.Protocol):
             if wire and not self.transport.is_closing():
                 self.transport.write(wire)
             if not data:
+                return
+            if self.http_proto is not None:
+                self.http_proto.data_received(data)
                 return
         if self.conn is None:
             self._sniff += data
@@ -136,10 +140,22 @@ class Peer(asyncio.Protocol):
         self.node.flush()
 
     def eof_received(self) -> bool | None:
+        if self.http_proto is not None:
+            return self.http_proto.eof_received()
         self.close("remote closed the connection")
         return None
 
+    def pause_writing(self) -> None:
+        if self.http_proto is not None:
+            self.http_proto.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.http_proto is not None:
+            self.http_proto.resume_writing()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.http_proto is not None:
+            self.http_proto.connection_lost(exc)
         if not self.closed:
             self.closed = True
             self.close_reason = self.close_reason or (f"connection lost: {exc}" if exc else "connection closed")

@@ -19,6 +19,7 @@ The identity (an EC P-256 key and a self-signed certificate) is made on first ru
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
@@ -214,3 +215,69 @@ class TlsLayer:
         except ssl.SSLError as exc:
             raise TlsError(f"TLS write failed: {exc}") from None
         return self._out.read()
+
+
+class TlsTransport(asyncio.Transport):
+    """The plaintext side of a TLS link, for a stream protocol (HTTP over TLS) that takes it over.
+
+    The Peer stays the raw transport's protocol: it decrypts and hands the plaintext to
+    `peer.http_proto`, and forwards write pauses so the stream's drain() really waits.
+    """
+
+    # The upload side must copy through write() (it must be encrypted): no sendfile.
+    sendfile_ok = False
+
+    def __init__(self, peer) -> None:
+        super().__init__()
+        self._peer = peer
+
+    def set_protocol(self, protocol) -> None:
+        self._peer.http_proto = protocol
+
+    def get_protocol(self):
+        return self._peer.http_proto
+
+    def get_extra_info(self, name, default=None):
+        return self._peer.transport.get_extra_info(name, default)
+
+    def write(self, data) -> None:
+        raw = self._peer.transport
+        if raw.is_closing():
+            return
+        try:
+            wire = self._peer.tls.send(bytes(data))
+        except TlsError:
+            raw.abort()
+            return
+        if wire:
+            raw.write(wire)
+
+    def writelines(self, list_of_data) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_closing(self) -> bool:
+        return self._peer.transport.is_closing()
+
+    def close(self) -> None:
+        self._peer.transport.close()
+
+    def abort(self) -> None:
+        self._peer.transport.abort()
+
+    def is_reading(self) -> bool:
+        return self._peer.transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._peer.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._peer.transport.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._peer.transport.get_write_buffer_size()
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self._peer.transport.set_write_buffer_limits(high, low)
