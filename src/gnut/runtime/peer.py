@@ -149,10 +149,6 @@ class Peer(asyncio.Protocol):
         if self.http_proto is not None:
             self.http_proto.pause_writing()
 
-    def resume_writing(self) -> None:
-        if self.http_proto is not None:
-            self.http_proto.resume_writing()
-
     def connection_lost(self, exc: Exception | None) -> None:
         if self.http_proto is not None:
             self.http_proto.connection_lost(exc)
@@ -233,6 +229,9 @@ class Peer(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         """The transport drained below its low-water mark: the relay core may queue again."""
+        if self.http_proto is not None:  # HTTP over TLS: its stream's drain() waits on this
+            self.http_proto.resume_writing()
+            return
         self.node.output_changed(self)
 
     def _write_pending(self) -> None:
