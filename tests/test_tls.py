@@ -332,3 +332,34 @@ def test_http_upload_over_direct_tls(run, tmp_path):
             await node.stop()
 
     run(main)
+
+
+def test_hits_say_tls_and_downloads_use_it(run, tmp_path):
+    data = b"tls download " * 5000
+
+    async def main():
+        from gnut.app.actions import hit_source
+
+        up = await start_node(tmp_path, "up", mode="ultrapeer")
+        holder = await start_node(tmp_path, "h", mode="leaf", files={"tlsdl.txt": data})
+        plain = await start_node(tmp_path, "p", mode="leaf", files={"tlsdl plain.txt": data}, tls=False)
+        try:
+            holder.dial(*up.address)
+            plain.dial(*up.address)
+            await wait_for(lambda: up.n_leaves == 2, what="leaves")
+            await asyncio.sleep(0.3)  # QRP tables installed
+            search = up.searches.start("tlsdl")
+            await wait_for(lambda: len(search.results) == 2, what="both hits")
+            by_name = {h.name: h for h in search.results}
+            assert by_name["tlsdl.txt"].tls and not by_name["tlsdl plain.txt"].tls
+            before = holder.events["tls_links"]
+            h = by_name["tlsdl.txt"]
+            path = await up.transfers.download(h.urn, h.size, h.name, [hit_source(h)], out_dir=tmp_path / "got",
+                                               timeout=20)
+            assert path.read_bytes() == data
+            assert holder.events["tls_links"] == before + 1  # the upload came over TLS
+        finally:
+            for n in (holder, plain, up):
+                await n.stop()
+
+    run(main)

@@ -114,7 +114,7 @@ def hit_source(h: Hit) -> dl.Source:
     """A download source from a search hit."""
     return dl.Source(host=h.host, port=h.port, index=h.index, name=h.name, size=h.size, urn=h.urn,
                      servent_guid=bytes.fromhex(h.servent_guid), firewalled=h.firewalled,
-                     push_proxies=tuple(h.push_proxies))
+                     push_proxies=tuple(h.push_proxies), tls=h.tls)
 
 
 async def fetch(node: Node, target: str, name: str | None, size: int | None, out: Path, timeout: float,

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class Source:
     servent_guid: bytes
     firewalled: bool
     push_proxies: tuple[tuple[str, int], ...] = ()
+    tls: bool = False  # its hit carried GGEP "TLS": fetch over TLS (plain again if that fails)
 
     @property
     def key(self) -> str:
@@ -259,6 +261,7 @@ class Download:
         max_failures: consecutive failures after which a source is dropped.
         assume_private_firewalled: see needs_push.
         node_addr: our own listening "ip:port" sent as X-Node, or None.
+        tls_context: client context for sources that accept TLS (None: always plain).
 
     Raises:
         LocalProtocolError: a malformed urn or a negative size.
@@ -281,6 +284,7 @@ class Download:
         max_failures: int = MAX_SOURCE_FAILURES,
         assume_private_firewalled: bool = True,
         node_addr: str | None = None,
+        tls_context=None,
     ) -> None:
         self.urn = normalize_urn(urn)
         if size < 0 or max_parallel < 1 or chunk_size < 1 or max_failures < 1:
@@ -302,6 +306,8 @@ class Download:
         self._max_failures = max_failures
         self._assume_private = assume_private_firewalled
         self._push_only: set[str] = set()  # sources whose direct connect failed: PUSH only
+        self._tls = tls_context
+        self._tls_failed: set[str] = set()  # sources whose TLS handshake failed: plain from then on
         self._node_addr = node_addr
         self._sources: dict[str, _SourceState] = {}
         self._excluded: set[str] = set()
@@ -628,6 +634,18 @@ class Download:
         direct = source.key not in self._push_only and not needs_push(
             source, assume_private_firewalled=self._assume_private)
         why = ""
+        if direct and source.tls and self._tls is not None and source.key not in self._tls_failed:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(source.host, source.port, ssl=self._tls, server_hostname=""),
+                    self._timeout,
+                )
+                return _Conn(reader, writer)
+            except ssl.SSLError as exc:
+                log.info("TLS to %s failed (%s): plain", source.key, exc)
+                self._tls_failed.add(source.key)
+            except (TimeoutError, OSError):
+                pass  # unreachable: the plain attempt below decides (and falls back to PUSH)
         if direct:
             try:
                 reader, writer = await asyncio.wait_for(

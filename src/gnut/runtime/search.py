@@ -74,6 +74,7 @@ class Hit:
     # Why the spam filter rejected it (a gnut.protocol.spam reason), or None.
     spam: str | None = None
     push_proxies: tuple[tuple[str, int], ...] = ()  # from the hit's GGEP "PUSH"
+    tls: bool = False  # the hit's GGEP "TLS": its servent accepts TLS
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -246,6 +247,7 @@ class SearchManager:
         text_query = bool(search.text.strip()) and search.text != URN_QUERY_TEXT
         guid_hex = qh.servent_guid.hex()
         proxies = vr.decode_push_proxies(messages.find(qh.ggep, "PUSH") or b"")
+        tls = messages.find(qh.ggep, "TLS") is not None
         for r in qh.results:
             urn = next((u for u in r.urns if u.lower().startswith("urn:sha1:")), None)
             reason = self.spam.classify(search.text, r.name, r.size, urn, guid_hex, now, text_query)
@@ -254,7 +256,7 @@ class SearchManager:
             if not search.add(Hit(
                 name=r.name, size=r.size, urn=urn, host=qh.ip, port=qh.port, index=r.index,
                 servent_guid=guid_hex, firewalled=bool(qh.push), vendor=vendor,
-                speed=qh.speed, hops=msg.hops, busy=bool(qh.busy), spam=reason, push_proxies=proxies,
+                speed=qh.speed, hops=msg.hops, busy=bool(qh.busy), spam=reason, push_proxies=proxies, tls=tls,
             )):
                 self.node.events["search_results_over_limit"] += 1
 

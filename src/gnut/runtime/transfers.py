@@ -324,6 +324,7 @@ class Transfers:
                 progress(p)
 
         d = dl.Download(urn, size, name, out, sources=sources, push=self.push_connect,
+                        tls_context=self.node.tls_context(False) if hasattr(self.node, "tls_context") else None,
                         progress=on_progress, assume_private_firewalled=self.node.cfg.private_means_firewalled)
         try:
             async with asyncio.timeout(timeout):
