@@ -99,7 +99,9 @@ def test_nat_firewall_role_and_push_proxy_download(netrig, tmp_path):  # noqa: F
                                for p in _status(seed)["peers"]), 30, "the promoted node's new link")
         st = _status(nat)
         assert st["mode"] == "leaf" and "TCP not reachable" in st["reachability"]["role_reason"]
-        assert st["address"].split(":")[0] == nat_h.seen_as  # learned from the seed's Remote-IP
+        # Its address: learned from its peers' Remote-IP (the router's outside address), or, while
+        # address learning waits for more peers to agree, not advertised (never 127.0.0.1 on the wire).
+        learned = st["address"].split(":")[0] == nat_h.seen_as
         assert _status(fw)["mode"] == "leaf"  # a routable address is not enough: nobody can reach it
 
         # The NATed leaf has the seed as push proxy.
@@ -113,7 +115,8 @@ def test_nat_firewall_role_and_push_proxy_download(netrig, tmp_path):  # noqa: F
             return lines[0] if lines else None
 
         hit = wait_until(found, 40, "the NATed leaf's file in a search", step=0.5)
-        assert hit["firewalled"] is True and hit["host"] == nat_h.seen_as
+        assert hit["firewalled"] is True
+        assert hit["host"] == (nat_h.seen_as if learned else nat_h.ip)  # unlearned: its end of the link
         assert [seed_h.ip, PORT] in [list(p) for p in hit["push_proxies"]]
 
         out = tmp_path / "got"
