@@ -116,8 +116,9 @@ def test_nat_firewall_role_and_push_proxy_download(netrig, tmp_path):  # noqa: F
 
         hit = wait_until(found, 40, "the NATed leaf's file in a search", step=0.5)
         assert hit["firewalled"] is True
-        assert hit["host"] == (nat_h.seen_as if learned else nat_h.ip)  # unlearned: its end of the link
-        assert [seed_h.ip, PORT] in [list(p) for p in hit["push_proxies"]]
+        (src,) = hit["sources"]
+        assert src["host"] == (nat_h.seen_as if learned else nat_h.ip)  # unlearned: its end of the link
+        assert [seed_h.ip, PORT] in src["push_proxies"]
 
         out = tmp_path / "got"
         res = _gnut(dl, "get", hit["urn"], "--out", str(out), "--json", "--timeout", "60", timeout=90)

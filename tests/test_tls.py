@@ -307,6 +307,11 @@ def test_wildcard_node_advertises_no_listen_ip_before_learning(tmp_path):
     assert node.handshake_config.listen_ip == ""
     names = [n for n, _ in hs.our_headers(node.handshake_config, "11.0.0.7", False, False)]
     assert "Listen-IP" not in names and "X-My-Address" not in names
+    # Once peers agreed on our address (protocol/addresses.AddressVotes), it is advertised.
+    node.addr_votes.current = "11.0.0.7"
+    node.address = ("11.0.0.7", 6346)
+    node.handshake_config = node._handshake_config()
+    assert node.handshake_config.listen_ip == "11.0.0.7" and not node.address_unknown
 
 
 def test_http_upload_over_direct_tls(run, tmp_path):

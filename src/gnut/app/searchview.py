@@ -87,7 +87,8 @@ def _source(h: dict) -> dict:
     return {"host": h["host"], "port": h["port"], "index": h["index"], "servent_guid": h["servent_guid"],
             "push": bool(h.get("firewalled")), "firewalled": bool(h.get("firewalled")),
             "busy": bool(h.get("busy")), "speed": int(h.get("speed") or 0), "vendor": h.get("vendor", ""),
-            "local": bool(h.get("local"))}
+            "local": bool(h.get("local")),
+            "push_proxies": [list(p) for p in h.get("push_proxies") or ()], "tls": bool(h.get("tls"))}
 
 
 @dataclass

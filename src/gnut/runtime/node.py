@@ -273,10 +273,15 @@ class Node(LinkManager):
         return entry
 
     def _handshake_config(self) -> hs.HandshakeConfig:
-        # A wildcard bind has no address of its own: advertise none until peers tell us ours.
-        listen_ip = "" if self.wildcard else self.address[0]
+        # A wildcard bind has no address of its own: advertise none until peers agree on ours.
+        listen_ip = "" if self.address_unknown else self.address[0]
         return hs.HandshakeConfig(mode=self.cfg.mode, listen_ip=listen_ip, listen_port=self.address[1],
                                   accept_deflate=self.cfg.deflate, tls=self.tls is not None)
+
+    @property
+    def address_unknown(self) -> bool:
+        """A wildcard bind whose address our peers have not agreed on yet: nothing to advertise."""
+        return self.wildcard and self.addr_votes.current is None
 
     def on_connect_back(self, peer: Peer) -> None:
         self.reach.on_connect_back_received(peer.transport)
@@ -495,7 +500,7 @@ class Node(LinkManager):
         self.events["queries_answered"] += 1
         ttl = min(msg.hops + 2, SOFT_TTL_LIMIT) if msg.hops else 1
         local = None
-        if self.wildcard and peer.transport is not None:  # no learned address: the one this link reached
+        if self.address_unknown and peer.transport is not None:  # no learned address: the one this link reached
             sock = peer.transport.get_extra_info("sockname")
             local = sock[0] if sock else None
         payloads = self.transfers.hit_payloads(files, ggep_h=bool(q.flags & messages.QF_GGEP_H), local_ip=local)
@@ -514,7 +519,7 @@ class Node(LinkManager):
     def _answer_ping(self, peer: Peer, msg) -> None:
         ttl = msg.hops + 1
         crawler = msg.ttl == 2 and msg.hops == 0
-        if not crawler and not self.wildcard:  # unlearned wildcard: no address to advertise yet
+        if not crawler and not self.address_unknown:  # unlearned wildcard: no address to advertise yet
             self.send_to(peer, MSG_PONG, self.our_pong().encode(), ttl, guid=msg.guid)
         if msg.ttl > 1:
             # Only proven hosts are passed on: cached pongs of hosts the cache holds as good.

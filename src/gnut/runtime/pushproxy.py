@@ -115,7 +115,7 @@ class PushProxy:
         payload = msg.payload
         node = self.node
         if vr.is_kind(payload, vr.PUSH_PROXY_REQUEST):
-            if node.cfg.mode != "ultrapeer" or peer.role != rt.PeerRole.LEAF or node.wildcard:
+            if node.cfg.mode != "ultrapeer" or peer.role != rt.PeerRole.LEAF or node.address_unknown:
                 node.events["push_proxy_declined"] += 1
                 return True
             holder = self.leaves.get(bytes(msg.guid))

@@ -246,7 +246,7 @@ class Reachability:
         tcp, why = self.tcp(now)
         if tcp != "yes":
             return False, f"TCP not reachable ({why})"
-        if node.wildcard or not vr.is_routable_ipv4(node.address[0]):
+        if node.address_unknown or not vr.is_routable_ipv4(node.address[0]):
             return False, f"our address {node.address[0]} is not routable"
         up = now - node.started
         if up < cfg.up_min_uptime:

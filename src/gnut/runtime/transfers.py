@@ -135,7 +135,7 @@ class Transfers:
         wildcard-bound node has not learned its address (a non-routable one then says push-needed)."""
         host, port = self.node.address
         firewalled = self.node.reach.firewalled()
-        if getattr(self.node, "wildcard", False):
+        if getattr(self.node, "address_unknown", False):
             host = local_ip if local_ip and ":" not in local_ip else "0.0.0.0"
             firewalled = firewalled or not vr.is_routable_ipv4(host)
         proxies = vr.encode_push_proxies(self.node.pushproxy.our_proxies()) if firewalled else b""
@@ -277,7 +277,7 @@ class Transfers:
         if peer is None and not source.push_proxies:
             raise dl.DownloadError(f"no route and no push proxy for PUSH to {source.servent_guid.hex()}")
         host, port = node.address
-        if getattr(node, "wildcard", False) and peer is not None and peer.transport is not None:
+        if getattr(node, "address_unknown", False) and peer is not None and peer.transport is not None:
             sock = peer.transport.get_extra_info("sockname")  # no learned address: this link's end
             host = sock[0] if sock and ":" not in sock[0] else host
         fut = asyncio.get_running_loop().create_future()
@@ -287,7 +287,7 @@ class Transfers:
         # section 2); the routed PUSH only when none of them accepted.
         asked = False
         for proxy in source.push_proxies:
-            our_ip = None if getattr(node, "wildcard", False) else host  # None: the proxy link's own end
+            our_ip = None if getattr(node, "address_unknown", False) else host  # None: the proxy link's own end
             if await pushproxy.contact(proxy, source.servent_guid, source.index, (our_ip, port)):
                 node.events["push_proxy_used"] += 1
                 asked = True
