@@ -107,6 +107,7 @@ async def control_node(tmp: Path, files: dict[str, bytes], **kw) -> object:
     for name, data in files.items():
         (home / "share" / name).write_bytes(data)
     # Its peers and clients all come from 127.0.0.1: the lab's per-address limits (tests/nethelpers.py).
+    kw.setdefault("mode", "ultrapeer")  # stand-alone searches join it as leaves (the default role is auto)
     cfg = NodeConfig(listen_host="127.0.0.1", listen_port=0, home=home, share_dirs=[home / "share"],
                      save_hosts=False, out_links=0, dq_hop_wait=0.2, **{**LAB_LIMITS, **kw})
     return await runner.start_node(cfg)

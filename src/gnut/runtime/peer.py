@@ -141,7 +141,8 @@ class Peer(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self.http_proto is not None:
-            return self.http_proto.eof_received()
+            self.http_proto.eof_received()
+            return None  # the socket closes (our side may already be half-closed)
         self.close("remote closed the connection")
         return None
 
@@ -290,6 +291,10 @@ class Peer(asyncio.Protocol):
         self.closed = True
         self.close_reason = reason
         if self.transport is not None:
+            if self.tls is not None and not self.transport.is_closing():
+                wire = self.tls.close_notify()
+                if wire:
+                    self.transport.write(wire)
             self.transport.close()
         self.node.output_changed(self)
 

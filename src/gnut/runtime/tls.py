@@ -38,6 +38,9 @@ READ_STEP = 64 * 1024
 # Plaintext a link may queue while its TLS handshake is still running (the node's first PING
 # and QRP table fit many times); more means the peer stalls its handshake: the link fails.
 MAX_PENDING_PLAINTEXT = 1024 * 1024
+# After our close_notify and FIN on an HTTP-over-TLS connection, the socket is closed when the peer
+# closes its side, or after this many seconds.
+CLOSE_LINGER = 2.0
 # The first byte of a TLS record carrying a handshake message (a ClientHello starts with it).
 TLS_HANDSHAKE_RECORD = 0x16
 
@@ -196,6 +199,16 @@ class TlsLayer:
             raise TlsError(f"TLS record error: {exc}") from None
         return b"".join(chunks), self._out.read()
 
+    def close_notify(self) -> bytes:
+        """The TLS close_notify alert to write before closing (so the peer knows the end is real)."""
+        if not self.done:
+            return b""
+        try:
+            self._obj.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLError, ValueError):
+            pass
+        return self._out.read()
+
     def send(self, data: bytes) -> bytes:
         """Encrypt plaintext; before the handshake is done it waits (bounded) in the layer.
 
@@ -230,6 +243,7 @@ class TlsTransport(asyncio.Transport):
     def __init__(self, peer) -> None:
         super().__init__()
         self._peer = peer
+        self._closing = False
 
     def set_protocol(self, protocol) -> None:
         self._peer.http_proto = protocol
@@ -259,10 +273,24 @@ class TlsTransport(asyncio.Transport):
         return False
 
     def is_closing(self) -> bool:
-        return self._peer.transport.is_closing()
+        return self._closing or self._peer.transport.is_closing()
 
     def close(self) -> None:
-        self._peer.transport.close()
+        """close_notify, then a half-close: the socket closes when the peer closes its side (or after
+        CLOSE_LINGER). Closing at once could RST away the last response still in the peer's buffer
+        when its own TLS records are unread on our side."""
+        raw = self._peer.transport
+        if self._closing or raw.is_closing():
+            return
+        self._closing = True
+        wire = self._peer.tls.close_notify()
+        if wire:
+            raw.write(wire)
+        if raw.can_write_eof():
+            raw.write_eof()
+            asyncio.get_running_loop().call_later(CLOSE_LINGER, raw.close)
+        else:
+            raw.close()
 
     def abort(self) -> None:
         self._peer.transport.abort()
