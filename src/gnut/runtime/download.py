@@ -29,6 +29,7 @@ from gnut.protocol.addresses import AddrClass, classify
 from gnut.protocol.magnet import DIGITS, MAX_NAME_BYTES, normalize_urn, parse_magnet, safe_name  # noqa: F401 (re-exported)
 from gnut.protocol.vmsg_reach import parse_hostports
 from gnut.runtime.fsutil import atomic_write_bytes
+from gnut.runtime.tls import TlsError, open_tls_connection
 
 # Strategy: the file is cut into chunks of the bytes still missing; one worker per source
 # (at most `max_parallel`) keeps one keep-alive HTTP connection and takes chunks from a
@@ -637,11 +638,10 @@ class Download:
         if direct and source.tls and self._tls is not None and source.key not in self._tls_failed:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(source.host, source.port, ssl=self._tls, server_hostname=""),
-                    self._timeout,
+                    open_tls_connection(source.host, source.port, self._tls), self._timeout
                 )
                 return _Conn(reader, writer)
-            except ssl.SSLError as exc:
+            except (ssl.SSLError, TlsError) as exc:
                 log.info("TLS to %s failed (%s): plain", source.key, exc)
                 self._tls_failed.add(source.key)
             except (TimeoutError, OSError):

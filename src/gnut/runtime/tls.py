@@ -246,7 +246,7 @@ class TlsTransport(asyncio.Transport):
         self._closing = False
 
     def set_protocol(self, protocol) -> None:
-        self._peer.http_proto = protocol
+        self._peer.http_proto = protocol  # (open_tls_connection attaches through _TlsClientSocket.attach)
 
     def get_protocol(self):
         return self._peer.http_proto
@@ -309,3 +309,89 @@ class TlsTransport(asyncio.Transport):
 
     def set_write_buffer_limits(self, high=None, low=None) -> None:
         self._peer.transport.set_write_buffer_limits(high, low)
+
+
+class _TlsClientSocket(asyncio.Protocol):
+    """The socket side of open_tls_connection(): decrypts into the stream protocol of TlsTransport."""
+
+    def __init__(self, layer: TlsLayer, done: asyncio.Future) -> None:
+        self.tls = layer
+        self.transport: asyncio.Transport | None = None
+        self.http_proto: asyncio.Protocol | None = None
+        self._done = done
+        self._early = bytearray()  # plaintext that came before the stream protocol was attached
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        try:
+            transport.write(self.tls.start())
+        except TlsError as exc:
+            self._done.set_exception(exc)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            plain, wire = self.tls.receive(data)
+        except TlsError as exc:
+            if not self._done.done():
+                self._done.set_exception(exc)
+            self.transport.abort()
+            return
+        if wire:
+            self.transport.write(wire)
+        if self.tls.done and not self._done.done():
+            self._done.set_result(None)
+        if plain:
+            if self.http_proto is None:
+                self._early += plain
+            else:
+                self.http_proto.data_received(plain)
+
+    def attach(self, proto: asyncio.Protocol) -> None:
+        self.http_proto = proto
+        if self._early:
+            data, self._early = bytes(self._early), bytearray()
+            proto.data_received(data)
+
+    def eof_received(self):
+        if self.http_proto is not None:
+            self.http_proto.eof_received()
+        return None
+
+    def pause_writing(self) -> None:
+        if self.http_proto is not None:
+            self.http_proto.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.http_proto is not None:
+            self.http_proto.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        if not self._done.done():
+            self._done.set_exception(ConnectionError(f"connection lost during the TLS handshake: {exc}"))
+        if self.http_proto is not None:
+            self.http_proto.connection_lost(exc)
+
+
+async def open_tls_connection(host: str, port: int, ctx: ssl.SSLContext):
+    """A client (StreamReader, StreamWriter) over TLS run by TlsLayer (not the loop's SSL, whose
+    uvloop version can lose the last record when the server closes right after it).
+
+    Raises:
+        TlsError: the TLS handshake failed.
+        OSError: the connection failed.
+    """
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    sock = _TlsClientSocket(TlsLayer(ctx, False), done)
+    await loop.create_connection(lambda: sock, host, port)
+    try:
+        await done
+    except BaseException:
+        sock.transport.abort()
+        raise
+    reader = asyncio.StreamReader(loop=loop)
+    proto = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport = TlsTransport(sock)
+    proto.connection_made(transport)
+    sock.attach(proto)
+    return reader, asyncio.StreamWriter(transport, proto, reader, loop)
