@@ -381,7 +381,7 @@ def test_auto_election_rules(tmp_path):
 
 def test_pushes_naming_one_address_are_rate_limited_at_the_leaf(run, tmp_path):
     """Index-0 PUSHes (LimeWire-style proxy requests) are answered with GIV 0, but one address
-    gets at most PUSH_CALLBACKS_PER_IP_PER_MINUTE callbacks, whoever asks."""
+    gets at most PUSH_CALLBACKS_PER_TARGET_PER_MINUTE callbacks, whoever asks."""
     from gnut.runtime import transfers
 
     async def main():
@@ -393,8 +393,8 @@ def test_pushes_naming_one_address_are_rate_limited_at_the_leaf(run, tmp_path):
                                  headers=f"X-Node: 127.0.0.99:{port}\r\n", local_ip="127.0.0.34")
                      for _ in range(pushproxy.REQUESTS_PER_IP_PER_MINUTE)]
             assert codes == [202] * pushproxy.REQUESTS_PER_IP_PER_MINUTE
-            limit = transfers.PUSH_CALLBACKS_PER_IP_PER_MINUTE
-            await wait_for(lambda: len(got) == limit and leaf.events["push_rate_limited"]
+            limit = transfers.PUSH_CALLBACKS_PER_TARGET_PER_MINUTE
+            await wait_for(lambda: len(got) == limit and leaf.limits.refused["push_rate"]
                            == pushproxy.REQUESTS_PER_IP_PER_MINUTE - limit, what="bounded callbacks")
             # The GIVs went to the requester's own address (not X-Node's 127.0.0.99), for index 0.
             assert all(g[1].startswith(b"GIV 0:" + leaf.servent_guid.hex().upper().encode()) for g in got)
