@@ -363,7 +363,7 @@ class Bootstrap:
     async def _announce(self) -> None:
         """An ultrapeer that takes connections tells its configured caches where it is, hourly."""
         cfg = self.node.cfg
-        if cfg.mode != "ultrapeer" or cfg.firewalled or not cfg.gwc or self.node.wildcard:
+        if cfg.mode != "ultrapeer" or cfg.firewalled or not cfg.gwc or self.node.address_unknown:
             return
         now = time.monotonic()
         if self._last_announce and now - self._last_announce < ANNOUNCE_EVERY:

@@ -97,7 +97,7 @@ class OobManager:
         cfg = self.node.cfg
         if self.udp.transport is None or cfg.firewalled or not cfg.oob or cfg.mode == "leaf":
             return False
-        if getattr(self.node, "wildcard", False):
+        if getattr(self.node, "address_unknown", False):
             return False  # bound to every interface and no peer told us our address yet
         return self.node.address[0].count(".") == 3
 
