@@ -128,8 +128,7 @@ cdef void _generate() noexcept nogil:
     cdef uint64_t state[3]
     cdef uint64_t seed[8]
     cdef uint64_t x[8]
-    cdef uint8_t *bytes_ = <uint8_t *>_table
-    cdef int i, sb, col, abc = 2, cnt, here, other
+    cdef int i, sb, col, abc = 2, _pass_no, here, other
     cdef uint64_t word, shift, mask, mine, theirs
     for i in range(1024):
         _table[i] = (<uint64_t>(i & 0xFF)) * 0x0101010101010101ULL
@@ -138,7 +137,7 @@ cdef void _generate() noexcept nogil:
     state[0] = 0x0123456789ABCDEFULL
     state[1] = 0xFEDCBA9876543210ULL
     state[2] = 0xF096A5B4C3B2E187ULL
-    for cnt in range(5):
+    for _pass_no in range(5):
         for i in range(256):
             for sb in range(0, 1024, 256):
                 abc += 1
