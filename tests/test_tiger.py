@@ -20,7 +20,10 @@ VECTORS = [
     (b"abc", "2AAB1484E8C158F2BFB8C5FF41B57A525129131C957B5F93"),
     (b"message digest", "D981F8CB78201A950DCF3048751E441C517FCA1AA55A29F6"),
     (b"abcdefghijklmnopqrstuvwxyz", "1714A472EEE57D30040412BFCC55032A0B11602FF37BEEE9"),
-    (b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", "0F7BF9A19B9C58F2B7610DF7E84F0AC3A71C631E7B53F78E"),
+    (
+        b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+        "0F7BF9A19B9C58F2B7610DF7E84F0AC3A71C631E7B53F78E",
+    ),
     (
         b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
         "8DCEA680A17583EE502BA38A3C368651890FFBCCDC49A8CC",
@@ -62,7 +65,9 @@ def test_published_vectors(tiger_impl, data: bytes, expected: str) -> None:
 
 
 def test_million_a(tiger_impl) -> None:
-    assert tiger_impl.tiger(b"a" * 1_000_000).hex().upper() == "6DB0E2729CBEAD93D715C6A7D36302E9B3CEE0D2BC314B41"
+    assert (
+        tiger_impl.tiger(b"a" * 1_000_000).hex().upper() == "6DB0E2729CBEAD93D715C6A7D36302E9B3CEE0D2BC314B41"
+    )
 
 
 def test_bytes_like_inputs_agree(tiger_impl) -> None:

@@ -62,8 +62,12 @@ def _passes(a: int, b: int, c: int, x: list[int], t1, t2, t3, t4) -> tuple[int, 
         # Eight rounds; the registers' roles rotate (a, b, c) -> (b, c, a) after each round.
         for w in x:
             c ^= w
-            a = (a - (t1[c & 0xFF] ^ t2[(c >> 16) & 0xFF] ^ t3[(c >> 32) & 0xFF] ^ t4[(c >> 48) & 0xFF])) & MASK64
-            b = (b + (t4[(c >> 8) & 0xFF] ^ t3[(c >> 24) & 0xFF] ^ t2[(c >> 40) & 0xFF] ^ t1[c >> 56])) & MASK64
+            a = (
+                a - (t1[c & 0xFF] ^ t2[(c >> 16) & 0xFF] ^ t3[(c >> 32) & 0xFF] ^ t4[(c >> 48) & 0xFF])
+            ) & MASK64
+            b = (
+                b + (t4[(c >> 8) & 0xFF] ^ t3[(c >> 24) & 0xFF] ^ t2[(c >> 40) & 0xFF] ^ t1[c >> 56])
+            ) & MASK64
             b = (b * mul) & MASK64
             a, b, c = b, c, a
         # Eight rotations are two too many for the next pass's naming (pass 2 starts on c, a, b,
@@ -85,7 +89,9 @@ def _generate_sboxes() -> list[int]:
                 if abc == 3:
                     abc = 0
                     # Compressed with the boxes as generated so far, as the reference does.
-                    state = _passes(*state, list(seed), table[0:256], table[256:512], table[512:768], table[768:1024])
+                    state = _passes(
+                        *state, list(seed), table[0:256], table[256:512], table[512:768], table[768:1024]
+                    )
                 word = state[abc]
                 here = sb + i
                 for col in range(8):
