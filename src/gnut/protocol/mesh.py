@@ -218,6 +218,7 @@ class Mesh:
         now: float,
         peer_host: str | None = None,
         since: float | None = None,
+        peer_port: int | None = None,
         complete: bool = True,
         limit: int = 20,
     ) -> tuple[list[AltLoc], list[AltLoc]]:
@@ -225,6 +226,8 @@ class Mesh:
 
         Args:
             peer_host: the peer's address (its own entries are not sent back to it).
+            peer_port: the peer's listening port when it said (X-Node): then only that exact
+                address is left out, not other servents behind the same address.
             since: when we last sent this peer alt-locs for this file (only newer entries go).
             complete: we hold the whole file (send all entries without bad reports) or are
                 still downloading it (send only verified ones).
@@ -236,7 +239,8 @@ class Mesh:
         self._expire_file(fm, now)
         alts = []
         for e in sorted(fm.entries.values(), key=lambda e: -e.seen):
-            if e.loc.host == peer_host or (since is not None and e.inserted <= since and e.seen <= since):
+            mine = e.loc.host == peer_host and (peer_port is None or e.loc.port == peer_port)
+            if mine or (since is not None and e.inserted <= since and e.seen <= since):
                 continue
             if (complete and not e.bad_nets) or e.good:
                 alts.append(e.loc)

@@ -24,6 +24,8 @@ from gnut.constants import USER_AGENT_PRODUCT
 from gnut.errors import LocalProtocolError, RemoteProtocolError
 from gnut.protocol.addresses import AddrClass, classify
 from gnut.protocol.magnet import DIGITS, MAX_NAME_BYTES, normalize_urn, parse_magnet, safe_name  # noqa: F401 (re-exported)
+from gnut.protocol.thex import MAX_THEX_BYTES
+from gnut.runtime.dlmesh import DownloadMesh
 from gnut.runtime.fsutil import atomic_write_bytes
 
 # Strategy: the file is cut into chunks of the bytes still missing; one worker per source
@@ -172,6 +174,12 @@ class _Ranges:
             merged.append((start, end))
         self._spans = merged
 
+    def remove(self, start: int, end: int) -> None:
+        kept = []
+        for a, b in self._spans:
+            kept += [(x, y) for x, y in ((a, min(b, start)), (max(a, end), b)) if x < y]
+        self._spans = kept
+
     def total(self) -> int:
         return sum(b - a for a, b in self._spans)
 
@@ -255,6 +263,8 @@ class Download:
         max_failures: consecutive failures after which a source is dropped.
         assume_private_firewalled: see needs_push.
         node_addr: our own listening "ip:port" sent as X-Node, or None.
+        tree_root: the file's trusted Tiger-tree root (e.g. a magnet's urn:tree:tiger), or None
+            to adopt the first root a source names (see runtime/dlmesh.py).
 
     Raises:
         LocalProtocolError: a malformed urn or a negative size.
@@ -277,6 +287,7 @@ class Download:
         max_failures: int = MAX_SOURCE_FAILURES,
         assume_private_firewalled: bool = True,
         node_addr: str | None = None,
+        tree_root: bytes | None = None,
     ) -> None:
         self.urn = normalize_urn(urn)
         if size < 0 or max_parallel < 1 or chunk_size < 1 or max_failures < 1:
@@ -312,6 +323,7 @@ class Download:
         self._session_bytes = 0
         self._last_flush = 0.0
         self._last_report = (0.0, "")
+        self.mesh = DownloadMesh(size, tree_root)  # X-Alt both ways, THEX tree, chunk checks
         for source in sources:
             self.add_source(source)
 
@@ -578,7 +590,9 @@ class Download:
         try:
             while True:
                 span = await self._take_chunk()
-                if span is None:
+                if span is None or st.key in self._excluded:  # excluded: caught by a late tree check
+                    if span is not None:
+                        self._pending.appendleft(span)
                     return
                 st.pos, st.end = span
                 try:
@@ -592,6 +606,8 @@ class Download:
                 else:
                     st.failures = 0
                     st.pos = st.end = 0
+                    if keep_alive and self.mesh.thex_source == st.key:
+                        keep_alive = await self._fetch_thex(conn, st)
                     if not keep_alive:
                         conn.close()
                         conn = None
@@ -650,6 +666,7 @@ class Download:
         ]
         if self._node_addr:
             headers.append(("X-Node", self._node_addr))
+        headers += self.mesh.request_headers(source.host, source.port)
         return h11.Request(method="GET", target=target, headers=headers)
 
     async def _next_event(self, conn: _Conn) -> h11.Event:
@@ -701,6 +718,10 @@ class Download:
         sha1_urns = [u for u in announced if u[:9].lower() == "urn:sha1:"]
         if sha1_urns and not any(u.upper() == self.urn.upper() for u in sha1_urns):
             raise _SourceFailure(f"source serves {sha1_urns[0][:50]}, not {self.urn}", drop=True)
+        learned, refuse = self.mesh.read_answer(st.key, headers)
+        if refuse:
+            raise _SourceFailure(refuse, drop=True)
+        self._learn(learned)
         length = headers.get("content-length")
         if status == 200:
             if start != 0:
@@ -730,6 +751,9 @@ class Download:
             elif isinstance(event, h11.EndOfMessage):
                 if st.pos < end:
                     raise RemoteProtocolError(f"response body ended {end - st.pos} bytes short")
+                if not self.mesh.check_chunk(st.key, self._pread, start, end):
+                    self._reject(st, start, end)
+                self.mesh.mark(st.source.host, st.source.port, True)
                 h = conn.h11
                 if h.our_state is h11.DONE and h.their_state is h11.DONE:
                     h.start_next_cycle()
@@ -737,6 +761,83 @@ class Download:
                 return False
             else:
                 raise RemoteProtocolError(f"unexpected {type(event).__name__} in a response body")
+
+    # --- mesh: alt-locs and the Tiger tree (runtime/dlmesh.py) ----------------------------
+
+    def _learn(self, locs) -> None:
+        """Add sources named by a source's X-Alt (urn requests; bounded by the mesh)."""
+        known = {(s.source.host, s.source.port) for s in self._sources.values()}
+        added = 0
+        for loc in locs:
+            if loc.key in known:
+                continue
+            known.add(loc.key)
+            added += self.add_source(Source(loc.host, loc.port, 0, self.name, self.size, self.urn, bytes(16), False))
+        self.mesh.counted(added)
+
+    def _pread(self, offset: int, count: int) -> bytes:
+        return os.pread(self._fd, count, offset)
+
+    def _reject(self, st: _SourceState, start: int, end: int) -> None:
+        """The chunk [start, end) failed the Tiger check: unlearn it, refetch it elsewhere, drop the source."""
+        self._unlearn(st, start, end)
+        raise _SourceFailure("chunk failed the Tiger-tree check", drop=True)
+
+    def _unlearn(self, st: _SourceState, start: int, end: int) -> None:
+        self._have.remove(start, end)
+        self._pending.appendleft((start, end))
+        self._excluded.add(st.key)
+        st.dropped = True
+        st.last_error = "chunk failed the Tiger-tree check"
+        self.mesh.mark(st.source.host, st.source.port, False)
+        self._wake()
+
+    async def _fetch_thex(self, conn: _Conn, st: _SourceState) -> bool:
+        """GET the source's THEX tree on the kept-alive connection; True if it stays usable."""
+        host = f"[{st.source.host}]" if ":" in st.source.host else st.source.host
+        request = h11.Request(
+            method="GET",
+            target=self.mesh.thex_uri,
+            headers=[("Host", f"{host}:{st.source.port}"), ("User-Agent", f"{USER_AGENT_PRODUCT}/{__version__}")],
+        )
+        body = bytearray()
+        try:
+            conn.writer.write(conn.h11.send(request) + conn.h11.send(h11.EndOfMessage()))
+            await asyncio.wait_for(conn.writer.drain(), self._timeout)
+            response = await self._next_event(conn)
+            ok = isinstance(response, h11.Response) and response.status_code == 200
+            while not isinstance(event := await self._next_event(conn), h11.EndOfMessage):
+                if not isinstance(event, h11.Data) or len(body) + len(event.data) > MAX_THEX_BYTES:
+                    raise RemoteProtocolError("THEX answer too big or malformed")
+                body += event.data
+        except (OSError, RemoteProtocolError, h11.LocalProtocolError):
+            self.mesh.thex_done(st.key, None)
+            return False
+        error = self.mesh.thex_done(st.key, bytes(body) if ok else None)
+        if error is None:
+            for key, start, end in self.mesh.take_unverified():  # chunks that came before the tree
+                if key in self._sources and not self.mesh.check(self._pread, start, end):
+                    self._unlearn(self._sources[key], start, end)
+            # Every chunk from now on covers whole tree nodes.
+            size = self.mesh.chunk_size(self._chunk_size)
+            spans: list[tuple[int, int]] = []
+            for start, end in sorted(self._pending):
+                if spans and spans[-1][1] == start:
+                    start = spans.pop()[0]
+                spans.append((start, end))
+            self._pending = deque()
+            for start, end in spans:
+                self._pending.extend((a, min(end, (a // size + 1) * size)) for a in self._cuts(start, end, size))
+        h = conn.h11
+        if h.our_state is h11.DONE and h.their_state is h11.DONE:
+            h.start_next_cycle()
+            return True
+        return False
+
+    @staticmethod
+    def _cuts(start: int, end: int, size: int) -> list[int]:
+        """Chunk starts in [start, end) so that chunks end on multiples of `size`."""
+        return [start, *range((start // size + 1) * size, end, size)]
 
     # --- progress ---------------------------------------------------------------------
 

@@ -16,9 +16,13 @@ import h11
 from gnut import __version__
 from gnut.constants import GUID_LEN, USER_AGENT_PRODUCT
 from gnut.errors import RemoteProtocolError
+from gnut.protocol.bandwidth import TokenBucket
+from gnut.protocol.mesh import Mesh
 from gnut.protocol.printable import printable
+from gnut.protocol.thex import encode_thex
 from gnut.runtime import limits as lim
 from gnut.runtime.share import SharedFile, ShareIndex
+from gnut.runtime.thexcache import ThexCache, upload_mesh_headers
 
 # Strategy
 # --------
@@ -110,6 +114,12 @@ class HttpContext:
     # Called once per share generation; an iterator is consumed in slices (see the strategy note).
     browse_hits: Callable[[], Iterable[bytes]] | None = None
     on_giv: GivCallback | None = None
+    # Tiger trees served at /uri-res/N2X and named by X-Thex-URI; None: no THEX.
+    thex: ThexCache | None = None
+    # The download mesh: X-Alt/X-Nalt read from requests and sent in answers; None: no alt-locs.
+    mesh: Mesh | None = None
+    # Shared by every upload: file data waits for its tokens, chunk by chunk; None: unlimited.
+    upload_bucket: TokenBucket | None = None
     request_timeout: float = REQUEST_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
@@ -136,6 +146,7 @@ class HttpContext:
                 "browses",
                 "givs",
                 "slots_released_idle",
+                "thex_served",
             ),
             0,
         )
@@ -510,6 +521,9 @@ class _Upload:
         if target == b"/" or target.startswith(b"/?"):
             await self._browse(request, last)
             return
+        if target.partition(b"?")[0].lower() == b"/uri-res/n2x":
+            await self._thex(target, request, last)
+            return
         sf = _lookup(target, ctx.share)
         if sf is None:
             await self._simple(404, "Not Found", close=last)
@@ -557,6 +571,7 @@ class _Upload:
                 ("Accept-Ranges", "bytes"),
                 *extra,
                 *urn,
+                *self._mesh_headers(sf, request),
             ]
             if last:
                 headers.append(("Connection", "close"))
@@ -583,6 +598,42 @@ class _Upload:
             return "Busy"
         return None
 
+    async def _tokens(self, want: int) -> int:
+        """Bytes of file data this upload may send now (the shared upload bucket), waiting if none."""
+        bucket = self.ctx.upload_bucket
+        if bucket is None:
+            return want
+        while not (n := bucket.grant(want, self.loop.time())):
+            await asyncio.sleep(bucket.wait(want, self.loop.time()))
+        return n
+
+    def _mesh_headers(self, sf: SharedFile, request: h11.Request) -> list[tuple[str, str]]:
+        if self.ctx.thex is None and self.ctx.mesh is None:
+            return []
+        peer = self.writer.get_extra_info("peername")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        host = peer[0] if peer else None
+        return upload_mesh_headers(self.ctx.mesh, self.ctx.thex, sf, headers, host, self.loop.time())
+
+    async def _thex(self, target: bytes, request: h11.Request, last: bool) -> None:
+        """/uri-res/N2X?urn:sha1:...: the file's Tiger tree as gtk-gnutella serves it (DIME)."""
+        sf = _lookup(b"/uri-res/N2R?" + target.partition(b"?")[2], self.ctx.share)
+        tree = await self.ctx.thex.get(sf) if sf is not None and self.ctx.thex is not None else None
+        if tree is None:
+            await self._simple(404, "Not Found", close=last)
+            return
+        body = encode_thex(tree)
+        self.ctx.stats["thex_served"] += 1
+        headers = [("Content-Type", "application/dime"), ("Content-Length", str(len(body)))]
+        headers.append(("X-Gnutella-Content-URN", sf.urn))
+        if last:
+            headers.append(("Connection", "close"))
+        out = self.conn.send(h11.Response(status_code=200, reason="OK", headers=self._headers(headers)))
+        if request.method == b"GET":
+            out += self.conn.send(h11.Data(data=body))
+        out += self.conn.send(h11.EndOfMessage())
+        await self._write(out)
+
     async def _send_file(self, fh, offset: int, count: int) -> None:
         """Send `count` bytes of `fh` from `offset` as the response body (sendfile when the loop has it)."""
         self.conn.send_with_data_passthrough(h11.Data(data=_Span(count)))
@@ -590,7 +641,7 @@ class _Upload:
         transport = self.writer.transport
         try:
             while sent < count:
-                seg = min(SENDFILE_SEGMENT, count - sent)
+                seg = await self._tokens(min(SENDFILE_SEGMENT, count - sent))
                 n = await asyncio.wait_for(
                     self.loop.sendfile(transport, fh, offset + sent, seg), self.ctx.stall_timeout
                 )
@@ -604,7 +655,7 @@ class _Upload:
                 raise
         fh.seek(offset)
         while sent < count:
-            chunk = fh.read(min(SEND_CHUNK, count - sent))
+            chunk = fh.read(await self._tokens(min(SEND_CHUNK, count - sent)))
             if not chunk:
                 raise ConnectionError("file shrank during upload")
             await self._write(chunk)
