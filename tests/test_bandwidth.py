@@ -59,15 +59,17 @@ def test_burst_is_capped_and_partial_grants() -> None:
     b = TokenBucket(100_000, now=0, burst=50_000)
     assert b.grant(10**6, now=100) == 50_000  # an idle hour saves only the burst
     assert b.grant(10, now=100) == 0
-    assert b.wait(10_000, now=100) == pytest.approx(0.1)
-    assert b.grant(10**6, now=100.05) in (4999, 5000)  # float time
+    assert b.wait(10_000, now=100) == pytest.approx((bandwidth.MIN_GRANT + 1) / 100_000)
+    assert b.grant(10**6, now=100.05) == 0  # 5000 bytes saved: less than a worthwhile grant
+    assert b.grant(4000, now=100.05) == 4000  # but enough for a small want
+    assert b.grant(10**6, now=100.2) in (15999, 16000)  # float time
 
 
 def test_charge_goes_into_debt() -> None:
     b = TokenBucket(1000, now=0, burst=1000)
     b.charge(3000, now=0)
     assert b.grant(1, now=1.0) == 0
-    assert b.wait(1, now=1.0) == pytest.approx(2.001)  # buckets start empty: 3 s of debt, 1 s paid
+    assert b.wait(1, now=1.0) == pytest.approx(2.002)  # buckets start empty: 3 s of debt, 1 s paid (+1 byte)
     assert b.grant(500, now=3.5) == 500
 
 

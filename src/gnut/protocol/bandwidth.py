@@ -17,6 +17,9 @@ from gnut.errors import LocalProtocolError
 # move whole chunks).
 BURST_SECONDS = 0.25
 MIN_BURST = 16 * 1024
+# A grant is never smaller than this (unless less is wanted): a writer waits for a worthwhile
+# piece instead of spinning on a few bytes at a time.
+MIN_GRANT = 8 * 1024
 # Largest rate accepted: 10 GiB/s (anything above is "unlimited" in practice; a bound keeps the
 # arithmetic honest).
 MAX_RATE = 10 * 1024**3
@@ -97,12 +100,18 @@ class TokenBucket:
             return want
         self._refill(now)
         n = min(want, int(self._tokens))
-        if n <= 0:
+        if n < min(want, MIN_GRANT, self.burst):
             self.waits += 1
             return 0
         self._tokens -= n
         self.granted += n
         return n
+
+    def refund(self, n: int) -> None:
+        """Give back `n` granted bytes that were not sent after all."""
+        self.granted -= n
+        if not self.unlimited:
+            self._tokens = min(self.burst, self._tokens + n)
 
     def charge(self, n: int, now: float) -> None:
         """Record `n` bytes that moved without asking first (reads: the kernel decides the size).
@@ -115,12 +124,13 @@ class TokenBucket:
             self._tokens -= n
 
     def wait(self, want: int, now: float) -> float:
-        """Seconds until min(want, burst) bytes are available (0 if they are now)."""
+        """Seconds until a grant of `want` would give something (MIN_GRANT bytes or all of want)."""
         if self.unlimited:
             return 0.0
         self._refill(now)
-        need = min(want, self.burst) - self._tokens
-        return max(0.0, need / self.rate)
+        need = min(want, MIN_GRANT, self.burst) - self._tokens
+        # One byte more, so that after the wait int(tokens) is surely enough (float rounding).
+        return 0.0 if need <= 0 else (need + 1) / self.rate
 
 
 class Limits:

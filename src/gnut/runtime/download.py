@@ -23,6 +23,7 @@ from gnut import __version__
 from gnut.constants import USER_AGENT_PRODUCT
 from gnut.errors import LocalProtocolError, RemoteProtocolError
 from gnut.protocol.addresses import AddrClass, classify
+from gnut.protocol.bandwidth import TokenBucket
 from gnut.protocol.magnet import DIGITS, MAX_NAME_BYTES, normalize_urn, parse_magnet, safe_name  # noqa: F401 (re-exported)
 from gnut.protocol.thex import MAX_THEX_BYTES
 from gnut.runtime.dlmesh import DownloadMesh
@@ -265,6 +266,8 @@ class Download:
         node_addr: our own listening "ip:port" sent as X-Node, or None.
         tree_root: the file's trusted Tiger-tree root (e.g. a magnet's urn:tree:tiger), or None
             to adopt the first root a source names (see runtime/dlmesh.py).
+        rate_bucket: token bucket every received body piece is charged to (shared by all
+            downloads to cap their total rate), or None.
 
     Raises:
         LocalProtocolError: a malformed urn or a negative size.
@@ -288,6 +291,7 @@ class Download:
         assume_private_firewalled: bool = True,
         node_addr: str | None = None,
         tree_root: bytes | None = None,
+        rate_bucket: TokenBucket | None = None,
     ) -> None:
         self.urn = normalize_urn(urn)
         if size < 0 or max_parallel < 1 or chunk_size < 1 or max_failures < 1:
@@ -324,6 +328,7 @@ class Download:
         self._last_flush = 0.0
         self._last_report = (0.0, "")
         self.mesh = DownloadMesh(size, tree_root)  # X-Alt both ways, THEX tree, chunk checks
+        self._bucket = rate_bucket
         for source in sources:
             self.add_source(source)
 
@@ -748,6 +753,9 @@ class Download:
                 if len(event.data) > end - st.pos:
                     raise RemoteProtocolError("response body larger than the range asked")
                 self._write(st, event.data)
+                if self._bucket is not None:  # charged after the read; the next read waits off the debt
+                    self._bucket.charge(len(event.data), asyncio.get_running_loop().time())
+                    await asyncio.sleep(self._bucket.wait(1, asyncio.get_running_loop().time()))
             elif isinstance(event, h11.EndOfMessage):
                 if st.pos < end:
                     raise RemoteProtocolError(f"response body ended {end - st.pos} bytes short")

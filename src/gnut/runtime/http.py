@@ -653,6 +653,8 @@ class _Upload:
         except NotImplementedError:  # uvloop: no loop.sendfile; nothing was sent yet
             if sent:
                 raise
+            if self.ctx.upload_bucket is not None:
+                self.ctx.upload_bucket.refund(seg)
         fh.seek(offset)
         while sent < count:
             chunk = fh.read(await self._tokens(min(SEND_CHUNK, count - sent)))

@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING
 
 from gnut.constants import DEFAULT_TTL, MSG_PUSH, MSG_QUERYHIT
 from gnut.protocol import messages
+from gnut.protocol.bandwidth import Limits
+from gnut.protocol.mesh import Mesh
 from gnut.protocol.printable import printable
 from gnut.runtime import download as dl
 from gnut.runtime import http
 from gnut.runtime.share import ShareIndex, build_hits
+from gnut.runtime.thexcache import ThexCache
 
 if TYPE_CHECKING:
     from gnut.runtime.host import NodeServices
@@ -74,6 +77,8 @@ class Transfers:
         self.node = node
         cfg = node.cfg
         self.share = ShareIndex(cfg.share_dirs, cache_path=cfg.sha1_cache_path if cfg.share_dirs else None)
+        # Rate limits (token buckets on the loop's clock) and the download mesh shared by uploads.
+        self.rates = Limits(time.monotonic(), upload=cfg.max_upload_rate, download=cfg.max_download_rate)
         self.ctx = http.HttpContext(
             share=self.share,
             upload_slots=cfg.upload_slots,
@@ -84,6 +89,9 @@ class Transfers:
             max_http_per_ip=cfg.max_http_per_ip,
             max_browses=cfg.max_browses,
             limits=node.limits,
+            thex=ThexCache(),
+            mesh=Mesh(),
+            upload_bucket=None if self.rates.upload.unlimited else self.rates.upload,
         )
         # Target IP -> times of our recent connect-backs to it (PUSH reflection bound).
         self._push_targets: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
@@ -283,7 +291,8 @@ class Transfers:
                 progress(p)
 
         d = dl.Download(urn, size, name, out, sources=sources, push=self.push_connect,
-                        progress=on_progress, assume_private_firewalled=self.node.cfg.private_means_firewalled)
+                        progress=on_progress, assume_private_firewalled=self.node.cfg.private_means_firewalled,
+                        rate_bucket=None if self.rates.download.unlimited else self.rates.download)
         try:
             async with asyncio.timeout(timeout):
                 path = await d.run()
@@ -305,4 +314,7 @@ class Transfers:
             "uploads_done": c.stats.get("uploads_finished", 0) if isinstance(c.stats, dict) else 0,
             "upload_bytes": c.stats.get("bytes_sent", 0) if isinstance(c.stats, dict) else 0,
             "downloads": list(self.downloads.values()),
+            "limits": self.rates.status(),
+            "mesh_sources": len(c.mesh) if c.mesh is not None else 0,
+            "thex_served": c.stats.get("thex_served", 0) if isinstance(c.stats, dict) else 0,
         }
