@@ -233,3 +233,43 @@ def test_liar_caught_when_its_chunks_came_before_the_tree(tmp_path: Path, run) -
             await liar.stop()
 
     run(lambda: asyncio.wait_for(main(), DEADLINE))
+
+
+def test_parq_one_slot_five_downloaders_each_queued_and_served_in_order(tmp_path: Path, run) -> None:
+    from gnut.protocol.parq import UploadQueue
+
+    data = random.Random(6).randbytes(400_000)
+
+    async def main():
+        up = Uploader(tmp_path / "up", data, thex=False, rate=1024 * 1024)  # ~0.4 s per download
+        # One slot; the Retry-After ladder shrunk 50x through the queue's settings (30 s -> 0.6 s).
+        up.ctx.upload_slots = 1
+        up.ctx.parq = UploadQueue(slots=1, retry_scale=0.02)
+        await up.start()
+        finished: list[int] = []
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(0.05 * i)  # arrive in order
+            dl = Download(
+                urn_of(data),
+                len(data),
+                "file.bin",
+                tmp_path / f"out{i}",
+                sources=[up.source(data)],
+                assume_private_firewalled=False,
+                timeout=10.0,
+                node_addr=f"127.0.0.1:{7000 + i}",  # five servents behind one address: told apart by X-Node
+            )
+            assert (await dl.run()).read_bytes() == data
+            finished.append(i)
+
+        try:
+            await asyncio.gather(*(one(i) for i in range(5)))
+        finally:
+            await up.stop()
+        assert finished == [0, 1, 2, 3, 4]
+        counters = up.ctx.parq.counters
+        assert counters["queued"] == 4 and counters["served"] == 5
+        assert counters["expired"] == 0 and counters["dropped_early"] == 0
+
+    run(lambda: asyncio.wait_for(main(), DEADLINE))

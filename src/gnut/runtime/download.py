@@ -25,6 +25,7 @@ from gnut.errors import LocalProtocolError, RemoteProtocolError
 from gnut.protocol.addresses import AddrClass, classify
 from gnut.protocol.bandwidth import TokenBucket
 from gnut.protocol.magnet import DIGITS, MAX_NAME_BYTES, normalize_urn, parse_magnet, safe_name  # noqa: F401 (re-exported)
+from gnut.protocol.parq import parse_queued
 from gnut.protocol.thex import MAX_THEX_BYTES
 from gnut.runtime.dlmesh import DownloadMesh
 from gnut.runtime.fsutil import atomic_write_bytes
@@ -207,8 +208,9 @@ class _Ranges:
 class _SourceFailure(Exception):
     """A source did not deliver; `drop` ends it for good, `delay` overrides the backoff."""
 
-    def __init__(self, reason: str, *, drop: bool = False, delay: float | None = None) -> None:
+    def __init__(self, reason: str, *, drop: bool = False, delay: float | None = None, queued: bool = False) -> None:
         super().__init__(reason)
+        self.queued = queued  # a PARQ place: waiting is not failing
         self.drop = drop
         self.delay = delay
 
@@ -329,6 +331,7 @@ class Download:
         self._last_report = (0.0, "")
         self.mesh = DownloadMesh(size, tree_root)  # X-Alt both ways, THEX tree, chunk checks
         self._bucket = rate_bucket
+        self._queue_ids: dict[str, tuple[int, str]] = {}  # source key -> PARQ (position, ID)
         for source in sources:
             self.add_source(source)
 
@@ -625,7 +628,7 @@ class Download:
                 if conn is not None:
                     conn.close()
                     conn = None
-                st.failures += 1
+                st.failures += 0 if failure.queued else 1
                 st.last_error = str(failure)
                 if failure.drop or st.failures >= self._max_failures:
                     st.dropped = True
@@ -672,6 +675,10 @@ class Download:
         if self._node_addr:
             headers.append(("X-Node", self._node_addr))
         headers += self.mesh.request_headers(source.host, source.port)
+        headers.append(("X-Queue", "1.0"))
+        if source.key in self._queue_ids:
+            position, queue_id = self._queue_ids[source.key]
+            headers.append(("X-Queued", f"position={position}; ID={queue_id}"))
         return h11.Request(method="GET", target=target, headers=headers)
 
     async def _next_event(self, conn: _Conn) -> h11.Event:
@@ -718,6 +725,14 @@ class Download:
         if status == 503:
             retry = headers.get("retry-after", "")
             delay = min(float(retry), RETRY_AFTER_CAP) if DIGITS.fullmatch(retry) else None
+            if "x-queued" in headers:  # PARQ: remember our place, poll again at the Retry-After
+                try:
+                    place = parse_queued(headers["x-queued"])
+                except RemoteProtocolError:
+                    place = None
+                if place is not None and place.id is not None:
+                    self._queue_ids[st.key] = (place.position, place.id)
+                    raise _SourceFailure(f"HTTP 503 queued at position {place.position}", delay=delay, queued=True)
             raise _SourceFailure("HTTP 503 busy", delay=delay)
         announced = [u.strip() for u in headers.get("x-gnutella-content-urn", "").split(",")]
         sha1_urns = [u for u in announced if u[:9].lower() == "urn:sha1:"]

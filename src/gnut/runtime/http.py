@@ -16,8 +16,10 @@ import h11
 from gnut import __version__
 from gnut.constants import GUID_LEN, USER_AGENT_PRODUCT
 from gnut.errors import RemoteProtocolError
+from gnut.protocol.altloc import parse_hostport
 from gnut.protocol.bandwidth import TokenBucket
 from gnut.protocol.mesh import Mesh
+from gnut.protocol.parq import UploadQueue, format_queued, parse_queued
 from gnut.protocol.printable import printable
 from gnut.protocol.thex import encode_thex
 from gnut.runtime import limits as lim
@@ -120,6 +122,9 @@ class HttpContext:
     mesh: Mesh | None = None
     # Shared by every upload: file data waits for its tokens, chunk by chunk; None: unlimited.
     upload_bucket: TokenBucket | None = None
+    # PARQ: with a queue, a request finding every slot taken gets a place (503 + X-Queued) in a
+    # queue fair across hosts; None: a plain 503 Busy.
+    parq: UploadQueue | None = None
     request_timeout: float = REQUEST_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
@@ -377,6 +382,7 @@ class _Upload:
         self.ip = str(peer[0]) if peer else "?"
         # The first request (or GIV block) must be whole by then: one total deadline.
         self.head_deadline = self.loop.time() + ctx.request_timeout
+        self.parq_key: tuple[str, object] | None = None  # the PARQ slot this connection holds
 
     def _headers(self, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return [("Server", self.ctx.user_agent), ("X-Features", "browse/1.0"), *extra]
@@ -556,6 +562,11 @@ class _Upload:
                 span = (0, sf.size - 1)
                 status, reason, extra = 200, "OK", []
             if request.method == b"GET" and not self.has_slot:
+                queued = self._parq(sf, request) if ctx.parq is not None else None
+                if queued is not None:
+                    ctx.stats["uploads_refused"] += 1
+                    await self._simple(503, "Queued" if queued[0][0] == "X-Queued" else "Busy", queued, close=True)
+                    return
                 refusal = self._slot_refusal()
                 if refusal is not None:
                     ctx.stats["uploads_refused"] += 1
@@ -597,6 +608,31 @@ class _Upload:
             ctx.limits.refuse("fd_headroom", f"upload to {printable(self.ip)} (file descriptors near the limit)")
             return "Busy"
         return None
+
+    def _parq(self, sf: SharedFile, request: h11.Request) -> list[tuple[str, str]] | None:
+        """Ask the PARQ queue for a slot: None when granted, else the 503's headers.
+
+        A client is its address, plus its X-Node port when X-Node names that address (servents
+        sharing one NAT address are told apart by the port they listen on).
+        """
+        peer = self.writer.get_extra_info("peername")
+        ip = peer[0] if peer else "?"
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        node = parse_hostport(headers.get("x-node", ""), default_port=None)
+        host = f"{ip}:{node[1]}" if node is not None and node[0] == ip else ip
+        queue_id = None
+        if "x-queued" in headers:
+            with contextlib.suppress(RemoteProtocolError):
+                queue_id = parse_queued(headers["x-queued"]).id
+        assert self.ctx.parq is not None
+        decision = self.ctx.parq.request(host, sf.sha1, self.loop.time(), queue_id=queue_id, x_node=node)
+        if decision.serve:
+            self.parq_key = (host, sf.sha1)
+            return None
+        status = decision.status(self.ctx.parq.slots)
+        if status is None:  # refused (queue full, too many files queued for this host)
+            return [("Retry-After", str(RETRY_AFTER))]
+        return [("X-Queued", format_queued(status)), ("Retry-After", str(max(1, -int(-decision.retry_after // 1))))]
 
     async def _tokens(self, want: int) -> int:
         """Bytes of file data this upload may send now (the shared upload bucket), waiting if none."""
@@ -716,6 +752,9 @@ class _Upload:
                     left -= len(data)
 
     def release(self) -> None:
+        if self.parq_key is not None and self.ctx.parq is not None:
+            self.ctx.parq.done(*self.parq_key)
+            self.parq_key = None
         if self.has_slot:
             self.has_slot = False
             self.ctx.active_uploads -= 1

@@ -15,6 +15,7 @@ from gnut.constants import DEFAULT_TTL, MSG_PUSH, MSG_QUERYHIT
 from gnut.protocol import messages
 from gnut.protocol.bandwidth import Limits
 from gnut.protocol.mesh import Mesh
+from gnut.protocol.parq import UploadQueue
 from gnut.protocol.printable import printable
 from gnut.runtime import download as dl
 from gnut.runtime import http
@@ -91,6 +92,7 @@ class Transfers:
             limits=node.limits,
             thex=ThexCache(),
             mesh=Mesh(),
+            parq=UploadQueue(slots=cfg.upload_slots),
             upload_bucket=None if self.rates.upload.unlimited else self.rates.upload,
         )
         # Target IP -> times of our recent connect-backs to it (PUSH reflection bound).
@@ -316,5 +318,6 @@ class Transfers:
             "downloads": list(self.downloads.values()),
             "limits": self.rates.status(),
             "mesh_sources": len(c.mesh) if c.mesh is not None else 0,
+            "upload_queue": len(c.parq.entries) if c.parq is not None else 0,
             "thex_served": c.stats.get("thex_served", 0) if isinstance(c.stats, dict) else 0,
         }
