@@ -88,3 +88,37 @@ def test_buckets_charged_by_a_real_transfer(tmp_path: Path, run) -> None:
         assert down.granted == len(data)
 
     run(main)
+
+
+def test_downloader_hanging_up_on_a_throttled_upload_ends_it_cleanly(tmp_path: Path, run) -> None:
+    """Regression: sendfile on a closed transport raised RuntimeError out of handle_http."""
+    root = tmp_path / "share"
+    root.mkdir()
+    with open(root / "big.bin", "wb") as fh:
+        fh.truncate(8 * 1024 * 1024)
+    share = ShareIndex([root])
+    share.scan()
+    sf = next(iter(share))
+
+    async def main():
+        ctx = HttpContext(
+            share=share, upload_bucket=TokenBucket(256 * 1024, asyncio.get_running_loop().time())
+        )
+        handlers: list[asyncio.Task] = []
+
+        async def handler(reader, writer):
+            handlers.append(asyncio.current_task())
+            await handle_http(reader, writer, ctx)
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /get/{sf.index}/big.bin HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(100_000)
+        writer.close()
+        server.close()
+        await asyncio.wait_for(asyncio.gather(*handlers), 10)  # ends by itself, raising nothing
+        assert ctx.stats["bytes_sent"] < 8 * 1024 * 1024
+
+    run(main)

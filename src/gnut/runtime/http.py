@@ -678,9 +678,16 @@ class _Upload:
         try:
             while sent < count:
                 seg = await self._tokens(min(SENDFILE_SEGMENT, count - sent))
-                n = await asyncio.wait_for(
-                    self.loop.sendfile(transport, fh, offset + sent, seg), self.ctx.stall_timeout
-                )
+                if transport.is_closing():  # the peer hung up while we waited for tokens
+                    raise ConnectionError("connection closed during upload")
+                try:
+                    n = await asyncio.wait_for(
+                        self.loop.sendfile(transport, fh, offset + sent, seg), self.ctx.stall_timeout
+                    )
+                except NotImplementedError:
+                    raise
+                except RuntimeError as exc:  # asyncio says "Transport is closing" once the peer is gone
+                    raise ConnectionError(str(exc)) from exc
                 if n != seg:
                     raise ConnectionError("file shrank during upload")
                 sent += n
