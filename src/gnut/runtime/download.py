@@ -795,7 +795,9 @@ class Download:
             if loc.key in known:
                 continue
             known.add(loc.key)
-            added += self.add_source(Source(loc.host, loc.port, 0, self.name, self.size, self.urn, bytes(16), False))
+            source = Source(loc.host, loc.port, 0, self.name, self.size, self.urn, bytes(16), False)
+            if not needs_push(source, assume_private_firewalled=self._assume_private):  # no GUID to push to
+                added += self.add_source(source)
         self.mesh.counted(added)
 
     def _pread(self, offset: int, count: int) -> bytes:

@@ -66,8 +66,11 @@ class ThexCache:
             async with self._gate:
                 tree = await asyncio.to_thread(_hash_file, sf)
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
             raise
         finally:
             self._running.pop(key, None)
