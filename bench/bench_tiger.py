@@ -12,13 +12,31 @@ from __future__ import annotations
 import hashlib
 import importlib
 import random
+import statistics
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from run import measure  # noqa: E402
+
+def measure(fn, nbytes: int, repeats: int) -> dict:
+    """Median time of `repeats` calls after a warm-up, as bytes per second (run.measure's shape;
+    kept here so the smoke test can import this module whichever `run` module is on sys.path)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {
+        "median_s": median,
+        "ops_per_s": nbytes / median,
+        "spread_pct": 100.0 * (max(times) - min(times)) / median,
+    }
+
 
 IMPLS = {"cython": "gnut._tiger", "python": "gnut._puretiger"}
 
