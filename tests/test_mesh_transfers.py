@@ -49,6 +49,12 @@ class Uploader:
         self.handlers: list[asyncio.Task] = []
         self.rate = rate
 
+    async def warm(self) -> Uploader:
+        """Compute the shared file's tree now (a node does this in the background after a scan)."""
+        for sf in self.share:
+            assert await self.ctx.thex.get(sf) is not None
+        return self
+
     async def start(self) -> Uploader:
         async def handler(reader, writer):
             self.handlers.append(asyncio.current_task())
@@ -119,10 +125,11 @@ def test_thex_served_and_named(tmp_path: Path, run) -> None:
 
 
 def test_download_starting_with_one_source_learns_three_through_x_alt(tmp_path: Path, run) -> None:
-    data = random.Random(2).randbytes(6 * 1024 * 1024)
+    data = random.Random(2).randbytes(2 * 1024 * 1024)
 
     async def main():
-        ups = [await Uploader(tmp_path / f"u{i}", data).start() for i in range(4)]
+        # 2 MiB/s each: the first source alone would need a second, time for the others to join.
+        ups = [await Uploader(tmp_path / f"u{i}", data, rate=2 * 1024 * 1024).start() for i in range(4)]
         first, others = ups[0], ups[1:]
         try:
             # Earlier downloaders told the first uploader about the other three (upload side reads X-Alt).
@@ -167,7 +174,7 @@ def test_bad_source_dropped_after_its_first_chunk_fails_the_tiger_check(tmp_path
     async def main():
         # The good source uploads at 4 MiB/s (its upload bucket): the file takes ~1 s, time
         # enough for the liar to join once the tree is in.
-        good = await Uploader(tmp_path / "good", data, rate=4 * 1024 * 1024).start()
+        good = await (await Uploader(tmp_path / "good", data, rate=4 * 1024 * 1024).start()).warm()
         liar = await Uploader(tmp_path / "liar", data, thex=False, corrupt=True).start()
         states: list[str] = []
         added = []
@@ -210,8 +217,10 @@ def test_liar_caught_when_its_chunks_came_before_the_tree(tmp_path: Path, run) -
     data = random.Random(4).randbytes(4 * 1024 * 1024)
 
     async def main():
-        good = await Uploader(tmp_path / "good", data).start()
-        liar = await Uploader(tmp_path / "liar", data, thex=False, corrupt=True).start()
+        # The liar (2 MiB/s) delivers its first chunks before the good source (1 MiB/s) has
+        # finished one and been asked for its tree: they are checked when the tree arrives.
+        good = await (await Uploader(tmp_path / "good", data, rate=1024 * 1024).start()).warm()
+        liar = await Uploader(tmp_path / "liar", data, thex=False, corrupt=True, rate=2 * 1024 * 1024).start()
         states: list[str] = []
         try:
             dl = Download(
