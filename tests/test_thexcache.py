@@ -52,3 +52,22 @@ def test_lru_bound_and_changed_file(tmp_path: Path, run) -> None:
         assert await cache2.get(files[1]) is None and cache2.stats["failed"] == 1
 
     run(main)
+
+
+def test_close_stops_a_computation_at_the_next_block(tmp_path: Path, run) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    with open(root / "big.bin", "wb") as fh:
+        fh.truncate(64 * 1024 * 1024)
+    share = ShareIndex([root])
+    share.scan()
+    (sf,) = list(share)
+
+    async def main():
+        cache = ThexCache()
+        cache.close()  # as Transfers.stop does: nothing new starts, a running hash gives up
+        assert await cache.get(sf) is None
+        cache.warm(sf)
+        assert cache.stats["failed"] == 1
+
+    run(main)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import OrderedDict
 
 from gnut.protocol import altloc
@@ -22,11 +23,13 @@ def _key(sf: SharedFile) -> tuple[str, int, int]:
     return str(sf.path), sf.size, sf.mtime_ns
 
 
-def _hash_file(sf: SharedFile) -> HashTree | None:
+def _hash_file(sf: SharedFile, stop: threading.Event) -> HashTree | None:
     hasher = TreeHasher(sf.size)
     try:
         with open(sf.path, "rb") as fh:
             while block := fh.read(READ_BLOCK):
+                if stop.is_set():
+                    return None  # the node is stopping: do not hold its exit for a big file
                 if hasher.fed + len(block) > sf.size:
                     return None  # the file grew since the scan: not the file we announced
                 hasher.update(block)
@@ -44,6 +47,11 @@ class ThexCache:
         self._running: dict[tuple[str, int, int], asyncio.Future[HashTree | None]] = {}
         self._gate = asyncio.Semaphore(max_concurrent)
         self.stats = {"computed": 0, "failed": 0, "hits": 0, "evicted": 0}
+        self._stop = threading.Event()
+
+    def close(self) -> None:
+        """Stop computing: a hashing thread gives up at its next block (node shutdown)."""
+        self._stop.set()
 
     def peek(self, sf: SharedFile) -> HashTree | None:
         tree = self._trees.get(_key(sf))
@@ -64,7 +72,7 @@ class ThexCache:
         self._running[key] = future
         try:
             async with self._gate:
-                tree = await asyncio.to_thread(_hash_file, sf)
+                tree = await asyncio.to_thread(_hash_file, sf, self._stop)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 future.cancel()
@@ -87,7 +95,7 @@ class ThexCache:
 
     def warm(self, sf: SharedFile) -> None:
         """Start computing a tree in the background (the next answer can then name it)."""
-        if self.peek(sf) is None and _key(sf) not in self._running:
+        if self.peek(sf) is None and _key(sf) not in self._running and not self._stop.is_set():
             task = asyncio.get_running_loop().create_task(self.get(sf))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 

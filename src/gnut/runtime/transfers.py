@@ -133,6 +133,8 @@ class Transfers:
         return task
 
     async def stop(self) -> None:
+        if self.ctx.thex is not None:
+            self.ctx.thex.close()  # a tree being computed must not hold the node's exit
         for t in list(self._tasks):
             t.cancel()
 
