@@ -1,4 +1,4 @@
-"""Build gnut._fastpath from src/gnut/_fastpath.pyx, unless GNUT_NO_EXTENSIONS=1 asks for pure Python."""
+"""Build gnut._fastpath and gnut._tiger from their .pyx, unless GNUT_NO_EXTENSIONS=1 asks for pure Python."""
 
 import os
 import sys
@@ -12,7 +12,7 @@ TRACE = bool(os.environ.get("GNUT_CYTHON_TRACE"))
 
 ext_modules = []
 if NO_EXTENSIONS:
-    print("*** gnut: GNUT_NO_EXTENSIONS set: building PURE PYTHON (no _fastpath) ***", file=sys.stderr)
+    print("*** gnut: GNUT_NO_EXTENSIONS set: building PURE PYTHON (no _fastpath, no _tiger) ***", file=sys.stderr)
 else:
     from Cython.Build import cythonize
 
@@ -25,7 +25,13 @@ else:
                 depends=["src/gnut/_guidcache.pxi", "src/gnut/_relay.pxi", "src/gnut/_routemap.pxi"],
                 extra_compile_args=["-O3"],
                 define_macros=macros,
-            )
+            ),
+            Extension(
+                "gnut._tiger",
+                ["src/gnut/_tiger.pyx"],
+                extra_compile_args=["-O3"],
+                define_macros=macros,
+            ),
         ],
         annotate=ANNOTATE,
         compiler_directives={
@@ -36,6 +42,6 @@ else:
             "linetrace": TRACE,
         },
     )
-    print("*** gnut: building ACCELERATED Cython fast path (gnut._fastpath) ***", file=sys.stderr)
+    print("*** gnut: building ACCELERATED Cython fast path (gnut._fastpath, gnut._tiger) ***", file=sys.stderr)
 
 setup(ext_modules=ext_modules)

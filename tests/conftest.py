@@ -14,6 +14,8 @@ from gnut.runtime import loops
 # The Cython half is imported directly (never via gnut.fastpath), so a missing build is an error,
 # not a silent second run of the pure twin. `--no-cython` or GNUT_NO_EXTENSIONS=1 deselects it.
 _IMPLS = {"cython": "gnut._fastpath", "python": "gnut._purepath"}
+# The same for the Tiger hash (`tiger_impl`): gnut._tiger is imported directly too.
+_TIGER_IMPLS = {"cython": "gnut._tiger", "python": "gnut._puretiger"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,7 +38,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kept, deselected = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if (callspec is not None and callspec.params.get("impl") == "cython") or item.get_closest_marker(
+        params = callspec.params if callspec is not None else {}
+        if "cython" in (params.get("impl"), params.get("tiger_impl")) or item.get_closest_marker(
             "needs_cython"
         ):
             deselected.append(item)
@@ -51,6 +54,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def impl(request: pytest.FixtureRequest):
     """The hot-path module under test: gnut._fastpath ("cython") or gnut._purepath ("python")."""
     return importlib.import_module(_IMPLS[request.param])
+
+
+@pytest.fixture(params=list(_TIGER_IMPLS), ids=list(_TIGER_IMPLS))
+def tiger_impl(request: pytest.FixtureRequest):
+    """The Tiger module under test: gnut._tiger ("cython") or gnut._puretiger ("python")."""
+    return importlib.import_module(_TIGER_IMPLS[request.param])
 
 
 @pytest.fixture(params=LOOPS)

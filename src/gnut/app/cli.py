@@ -12,6 +12,7 @@ import gnut
 from gnut.app.configfile import load_config_file
 from gnut.constants import DEFAULT_PORT
 from gnut.errors import FastPathMissing
+from gnut.protocol.bandwidth import parse_rate
 from gnut.runtime.config import MODES, NodeConfig, default_home, parse_hostport
 from gnut.runtime.loops import LOOP_CHOICES, loop_name
 
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--no-tls", action="store_false", default=None, dest="tls",
                    help="neither offer nor accept TLS on links")
     n.add_argument("--download-dir", type=Path, default=None, metavar="DIR")
+    n.add_argument("--max-upload-rate", type=_rate, default=None, metavar="RATE",
+                   help="bytes/s for all uploads together, e.g. 200k or 1.5M (default 0: unlimited)")
+    n.add_argument("--max-download-rate", type=_rate, default=None, metavar="RATE",
+                   help="bytes/s for all downloads together, e.g. 200k or 1.5M (default 0: unlimited)")
     n.add_argument("--no-control", action="store_true", help="do not serve the local control API")
     n.add_argument("--config", type=Path, default=None, metavar="FILE", help="TOML file with the same settings")
     n.add_argument("--uhc", type=_hostport, action="append", default=[], metavar="HOST:PORT",
@@ -149,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def node_config(args: argparse.Namespace) -> NodeConfig:
     """Turn `gnut node` options (over an optional config file) into a NodeConfig."""
     kw: dict = load_config_file(args.config) if args.config else {}
@@ -169,7 +181,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         kw["bootstrap"] = True
     for opt, key in (("mode", "mode"), ("loop", "loop"), ("max_peers", "max_peers"), ("max_leaves", "max_leaves"),
                      ("out_links", "out_links"), ("firewalled", "firewalled"), ("download_dir", "download_dir"),
-                     ("hostiles", "hostiles"), ("tls", "tls")):
+                     ("hostiles", "hostiles"), ("tls", "tls"),
+                     ("max_upload_rate", "max_upload_rate"), ("max_download_rate", "max_download_rate")):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)
     if args.no_control:

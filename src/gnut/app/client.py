@@ -370,6 +370,9 @@ async def status(args: argparse.Namespace, home: Path) -> int:
         for d in t.get("downloads", []):
             print(f"  {d['name']}  {d['done']:,}/{d['size']:,}  {d['state']}")
         _print_trust(st)
+        for kind, lim in t.get("limits", {}).items():
+            if kind != "gnutella":  # not applied to links yet
+                print(f"{kind} limit: {lim['limit_text']}, {lim['bytes']:,} bytes moved, {lim['waits']} waits")
         return 0
     return 1
 

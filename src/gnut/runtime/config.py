@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gnut.constants import DEFAULT_PORT, DEFAULT_TTL, GUID_CACHE_CAPACITY, ROUTE_TABLE_CAPACITY
+from gnut.protocol.bandwidth import parse_rate
 from gnut.runtime import limits as lim
 
 # `auto` (the default): start as a leaf, become an ultrapeer when reachable (runtime/reach.py).
@@ -65,6 +66,10 @@ class NodeConfig:
     private_means_firewalled: bool = False
     control: bool = True
     upload_slots: int = 4
+    # Bytes per second all uploads / all downloads together may move; 0: unlimited. The config
+    # file may say "200k" or "1.5M" (k = 1024).
+    max_upload_rate: int = 0
+    max_download_rate: int = 0
     max_results_per_query: int = 64
     query_ttl: int = DEFAULT_TTL
     # Dynamic querying: results wanted before an ultrapeer stops widening (spec default 150).
@@ -153,6 +158,8 @@ class NodeConfig:
                 raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
         if not isinstance(self.fd_reserve, int) or isinstance(self.fd_reserve, bool) or self.fd_reserve < 0:
             raise ValueError(f"fd_reserve must be a whole number >= 0, not {self.fd_reserve!r}")
+        self.max_upload_rate = parse_rate(self.max_upload_rate)
+        self.max_download_rate = parse_rate(self.max_download_rate)
 
     @property
     def control_path(self) -> Path:

@@ -26,8 +26,12 @@ from gnut import __version__
 from gnut.constants import USER_AGENT_PRODUCT
 from gnut.errors import LocalProtocolError, RemoteProtocolError
 from gnut.protocol.addresses import AddrClass, classify
+from gnut.protocol.bandwidth import TokenBucket
 from gnut.protocol.magnet import DIGITS, MAX_NAME_BYTES, normalize_urn, parse_magnet, safe_name  # noqa: F401 (re-exported)
+from gnut.protocol.parq import parse_queued
+from gnut.protocol.thex import MAX_THEX_BYTES
 from gnut.protocol.vmsg_reach import parse_hostports
+from gnut.runtime.dlmesh import DownloadMesh
 from gnut.runtime.fsutil import atomic_write_bytes
 from gnut.runtime.tls import TlsError, open_tls_connection
 
@@ -179,6 +183,12 @@ class _Ranges:
             merged.append((start, end))
         self._spans = merged
 
+    def remove(self, start: int, end: int) -> None:
+        kept = []
+        for a, b in self._spans:
+            kept += [(x, y) for x, y in ((a, min(b, start)), (max(a, end), b)) if x < y]
+        self._spans = kept
+
     def total(self) -> int:
         return sum(b - a for a, b in self._spans)
 
@@ -205,8 +215,9 @@ class _Ranges:
 class _SourceFailure(Exception):
     """A source did not deliver; `drop` ends it for good, `delay` overrides the backoff."""
 
-    def __init__(self, reason: str, *, drop: bool = False, delay: float | None = None) -> None:
+    def __init__(self, reason: str, *, drop: bool = False, delay: float | None = None, queued: bool = False) -> None:
         super().__init__(reason)
+        self.queued = queued  # a PARQ place: waiting is not failing
         self.drop = drop
         self.delay = delay
 
@@ -263,6 +274,10 @@ class Download:
         assume_private_firewalled: see needs_push.
         node_addr: our own listening "ip:port" sent as X-Node, or None.
         tls_context: client context for sources that accept TLS (None: always plain).
+        tree_root: the file's trusted Tiger-tree root (e.g. a magnet's urn:tree:tiger), or None
+            to adopt the first root a source names (see runtime/dlmesh.py).
+        rate_bucket: token bucket every received body piece is charged to (shared by all
+            downloads to cap their total rate), or None.
 
     Raises:
         LocalProtocolError: a malformed urn or a negative size.
@@ -286,6 +301,8 @@ class Download:
         assume_private_firewalled: bool = True,
         node_addr: str | None = None,
         tls_context=None,
+        tree_root: bytes | None = None,
+        rate_bucket: TokenBucket | None = None,
     ) -> None:
         self.urn = normalize_urn(urn)
         if size < 0 or max_parallel < 1 or chunk_size < 1 or max_failures < 1:
@@ -324,6 +341,9 @@ class Download:
         self._session_bytes = 0
         self._last_flush = 0.0
         self._last_report = (0.0, "")
+        self.mesh = DownloadMesh(size, tree_root)  # X-Alt both ways, THEX tree, chunk checks
+        self._bucket = rate_bucket
+        self._queue_ids: dict[str, tuple[int, str]] = {}  # source key -> PARQ (position, ID)
         for source in sources:
             self.add_source(source)
 
@@ -590,7 +610,9 @@ class Download:
         try:
             while True:
                 span = await self._take_chunk()
-                if span is None:
+                if span is None or st.key in self._excluded:  # excluded: caught by a late tree check
+                    if span is not None:
+                        self._pending.appendleft(span)
                     return
                 st.pos, st.end = span
                 try:
@@ -604,6 +626,8 @@ class Download:
                 else:
                     st.failures = 0
                     st.pos = st.end = 0
+                    if keep_alive and self.mesh.thex_source == st.key:
+                        keep_alive = await self._fetch_thex(conn, st)
                     if not keep_alive:
                         conn.close()
                         conn = None
@@ -616,7 +640,7 @@ class Download:
                 if conn is not None:
                     conn.close()
                     conn = None
-                st.failures += 1
+                st.failures += 0 if failure.queued else 1
                 st.last_error = str(failure)
                 if failure.drop or st.failures >= self._max_failures:
                     st.dropped = True
@@ -684,6 +708,11 @@ class Download:
         ]
         if self._node_addr:
             headers.append(("X-Node", self._node_addr))
+        headers += self.mesh.request_headers(source.host, source.port)
+        headers.append(("X-Queue", "1.0"))
+        if source.key in self._queue_ids:
+            position, queue_id = self._queue_ids[source.key]
+            headers.append(("X-Queued", f"position={position}; ID={queue_id}"))
         return h11.Request(method="GET", target=target, headers=headers)
 
     async def _next_event(self, conn: _Conn) -> h11.Event:
@@ -733,11 +762,23 @@ class Download:
         if status == 503:
             retry = headers.get("retry-after", "")
             delay = min(float(retry), RETRY_AFTER_CAP) if DIGITS.fullmatch(retry) else None
+            if "x-queued" in headers:  # PARQ: remember our place, poll again at the Retry-After
+                try:
+                    place = parse_queued(headers["x-queued"])
+                except RemoteProtocolError:
+                    place = None
+                if place is not None and place.id is not None:
+                    self._queue_ids[st.key] = (place.position, place.id)
+                    raise _SourceFailure(f"HTTP 503 queued at position {place.position}", delay=delay, queued=True)
             raise _SourceFailure("HTTP 503 busy", delay=delay)
         announced = [u.strip() for u in headers.get("x-gnutella-content-urn", "").split(",")]
         sha1_urns = [u for u in announced if u[:9].lower() == "urn:sha1:"]
         if sha1_urns and not any(u.upper() == self.urn.upper() for u in sha1_urns):
             raise _SourceFailure(f"source serves {sha1_urns[0][:50]}, not {self.urn}", drop=True)
+        learned, refuse = self.mesh.read_answer(st.key, headers)
+        if refuse:
+            raise _SourceFailure(refuse, drop=True)
+        self._learn(learned)
         length = headers.get("content-length")
         if status == 200:
             if start != 0:
@@ -764,9 +805,15 @@ class Download:
                 if len(event.data) > end - st.pos:
                     raise RemoteProtocolError("response body larger than the range asked")
                 self._write(st, event.data)
+                if self._bucket is not None:  # charged after the read; the next read waits off the debt
+                    self._bucket.charge(len(event.data), asyncio.get_running_loop().time())
+                    await asyncio.sleep(self._bucket.wait(1, asyncio.get_running_loop().time()))
             elif isinstance(event, h11.EndOfMessage):
                 if st.pos < end:
                     raise RemoteProtocolError(f"response body ended {end - st.pos} bytes short")
+                if not self.mesh.check_chunk(st.key, self._pread, start, end):
+                    self._reject(st, start, end)
+                self.mesh.mark(st.source.host, st.source.port, True)
                 h = conn.h11
                 if h.our_state is h11.DONE and h.their_state is h11.DONE:
                     h.start_next_cycle()
@@ -774,6 +821,85 @@ class Download:
                 return False
             else:
                 raise RemoteProtocolError(f"unexpected {type(event).__name__} in a response body")
+
+    # --- mesh: alt-locs and the Tiger tree (runtime/dlmesh.py) ----------------------------
+
+    def _learn(self, locs) -> None:
+        """Add sources named by a source's X-Alt (urn requests; bounded by the mesh)."""
+        known = {(s.source.host, s.source.port) for s in self._sources.values()}
+        added = 0
+        for loc in locs:
+            if loc.key in known:
+                continue
+            known.add(loc.key)
+            source = Source(loc.host, loc.port, 0, self.name, self.size, self.urn, bytes(16), False)
+            if not needs_push(source, assume_private_firewalled=self._assume_private):  # no GUID to push to
+                added += self.add_source(source)
+        self.mesh.counted(added)
+
+    def _pread(self, offset: int, count: int) -> bytes:
+        return os.pread(self._fd, count, offset)
+
+    def _reject(self, st: _SourceState, start: int, end: int) -> None:
+        """The chunk [start, end) failed the Tiger check: unlearn it, refetch it elsewhere, drop the source."""
+        self._unlearn(st, start, end)
+        raise _SourceFailure("chunk failed the Tiger-tree check", drop=True)
+
+    def _unlearn(self, st: _SourceState, start: int, end: int) -> None:
+        self._have.remove(start, end)
+        self._pending.appendleft((start, end))
+        self._excluded.add(st.key)
+        st.dropped = True
+        st.last_error = "chunk failed the Tiger-tree check"
+        self.mesh.mark(st.source.host, st.source.port, False)
+        self._wake()
+
+    async def _fetch_thex(self, conn: _Conn, st: _SourceState) -> bool:
+        """GET the source's THEX tree on the kept-alive connection; True if it stays usable."""
+        host = f"[{st.source.host}]" if ":" in st.source.host else st.source.host
+        request = h11.Request(
+            method="GET",
+            target=self.mesh.thex_uri,
+            headers=[("Host", f"{host}:{st.source.port}"), ("User-Agent", f"{USER_AGENT_PRODUCT}/{__version__}")],
+        )
+        body = bytearray()
+        try:
+            conn.writer.write(conn.h11.send(request) + conn.h11.send(h11.EndOfMessage()))
+            await asyncio.wait_for(conn.writer.drain(), self._timeout)
+            response = await self._next_event(conn)
+            ok = isinstance(response, h11.Response) and response.status_code == 200
+            while not isinstance(event := await self._next_event(conn), h11.EndOfMessage):
+                if not isinstance(event, h11.Data) or len(body) + len(event.data) > MAX_THEX_BYTES:
+                    raise RemoteProtocolError("THEX answer too big or malformed")
+                body += event.data
+        except (OSError, RemoteProtocolError, h11.LocalProtocolError):
+            self.mesh.thex_done(st.key, None)
+            return False
+        error = self.mesh.thex_done(st.key, bytes(body) if ok else None)
+        if error is None:
+            for key, start, end in self.mesh.take_unverified():  # chunks that came before the tree
+                if key in self._sources and not self.mesh.check(self._pread, start, end):
+                    self._unlearn(self._sources[key], start, end)
+            # Every chunk from now on covers whole tree nodes.
+            size = self.mesh.chunk_size(self._chunk_size)
+            spans: list[tuple[int, int]] = []
+            for start, end in sorted(self._pending):
+                if spans and spans[-1][1] == start:
+                    start = spans.pop()[0]
+                spans.append((start, end))
+            self._pending = deque()
+            for start, end in spans:
+                self._pending.extend((a, min(end, (a // size + 1) * size)) for a in self._cuts(start, end, size))
+        h = conn.h11
+        if h.our_state is h11.DONE and h.their_state is h11.DONE:
+            h.start_next_cycle()
+            return True
+        return False
+
+    @staticmethod
+    def _cuts(start: int, end: int, size: int) -> list[int]:
+        """Chunk starts in [start, end) so that chunks end on multiples of `size`."""
+        return [start, *range((start // size + 1) * size, end, size)]
 
     # --- progress ---------------------------------------------------------------------
 

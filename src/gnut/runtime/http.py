@@ -16,9 +16,15 @@ import h11
 from gnut import __version__
 from gnut.constants import GUID_LEN, USER_AGENT_PRODUCT
 from gnut.errors import RemoteProtocolError
+from gnut.protocol.altloc import parse_hostport
+from gnut.protocol.bandwidth import TokenBucket
+from gnut.protocol.mesh import Mesh
+from gnut.protocol.parq import UploadQueue, format_queued, parse_queued
 from gnut.protocol.printable import printable
+from gnut.protocol.thex import encode_thex
 from gnut.runtime import limits as lim
 from gnut.runtime.share import SharedFile, ShareIndex
+from gnut.runtime.thexcache import ThexCache, upload_mesh_headers
 
 # Strategy
 # --------
@@ -116,6 +122,15 @@ class HttpContext:
     push_proxy: Callable[[bytes, dict, str], tuple[int, str]] | None = None
     # Headers added to every answer (X-Push-Proxies while we are firewalled).
     extra_headers: Callable[[], list[tuple[str, str]]] | None = None
+    # Tiger trees served at /uri-res/N2X and named by X-Thex-URI; None: no THEX.
+    thex: ThexCache | None = None
+    # The download mesh: X-Alt/X-Nalt read from requests and sent in answers; None: no alt-locs.
+    mesh: Mesh | None = None
+    # Shared by every upload: file data waits for its tokens, chunk by chunk; None: unlimited.
+    upload_bucket: TokenBucket | None = None
+    # PARQ: with a queue, a request finding every slot taken gets a place (503 + X-Queued) in a
+    # queue fair across hosts; None: a plain 503 Busy.
+    parq: UploadQueue | None = None
     request_timeout: float = REQUEST_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
@@ -142,6 +157,7 @@ class HttpContext:
                 "browses",
                 "givs",
                 "slots_released_idle",
+                "thex_served",
             ),
             0,
         )
@@ -372,6 +388,7 @@ class _Upload:
         self.ip = str(peer[0]) if peer else "?"
         # The first request (or GIV block) must be whole by then: one total deadline.
         self.head_deadline = self.loop.time() + ctx.request_timeout
+        self.parq_key: tuple[str, object] | None = None  # the PARQ slot this connection holds
 
     def _headers(self, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
         more = self.ctx.extra_headers() if self.ctx.extra_headers is not None else []
@@ -522,6 +539,9 @@ class _Upload:
         if target == b"/" or target.startswith(b"/?"):
             await self._browse(request, last)
             return
+        if target.partition(b"?")[0].lower() == b"/uri-res/n2x":
+            await self._thex(target, request, last)
+            return
         sf = _lookup(target, ctx.share)
         if sf is None:
             await self._simple(404, "Not Found", close=last)
@@ -554,6 +574,11 @@ class _Upload:
                 span = (0, sf.size - 1)
                 status, reason, extra = 200, "OK", []
             if request.method == b"GET" and not self.has_slot:
+                queued = self._parq(sf, request) if ctx.parq is not None else None
+                if queued is not None:
+                    ctx.stats["uploads_refused"] += 1
+                    await self._simple(503, "Queued" if queued[0][0] == "X-Queued" else "Busy", queued, close=True)
+                    return
                 refusal = self._slot_refusal()
                 if refusal is not None:
                     ctx.stats["uploads_refused"] += 1
@@ -569,6 +594,7 @@ class _Upload:
                 ("Accept-Ranges", "bytes"),
                 *extra,
                 *urn,
+                *self._mesh_headers(sf, request),
             ]
             if last:
                 headers.append(("Connection", "close"))
@@ -595,6 +621,67 @@ class _Upload:
             return "Busy"
         return None
 
+    def _parq(self, sf: SharedFile, request: h11.Request) -> list[tuple[str, str]] | None:
+        """Ask the PARQ queue for a slot: None when granted, else the 503's headers.
+
+        A client is its address, plus its X-Node port when X-Node names that address (servents
+        sharing one NAT address are told apart by the port they listen on).
+        """
+        peer = self.writer.get_extra_info("peername")
+        ip = peer[0] if peer else "?"
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        node = parse_hostport(headers.get("x-node", ""), default_port=None)
+        host = f"{ip}:{node[1]}" if node is not None and node[0] == ip else ip
+        queue_id = None
+        if "x-queued" in headers:
+            with contextlib.suppress(RemoteProtocolError):
+                queue_id = parse_queued(headers["x-queued"]).id
+        assert self.ctx.parq is not None
+        decision = self.ctx.parq.request(host, sf.sha1, self.loop.time(), queue_id=queue_id, x_node=node)
+        if decision.serve:
+            self.parq_key = (host, sf.sha1)
+            return None
+        status = decision.status(self.ctx.parq.slots)
+        if status is None:  # refused (queue full, too many files queued for this host)
+            return [("Retry-After", str(RETRY_AFTER))]
+        return [("X-Queued", format_queued(status)), ("Retry-After", str(max(1, -int(-decision.retry_after // 1))))]
+
+    async def _tokens(self, want: int) -> int:
+        """Bytes of file data this upload may send now (the shared upload bucket), waiting if none."""
+        bucket = self.ctx.upload_bucket
+        if bucket is None:
+            return want
+        while not (n := bucket.grant(want, self.loop.time())):
+            await asyncio.sleep(bucket.wait(want, self.loop.time()))
+        return n
+
+    def _mesh_headers(self, sf: SharedFile, request: h11.Request) -> list[tuple[str, str]]:
+        if self.ctx.thex is None and self.ctx.mesh is None:
+            return []
+        peer = self.writer.get_extra_info("peername")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        host = peer[0] if peer else None
+        return upload_mesh_headers(self.ctx.mesh, self.ctx.thex, sf, headers, host, self.loop.time())
+
+    async def _thex(self, target: bytes, request: h11.Request, last: bool) -> None:
+        """/uri-res/N2X?urn:sha1:...: the file's Tiger tree as gtk-gnutella serves it (DIME)."""
+        sf = _lookup(b"/uri-res/N2R?" + target.partition(b"?")[2], self.ctx.share)
+        tree = await self.ctx.thex.get(sf) if sf is not None and self.ctx.thex is not None else None
+        if tree is None:
+            await self._simple(404, "Not Found", close=last)
+            return
+        body = encode_thex(tree)
+        self.ctx.stats["thex_served"] += 1
+        headers = [("Content-Type", "application/dime"), ("Content-Length", str(len(body)))]
+        headers.append(("X-Gnutella-Content-URN", sf.urn))
+        if last:
+            headers.append(("Connection", "close"))
+        out = self.conn.send(h11.Response(status_code=200, reason="OK", headers=self._headers(headers)))
+        if request.method == b"GET":
+            out += self.conn.send(h11.Data(data=body))
+        out += self.conn.send(h11.EndOfMessage())
+        await self._write(out)
+
     async def _send_file(self, fh, offset: int, count: int) -> None:
         """Send `count` bytes of `fh` from `offset` as the response body (sendfile when the loop has it)."""
         self.conn.send_with_data_passthrough(h11.Data(data=_Span(count)))
@@ -604,10 +691,17 @@ class _Upload:
             if not getattr(transport, "sendfile_ok", True):  # e.g. TLS: the bytes must pass write()
                 raise NotImplementedError
             while sent < count:
-                seg = min(SENDFILE_SEGMENT, count - sent)
-                n = await asyncio.wait_for(
-                    self.loop.sendfile(transport, fh, offset + sent, seg), self.ctx.stall_timeout
-                )
+                seg = await self._tokens(min(SENDFILE_SEGMENT, count - sent))
+                if transport.is_closing():  # the peer hung up while we waited for tokens
+                    raise ConnectionError("connection closed during upload")
+                try:
+                    n = await asyncio.wait_for(
+                        self.loop.sendfile(transport, fh, offset + sent, seg), self.ctx.stall_timeout
+                    )
+                except NotImplementedError:
+                    raise
+                except RuntimeError as exc:  # asyncio says "Transport is closing" once the peer is gone
+                    raise ConnectionError(str(exc)) from exc
                 if n != seg:
                     raise ConnectionError("file shrank during upload")
                 sent += n
@@ -616,9 +710,11 @@ class _Upload:
         except NotImplementedError:  # uvloop: no loop.sendfile; nothing was sent yet
             if sent:
                 raise
+            if self.ctx.upload_bucket is not None:
+                self.ctx.upload_bucket.refund(seg)
         fh.seek(offset)
         while sent < count:
-            chunk = fh.read(min(SEND_CHUNK, count - sent))
+            chunk = fh.read(await self._tokens(min(SEND_CHUNK, count - sent)))
             if not chunk:
                 raise ConnectionError("file shrank during upload")
             await self._write(chunk)
@@ -677,6 +773,9 @@ class _Upload:
                     left -= len(data)
 
     def release(self) -> None:
+        if self.parq_key is not None and self.ctx.parq is not None:
+            self.ctx.parq.done(*self.parq_key)
+            self.parq_key = None
         if self.has_slot:
             self.has_slot = False
             self.ctx.active_uploads -= 1

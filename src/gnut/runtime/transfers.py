@@ -14,10 +14,14 @@ from typing import TYPE_CHECKING
 from gnut.constants import DEFAULT_TTL, MSG_PUSH, MSG_QUERYHIT
 from gnut.protocol import messages
 from gnut.protocol import vmsg_reach as vr
+from gnut.protocol.bandwidth import Limits
+from gnut.protocol.mesh import Mesh
+from gnut.protocol.parq import UploadQueue
 from gnut.protocol.printable import printable
 from gnut.runtime import download as dl
 from gnut.runtime import http, pushproxy
 from gnut.runtime.share import ShareIndex, build_hits
+from gnut.runtime.thexcache import ThexCache
 
 if TYPE_CHECKING:
     from gnut.runtime.host import NodeServices
@@ -75,6 +79,8 @@ class Transfers:
         self.node = node
         cfg = node.cfg
         self.share = ShareIndex(cfg.share_dirs, cache_path=cfg.sha1_cache_path if cfg.share_dirs else None)
+        # Rate limits (token buckets on the loop's clock) and the download mesh shared by uploads.
+        self.rates = Limits(time.monotonic(), upload=cfg.max_upload_rate, download=cfg.max_download_rate)
         self.ctx = http.HttpContext(
             share=self.share,
             upload_slots=cfg.upload_slots,
@@ -87,6 +93,10 @@ class Transfers:
             limits=node.limits,
             push_proxy=node.pushproxy.http_request,
             extra_headers=self._proxy_headers,
+            thex=ThexCache(),
+            mesh=Mesh(),
+            parq=UploadQueue(slots=cfg.upload_slots),
+            upload_bucket=None if self.rates.upload.unlimited else self.rates.upload,
         )
         # Target IP -> times of our recent connect-backs to it (PUSH reflection bound).
         self._push_targets: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
@@ -126,6 +136,8 @@ class Transfers:
         return task
 
     async def stop(self) -> None:
+        if self.ctx.thex is not None:
+            self.ctx.thex.close()  # a tree being computed must not hold the node's exit
         for t in list(self._tasks):
             t.cancel()
 
@@ -325,7 +337,8 @@ class Transfers:
 
         d = dl.Download(urn, size, name, out, sources=sources, push=self.push_connect,
                         tls_context=self.node.tls_context(False) if hasattr(self.node, "tls_context") else None,
-                        progress=on_progress, assume_private_firewalled=self.node.cfg.private_means_firewalled)
+                        progress=on_progress, assume_private_firewalled=self.node.cfg.private_means_firewalled,
+                        rate_bucket=None if self.rates.download.unlimited else self.rates.download)
         try:
             async with asyncio.timeout(timeout):
                 path = await d.run()
@@ -347,4 +360,8 @@ class Transfers:
             "uploads_done": c.stats.get("uploads_finished", 0) if isinstance(c.stats, dict) else 0,
             "upload_bytes": c.stats.get("bytes_sent", 0) if isinstance(c.stats, dict) else 0,
             "downloads": list(self.downloads.values()),
+            "limits": self.rates.status(),
+            "mesh_sources": len(c.mesh) if c.mesh is not None else 0,
+            "upload_queue": len(c.parq.entries) if c.parq is not None else 0,
+            "thex_served": c.stats.get("thex_served", 0) if isinstance(c.stats, dict) else 0,
         }
