@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -101,6 +103,9 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
         raise FetchError(f"no source found for {urn} within {timeout:.0f} s")
     any_hit = next(iter(sources.values()))
     left = max(1.0, deadline - time.monotonic())
+    have = await _already_there(out, name or any_hit.name, size or any_hit.size, urn)
+    if have is not None:
+        return have
     try:
         return await node.transfers.download(urn, size or any_hit.size, name or any_hit.name,
                                              [hit_source(h) for h in sources.values()], out, progress, left)
@@ -109,3 +114,26 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
                          f"(the partial file is kept; run the command again to resume)") from None
     except (dl.DownloadError, OSError) as exc:
         raise FetchError(f"download of {urn} failed: {exc}") from exc
+
+
+async def _already_there(out: Path, name: str, size: int, urn: str) -> Path | None:
+    """`out/name` when it already holds this very file (same size and SHA-1): nothing to fetch."""
+    candidate = Path(out) / dl.safe_name(name, fallback=f"download-{urn[9:17]}")
+    try:
+        if not candidate.is_file() or candidate.stat().st_size != size:
+            return None
+    except OSError:
+        return None
+
+    def digest() -> bytes:
+        sha1 = hashlib.sha1()
+        with open(candidate, "rb") as fh:
+            while block := fh.read(1 << 20):
+                sha1.update(block)
+        return sha1.digest()
+
+    try:
+        same = await asyncio.to_thread(digest) == base64.b32decode(dl.normalize_urn(urn)[9:])
+    except OSError:
+        return None
+    return candidate if same else None

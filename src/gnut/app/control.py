@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gnut.app import actions
+from gnut.app import actions, queue_ops
 
 if TYPE_CHECKING:
     from gnut.runtime.node import Node
@@ -62,6 +62,8 @@ class ControlServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         def write(obj: dict) -> None:
+            if writer.is_closing():  # the client went away (Ctrl-C, a closed pipe): stop talking to it
+                raise ConnectionResetError("control client gone")
             writer.write(json.dumps(obj).encode() + b"\n")
 
         async def send(obj: dict) -> None:
@@ -73,18 +75,18 @@ class ControlServer:
             req = json.loads(line)
             if not isinstance(req, dict):
                 raise ValueError("request must be a JSON object")
-            await self.dispatch(req, send, write)
+            await self.dispatch(req, send, write, reader)
         except (TimeoutError, ValueError, TypeError, asyncio.LimitOverrunError) as exc:
             try:
                 await send({"error": f"bad request: {exc}"})
-            except ConnectionError:
+            except (ConnectionError, RuntimeError):
                 pass
-        except ConnectionError:
+        except (ConnectionError, RuntimeError):  # RuntimeError: a write on a transport closed under us
             pass
         finally:
             writer.close()
 
-    async def dispatch(self, req: dict, send, write) -> None:
+    async def dispatch(self, req: dict, send, write, reader: asyncio.StreamReader | None = None) -> None:
         node = self.node
         op = req.get("op")
         if op == "status":
@@ -104,7 +106,12 @@ class ControlServer:
                 count += 1
                 await send({"hit": hit.as_dict()})
             await send({"done": True, "count": count})
-        elif op == "get":
+        elif op in queue_ops.OPS:
+            await queue_ops.dispatch(node, op, req, send, reader)
+        elif op == "stop":
+            await send({"done": True})
+            node.request_stop()
+        elif op == "fetch":  # the old streaming get, bound to this connection (kept for scripts)
             if not isinstance(req.get("urn"), str):
                 raise ValueError("get needs a urn (or magnet) string")
             started = time.monotonic()

@@ -39,7 +39,11 @@ async def run_node(cfg: NodeConfig, ready: asyncio.Future | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # no signal handlers on this platform/thread
             pass
-    await stop.wait()
+    signalled = asyncio.ensure_future(stop.wait())
+    asked = asyncio.ensure_future(node.shutdown.wait())  # `gnut stop`
+    await asyncio.wait({signalled, asked}, return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel()
+    asked.cancel()
     log.info("shutting down: BYE 200 to %d peers", len(node.peers))
     await node.stop()
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from gnut.constants import DEFAULT_PORT, DEFAULT_TTL, GUID_CACHE_CAPACITY, ROUTE_TABLE_CAPACITY
@@ -31,60 +31,97 @@ def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
         host, port = text.split(":")
     else:
         host, port = text, ""
+    if port and not port.isdigit():
+        raise ValueError(f"bad address {text!r}: expected HOST:PORT with a numeric port")
     p = int(port) if port else default_port
     if not (0 <= p < 65536) or not host:
         raise ValueError(f"bad address {text!r}: expected HOST:PORT")
     return host, p
 
 
+class ConfigError(ValueError):
+    """A setting with a wrong type or value; `key` names it (the TOML/flag spelling is the caller's)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.detail = message
+
+
+def _opt(default, doc: str, factory=None):
+    """A NodeConfig field with its one-line documentation (shown by `gnut config --defaults`)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass
 class NodeConfig:
-    """Everything a node needs to run; CLI flags and the config file fill it."""
+    """Everything a node needs to run; CLI flags and the config file fill it.
 
-    listen_host: str = "127.0.0.1"
-    listen_port: int = DEFAULT_PORT
-    connect: list[tuple[str, int]] = field(default_factory=list)
-    share_dirs: list[Path] = field(default_factory=list)
-    mode: str = "ultrapeer"
-    loop: str = "auto"
+    Every field is typed and documented (metadata "doc"); __post_init__ rejects a wrong type
+    or an out-of-range value with a ConfigError naming the field, so a bad setting stops the
+    node before it starts instead of failing later on the first peer.
+    """
+
+    listen_host: str = _opt("127.0.0.1", "address to listen on (the TOML key `listen` takes \"HOST:PORT\")")
+    listen_port: int = _opt(DEFAULT_PORT, "port to listen on (0: any free port)")
+    connect: list[tuple[str, int]] = _opt(None, "peers to dial at start, as \"HOST:PORT\" strings", list)
+    share_dirs: list[Path] = _opt(None, "folders to share (TOML key `share`)", list)
+    mode: str = _opt("ultrapeer", "ultrapeer, leaf, or flood (the classic network where every node relays)")
+    loop: str = _opt("auto", "event loop: auto (uvloop when installed), uvloop or asyncio")
     # Ultrapeer (or flood) links we accept in total; gtk-gnutella defaults to 32.
-    max_peers: int = 32
+    max_peers: int = _opt(32, "ultrapeer (or flood) links accepted")
     # Leaves an ultrapeer shields; gtk-gnutella's default is in this range.
-    max_leaves: int = 30
+    max_leaves: int = _opt(30, "leaves an ultrapeer takes")
     # Links we dial ourselves and keep up: a leaf keeps 3 ultrapeers, others a few peers.
-    out_links: int = 3
-    home: Path = field(default_factory=default_home)
-    download_dir: Path | None = None
+    out_links: int = _opt(3, "links we dial ourselves and keep up")
+    home: Path = _opt(None, "state folder: host cache, SHA-1 cache, control socket, download queue", default_home)
+    download_dir: Path | None = _opt(None, "where downloads go (default HOME/downloads)")
     # Pretend to be firewalled: hits carry the push flag and downloads from us need PUSH.
-    firewalled: bool = False
+    firewalled: bool = _opt(False, "act as firewalled: hits carry the push flag, downloads from us need PUSH")
     # A private/loopback source address means "needs PUSH" (true on the Internet, false on a lab LAN).
-    private_means_firewalled: bool = False
-    control: bool = True
-    upload_slots: int = 4
-    max_results_per_query: int = 64
-    query_ttl: int = DEFAULT_TTL
+    private_means_firewalled: bool = _opt(False, "treat private/loopback sources as firewalled (need PUSH)")
+    control: bool = _opt(True, "serve the local control API (a Unix socket in HOME)")
+    upload_slots: int = _opt(4, "uploads served at the same time")
+    max_results_per_query: int = _opt(64, "results we return for one query")
+    query_ttl: int = _opt(DEFAULT_TTL, "TTL of our own queries")
     # Dynamic querying: results wanted before an ultrapeer stops widening (spec default 150).
-    dq_target_results: int = 150
+    dq_target_results: int = _opt(150, "dynamic querying: results wanted before an ultrapeer stops widening")
     # Ultrapeer: run leaves' and own queries as dynamic queries (False: flood them to all ultrapeers).
-    dynamic_query: bool = True
+    dynamic_query: bool = _opt(True, "ultrapeer: run leaves' and own queries as dynamic queries")
     # Dynamic querying waits this long per hop before widening (LimeWire: 2.4 s; tests use less).
-    dq_hop_wait: float = 2.4
-    verbose: int = 0
-    save_hosts: bool = True
+    dq_hop_wait: float = _opt(2.4, "dynamic querying: seconds waited per hop before widening")
+    verbose: int = _opt(0, "log detail: 2 and up logs every routed message")
+    save_hosts: bool = _opt(True, "keep the host cache in HOME/hosts.json")
     # Offer and use deflate on links (gtk-gnutella ultrapeers refuse leaves that do not).
-    deflate: bool = True
+    deflate: bool = _opt(True, "offer and use deflate compression on links")
     # Seen-GUID cache and reverse-route table sizes: the memory bound under a flood of unique GUIDs.
-    seen_cache_size: int = GUID_CACHE_CAPACITY
-    route_table_size: int = ROUTE_TABLE_CAPACITY
+    seen_cache_size: int = _opt(GUID_CACHE_CAPACITY, "seen-GUID cache entries (memory bound under floods)")
+    route_table_size: int = _opt(ROUTE_TABLE_CAPACITY, "reverse-route table entries")
+    log_file: Path | None = _opt(None, "also write the log to this file")
+    max_downloads: int = _opt(3, "downloads of the node's queue running at the same time")
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _check(f.name, f.type, getattr(self, f.name)))
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        self.home = Path(self.home)
-        self.share_dirs = [Path(p) for p in self.share_dirs]
+            raise ConfigError("mode", f"must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.loop not in LOOP_KINDS:
+            raise ConfigError("loop", f"must be one of {', '.join(LOOP_KINDS)}, not {self.loop!r}")
+        if not 0 <= self.listen_port < 65536:
+            raise ConfigError("listen_port", f"must be in 0..65535, not {self.listen_port}")
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be at least 1, not {getattr(self, name)}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int" and v < 0:
+                raise ConfigError(f.name, f"must not be negative, not {v}")
+        if self.dq_hop_wait <= 0:
+            raise ConfigError("dq_hop_wait", f"must be above 0, not {self.dq_hop_wait}")
         if self.download_dir is None:
             self.download_dir = self.home / "downloads"
-        self.download_dir = Path(self.download_dir)
 
     @property
     def control_path(self) -> Path:
@@ -97,3 +134,68 @@ class NodeConfig:
     @property
     def sha1_cache_path(self) -> Path:
         return self.home / "sha1-cache.json"
+
+
+# Loop kinds (runtime/loops.py's LOOP_CHOICES; repeated here so config stays import-light).
+LOOP_KINDS = ("auto", "uvloop", "asyncio")
+# Fields that make no sense at 0 (a node with no upload slot or a zero-sized table).
+_AT_LEAST_ONE = ("upload_slots", "max_results_per_query", "query_ttl", "seen_cache_size", "route_table_size",
+                 "max_downloads")
+
+# What each annotation accepts, in words (for errors) and as a converter.
+TYPE_WORDS = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "Path": "a path string",
+    "Path | None": "a path string",
+    "list[Path]": "a list of path strings",
+    "list[tuple[str, int]]": 'a list of "HOST:PORT" strings',
+}
+
+
+def _bad(name: str, kind: str, value) -> ConfigError:
+    shown = repr(value) if isinstance(value, (str, int, float, bool)) else type(value).__name__
+    return ConfigError(name, f"must be {TYPE_WORDS[kind]}, not {shown}")
+
+
+def _check(name: str, kind: str, value):
+    """Return `value` converted to the field's type, or raise ConfigError naming `name`."""
+    if kind == "str":
+        if not isinstance(value, str):
+            raise _bad(name, kind, value)
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(name, kind, value)
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _bad(name, kind, value)
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _bad(name, kind, value)
+        return value
+    if kind in ("Path", "Path | None"):
+        if value is None and kind == "Path | None":
+            return None
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            raise _bad(name, kind, value)
+        return Path(value)
+    if kind == "list[Path]":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in value):
+            raise _bad(name, kind, value)
+        return [Path(v) for v in value]
+    if kind == "list[tuple[str, int]]":
+        if not isinstance(value, (list, tuple)):
+            raise _bad(name, kind, value)
+        out = []
+        for v in value:
+            if (not isinstance(v, (list, tuple)) or len(v) != 2 or not isinstance(v[0], str)
+                    or isinstance(v[1], bool) or not isinstance(v[1], int) or not 0 < v[1] < 65536):
+                raise _bad(name, kind, value)
+            out.append((v[0], v[1]))
+        return out
+    raise ConfigError(name, f"has an unchecked type {kind}")  # a new field must get a rule above

@@ -87,6 +87,8 @@ class HttpContext:
     # Full QUERYHIT messages (header included) for browse host; None disables browse host.
     browse_hits: Callable[[], list[bytes]] | None = None
     on_giv: GivCallback | None = None
+    # Called with (client address, SharedFile, first byte, byte count) after each body served.
+    on_upload: Callable[[tuple | None, SharedFile, int, int], None] | None = None
     request_timeout: float = REQUEST_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
@@ -430,6 +432,8 @@ class _Upload:
                 ctx.stats["uploads_started"] += 1
                 await self._send_file(fh, span[0], count)
                 ctx.stats["uploads_finished"] += 1
+                if ctx.on_upload is not None:
+                    ctx.on_upload(self.writer.get_extra_info("peername"), sf, span[0], count)
             await self._write(self.conn.send(h11.EndOfMessage()))
 
     async def _send_file(self, fh, offset: int, count: int) -> None:

@@ -52,6 +52,7 @@ class LinkManager:
             )
         except (TimeoutError, OSError) as exc:
             log.info("dial %s:%d failed: %s", host, port, exc or "timeout")
+            self.note_link_failure(host, port, exc)
             self.hosts.failed(host, port, time.time())
             self.events["dial_failed"] += 1
         finally:

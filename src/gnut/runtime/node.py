@@ -31,6 +31,7 @@ from gnut.protocol import handshake as hs
 from gnut.protocol import messages, qrp
 from gnut.protocol import routing as rt
 from gnut.protocol.guid import new_guid
+from gnut.protocol.printable import printable
 from gnut.runtime.config import NodeConfig
 from gnut.runtime.dynquery import DqDriver
 from gnut.runtime.hostcache import HostCache
@@ -59,6 +60,10 @@ BYE_DUPLICATES = 401
 HOSTS_SAVE_EVERY = 30.0
 # Parallel outgoing dials while filling link slots.
 MAX_PARALLEL_DIALS = 4
+# Link failures remembered for the user (by address, newest kept).
+LINK_FAILURES_KEPT = 64
+# Byte rates in `gnut status` are measured over the last RATE_SAMPLES housekeeping ticks.
+RATE_SAMPLES = 6
 # Listening on these means "every interface": the address we advertise must come from elsewhere.
 WILDCARDS = ("0.0.0.0", "::")
 
@@ -121,6 +126,14 @@ class Node(LinkManager):
         self.handshake_timeout = HANDSHAKE_TIMEOUT
         self.accepts_per_ip_per_minute = ACCEPTS_PER_IP_PER_MINUTE
         self.tick_interval = TICK
+        # Gnutella link bytes [in, out] (peers add per chunk); samples of all byte counters for rates.
+        self.traffic = [0, 0]
+        self._samples: collections.deque = collections.deque(maxlen=RATE_SAMPLES)
+        self.downloads = None
+        # Why the last links to each address failed, in words (a client reports it to its user).
+        self.link_failures: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
+        # Set by request_stop() (the control API's `gnut stop`): app/runner.py then stops the node.
+        self.shutdown = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
@@ -129,12 +142,16 @@ class Node(LinkManager):
         Returns:
             The (host, port) actually listened on (port 0 picks a free one).
         """
+        from gnut.runtime.downloads import QUEUE_FILE, DownloadQueue
         from gnut.runtime.transfers import Transfers
 
         loop = asyncio.get_running_loop()
         self.transfers = Transfers(self)
         self.share = self.transfers.share
         await self.transfers.scan()
+        self.downloads = DownloadQueue(self, self.transfers, self.cfg.home / QUEUE_FILE, self.cfg.max_downloads)
+        if self.cfg.control:  # the queue is the control API's: a node without one keeps no queue file
+            self.downloads.load()
         self._server = await loop.create_server(
             lambda: Peer(self, outgoing=False), self.cfg.listen_host, self.cfg.listen_port, reuse_address=True
         )
@@ -151,7 +168,33 @@ class Node(LinkManager):
             self.dial(host, port)
         for service in self.services:
             await service.start()
+        self.downloads.schedule()
         return self.address
+
+    def note_link_failure(self, host: str, port: int, why) -> None:
+        """Remember, in words, why a link to host:port failed (a dial error or a refusal's status)."""
+        if isinstance(why, ConnectionRefusedError):
+            text = "connection refused (nothing listens there)"
+        elif isinstance(why, TimeoutError):
+            text = "no answer (timed out)"
+        elif isinstance(why, OSError):
+            text = (why.strerror or str(why) or type(why).__name__).lower()
+        else:
+            text = str(why)
+        self.link_failures[(host, port)] = text
+        self.link_failures.move_to_end((host, port))
+        while len(self.link_failures) > LINK_FAILURES_KEPT:
+            self.link_failures.popitem(last=False)
+
+    def on_refused(self, peer, ev) -> None:
+        host, port = peer.listen_addr or peer.addr or ("?", 0)
+        self.note_link_failure(host, port, f"refused us: {ev.code} {printable(ev.reason)}")
+        super().on_refused(peer, ev)
+
+    def request_stop(self) -> None:
+        """Ask whoever runs the node (app/runner.py) to stop it: BYE 200 to peers, clean exit."""
+        log.info("stop requested through the control API")
+        self.shutdown.set()
 
     async def stop(self) -> None:
         """Send BYE 200 to every peer, close the listener and wait for the links to go."""
@@ -164,6 +207,8 @@ class Node(LinkManager):
             self._server.close()
         for p in list(self.peers.values()):
             p.send_bye(200, "Servent shutdown")
+        if self.downloads is not None:
+            await self.downloads.stop()
         for t in list(self._tasks):
             t.cancel()
         if self.transfers is not None:
@@ -378,6 +423,9 @@ class Node(LinkManager):
         if not files:
             return
         self.events["queries_answered"] += 1
+        served = self.transfers.hits_served
+        for sf in files:
+            served[sf.urn] += 1
         ttl = min(msg.hops + 2, SOFT_TTL_LIMIT) if msg.hops else 1
         for payload in self.transfers.hit_payloads(files, ggep_h=bool(q.flags & messages.QF_GGEP_H)):
             self.send_to(peer, MSG_QUERYHIT, payload, ttl=max(ttl, 1), guid=msg.guid)
@@ -519,6 +567,7 @@ class Node(LinkManager):
                     table = table or self.current_qrp_table()
                     self.send_qrp(p, table)
         self.searches.tick(now)
+        self._samples.append((now, *self.byte_counters()))
         if self.transfers is not None:
             self.transfers.maybe_rescan(now)
         self._keep_links(now)
@@ -543,6 +592,21 @@ class Node(LinkManager):
             self.dial(host, port)
 
     # --- views -------------------------------------------------------------------------------------
+    def byte_counters(self) -> tuple[int, int, int, int]:
+        """Bytes (gnutella in, gnutella out, http in = downloads, http out = uploads) since start."""
+        up = self.transfers.ctx.stats.get("bytes_sent", 0) if self.transfers is not None else 0
+        down = self.downloads.bytes_received if self.downloads is not None else 0
+        return self.traffic[0], self.traffic[1], down, up
+
+    def traffic_stats(self) -> dict:
+        """Byte totals and rates (bytes/s over the last few ticks) per direction."""
+        now = (time.monotonic(), *self.byte_counters())
+        old = self._samples[0] if self._samples else (self.started, 0, 0, 0, 0)
+        span = max(now[0] - old[0], 1e-3)
+        names = ("gnutella_in", "gnutella_out", "http_in", "http_out")
+        return {n: {"bytes": now[i + 1], "rate": round((now[i + 1] - old[i + 1]) / span)}
+                for i, n in enumerate(names)}
+
     def stats(self) -> dict:
         """Peers, traffic by message type, drops by reason, transfers: for `gnut status`."""
         peers = []
@@ -552,6 +616,7 @@ class Node(LinkManager):
                 "id": p.id, "host": host, "port": port, "role": p.role.name.lower() if p.role is not None else "handshake",
                 "outgoing": p.outgoing, "user_agent": p.user_agent, "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
                 "queued": p.queued() if p.transport else 0, "shed": p.shed,
+                "bytes_in": p.bytes_in, "bytes_out": p.bytes_out,
                 "uptime": round(time.monotonic() - p.started, 1),
             })
         r = self.router
@@ -571,6 +636,9 @@ class Node(LinkManager):
             "hosts_known": len(self.hosts),
             "shared_files": len(self.share) if self.share is not None else 0,
             "transfers": self.transfers.stats() if self.transfers is not None else {},
+            "traffic": self.traffic_stats(),
+            "queue": self.downloads.views() if self.downloads is not None else [],
+            "shared_bytes": self.share.total_kbytes * 1024 if self.share is not None else 0,
         }
 
 

@@ -62,6 +62,8 @@ class Peer(asyncio.Protocol):
         self.msgs_in = 0
         self.msgs_out = 0
         self.shed = 0
+        self.bytes_in = 0  # wire bytes (compressed when deflated), counted per chunk, not per message
+        self.bytes_out = 0
         self.dups = 0  # duplicate broadcasts received on this link
         self.dups_resent = 0  # ... of which this very link had already sent (see Node.on_frames)
         self.dup_window_start = self.started
@@ -83,6 +85,8 @@ class Peer(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
+        self.bytes_in += len(data)
+        self.node.traffic[0] += len(data)
         if self.conn is None:
             self._sniff += data
             if len(self._sniff) < SNIFF_BYTES and b"\n" not in self._sniff:
@@ -190,6 +194,8 @@ class Peer(asyncio.Protocol):
         out = self.conn.data_to_send()
         if out and not self.transport.is_closing():
             self.transport.write(out)
+            self.bytes_out += len(out)
+            self.node.traffic[1] += len(out)
 
     def send_bye(self, code: int, reason: str) -> None:
         """Send BYE (when the link is up) and close after it is written."""
