@@ -71,7 +71,10 @@ class ControlServer:
             await writer.drain()
 
         try:
-            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                line = await reader.readline()
+            if not line:
+                return  # a liveness probe (`_alive`) or a client that left before asking
             req = json.loads(line)
             if not isinstance(req, dict):
                 raise ValueError("request must be a JSON object")
@@ -82,6 +85,8 @@ class ControlServer:
             except (ConnectionError, RuntimeError):
                 pass
         except (ConnectionError, RuntimeError):  # RuntimeError: a write on a transport closed under us
+            pass
+        except asyncio.CancelledError:  # the node is stopping (`gnut stop`): this answer is over
             pass
         finally:
             writer.close()

@@ -136,6 +136,8 @@ class ProgressView:
         if v.get("state") == "complete" and not v.get("seconds"):
             v["seconds"] = round(now - self._started, 2)
         self.last = v
+        if v.get("state") in ("complete", "failed", "cancelled") and not self.as_json:
+            return  # final() shows the outcome on a line of its own
         interval = JSON_INTERVAL if self.as_json else TTY_INTERVAL if self.tty else PLAIN_INTERVAL
         if not changed and now - self._last_draw < interval:
             return

@@ -592,15 +592,15 @@ class Download:
             if self._push is None:
                 raise _SourceFailure("source needs a PUSH and no push route is available", drop=True)
             try:
-                reader, writer = await asyncio.wait_for(self._push(source), self._timeout)
+                async with asyncio.timeout(self._timeout):  # not wait_for: 3.11's can swallow a cancel
+                    reader, writer = await self._push(source)
             except TimeoutError as exc:
                 raise _SourceFailure("no GIV callback after PUSH") from exc
             except Exception as exc:  # the node's routing may fail in its own ways
                 raise _SourceFailure(f"PUSH failed: {exc!r}") from exc
         else:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(source.host, source.port), self._timeout
-            )
+            async with asyncio.timeout(self._timeout):
+                reader, writer = await asyncio.open_connection(source.host, source.port)
         return _Conn(reader, writer)
 
     def _request(self, source: Source, start: int, end: int) -> h11.Request:
@@ -628,7 +628,8 @@ class Download:
             except h11.RemoteProtocolError as exc:
                 raise RemoteProtocolError(f"bad HTTP response: {exc}") from exc
             if event is h11.NEED_DATA:
-                data = await asyncio.wait_for(conn.reader.read(READ_SIZE), self._timeout)
+                async with asyncio.timeout(self._timeout):  # a pause (cancel) must stop a busy worker
+                    data = await conn.reader.read(READ_SIZE)
                 conn.h11.receive_data(data)
                 continue
             if isinstance(event, h11.InformationalResponse):
@@ -647,7 +648,8 @@ class Download:
         out = conn.h11.send(self._request(st.source, start, end)) or b""
         out += conn.h11.send(h11.EndOfMessage()) or b""
         conn.writer.write(out)
-        await asyncio.wait_for(conn.writer.drain(), self._timeout)
+        async with asyncio.timeout(self._timeout):
+            await conn.writer.drain()
         response = await self._next_event(conn)
         if not isinstance(response, h11.Response):
             raise RemoteProtocolError(f"expected a response, got {type(response).__name__}")

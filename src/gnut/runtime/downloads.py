@@ -232,7 +232,7 @@ class DownloadQueue:
             raise QueueError(f"download #{ident} is {e.state}: nothing to resume")
         if e.state in ("paused", "failed"):
             e.error = ""
-            self._set(e, "queued")
+            self._set(e, "queued", "")
             self.schedule()
         return e
 
@@ -309,17 +309,20 @@ class DownloadQueue:
                     q.get_nowait()
             q.put_nowait(view)
 
-    def _set(self, e: Entry, state: str, note: str = "") -> None:
+    def _set(self, e: Entry, state: str, note: str | None = None) -> None:
         e.state = state
-        e.note = note
+        if note is not None:
+            e.note = note
         self._notify(e)
         self.save()
 
-    def _on_progress(self, e: Entry, p: dl.DownloadProgress) -> None:
+    def _on_progress(self, e: Entry, p: dl.DownloadProgress, owner: asyncio.Task | None = None) -> None:
         now = time.monotonic()
         if p.done > e.done:
             self.bytes_received += p.done - e.done
         e.done = p.done
+        if owner is not e.task:  # a paused or cancelled run finishing its last write: bytes only
+            return
         e.active = p.sources_active
         e.samples.append((now, p.done))
         while len(e.samples) > 2 and now - e.samples[0][0] > SPEED_WINDOW:
@@ -385,8 +388,9 @@ class DownloadQueue:
             return have
         self._set(e, "downloading")
         cfg = self.node.cfg
+        me = asyncio.current_task()
         d = dl.Download(e.urn, e.size, e.name, out, sources=sources, push=self.transfers.push_connect,
-                        progress=lambda p: self._on_progress(e, p),
+                        progress=lambda p: self._on_progress(e, p, me),
                         assume_private_firewalled=cfg.private_means_firewalled)
         path = await d.run()
         with contextlib.suppress(OSError):  # only when no other partial file is in there

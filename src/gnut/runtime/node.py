@@ -161,7 +161,7 @@ class Node(LinkManager):
         self.wildcard = sock[0] in WILDCARDS
         self.address = ("127.0.0.1" if self.wildcard else sock[0], sock[1])
         self.handshake_config = self._handshake_config()
-        log.info("listening on %s:%d as %s (%d files shared)", *self.address, self.cfg.mode, len(self.share))
+        log.info("listening on %s:%d as %s (%d file(s) shared)", *self.address, self.cfg.mode, len(self.share))
         self.spawn(self._housekeeping())
         for host, port in self.cfg.connect:
             self.hosts.add(host, port, "config", time.time())
