@@ -121,6 +121,28 @@ def source_from_hint(h: dict, urn: str, size: int, name: str) -> dl.Source | Non
         return None
 
 
+# Types of the persisted fields (the queue file is ours, but a damaged one must not stop the node).
+_ROW_TYPES = {"id": int, "urn": str, "name": str, "size": int, "out": str, "state": str, "done": int,
+              "error": str, "path": str, "added": (int, float), "source_timeout": (int, float), "hints": list}
+
+
+def _entry_from_row(row) -> Entry | None:
+    """An Entry from a queue-file row, or None when the row is damaged."""
+    if not isinstance(row, dict) or not all(k in row for k in ("id", "urn", "out")):
+        return None
+    kw = {k: row[k] for k in Entry.PERSISTED if k in row}
+    if not all(isinstance(v, _ROW_TYPES[k]) and not isinstance(v, bool) for k, v in kw.items()):
+        return None
+    if kw.get("state", "queued") not in ACTIVE + FINISHED + ("paused",) or kw["id"] < 1 or kw.get("size", 0) < 0:
+        return None
+    try:
+        kw["urn"] = normalize_urn(kw["urn"])
+    except LocalProtocolError:
+        return None
+    kw["hints"] = [h for h in kw.get("hints", []) if isinstance(h, dict)][:MAX_HINTS]
+    return Entry(**kw)
+
+
 def _digest(urn: str) -> bytes:
     return base64.b32decode(normalize_urn(urn)[9:])
 
@@ -136,10 +158,12 @@ def _sha1_of(path: Path) -> bytes:
 class DownloadQueue:
     """The node's downloads; `node.downloads`."""
 
-    def __init__(self, node: NodeServices, transfers: Any, path: Path, max_running: int) -> None:
+    def __init__(self, node: NodeServices, transfers: Any, path: Path | None, max_running: int) -> None:
+        """`path` None: a queue kept in memory only (a short-lived client node must never overwrite
+        the queue file of the user's node in the same home)."""
         self.node = node
         self.transfers = transfers
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else None
         self.max_running = max_running
         self.entries: dict[int, Entry] = {}
         self._next_id = 1
@@ -150,6 +174,8 @@ class DownloadQueue:
     # --- persistence ------------------------------------------------------------------
     def load(self) -> None:
         """Read the queue file; entries that were running come back queued."""
+        if self.path is None:
+            return
         try:
             doc = json.loads(self.path.read_bytes())
             rows = doc["entries"] if doc.get("version") == QUEUE_VERSION else []
@@ -158,11 +184,13 @@ class DownloadQueue:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("download queue %s unreadable (%s): starting with an empty queue", self.path, exc)
             return
+        if not isinstance(rows, list):
+            log.warning("download queue %s unreadable (no list of entries): starting with an empty queue", self.path)
+            return
         for row in rows[:MAX_ENTRIES]:
-            try:
-                e = Entry(**{k: row[k] for k in Entry.PERSISTED if k in row})
-                e.urn = normalize_urn(e.urn)
-            except (TypeError, LocalProtocolError):
+            e = _entry_from_row(row)
+            if e is None:
+                log.warning("download queue %s: an unreadable entry was skipped", self.path)
                 continue
             if e.state in ACTIVE:
                 e.state = "queued"
@@ -173,6 +201,8 @@ class DownloadQueue:
             log.info("download queue: %d download(s) to resume from %s", n, self.path)
 
     def save(self) -> None:
+        if self.path is None:
+            return
         rows = [{k: getattr(e, k) for k in Entry.PERSISTED} for e in self.entries.values()]
         try:
             atomic_write_bytes(self.path, json.dumps({"version": QUEUE_VERSION, "entries": rows}).encode())

@@ -149,9 +149,11 @@ class Node(LinkManager):
         self.transfers = Transfers(self)
         self.share = self.transfers.share
         await self.transfers.scan()
-        self.downloads = DownloadQueue(self, self.transfers, self.cfg.home / QUEUE_FILE, self.cfg.max_downloads)
-        if self.cfg.control:  # the queue is the control API's: a node without one keeps no queue file
-            self.downloads.load()
+        # The queue is the control API's: a node without one (a client's short-lived leaf, a test
+        # node) keeps it in memory and never touches the queue file of a node sharing its home.
+        queue_path = self.cfg.home / QUEUE_FILE if self.cfg.control else None
+        self.downloads = DownloadQueue(self, self.transfers, queue_path, self.cfg.max_downloads)
+        self.downloads.load()
         self._server = await loop.create_server(
             lambda: Peer(self, outgoing=False), self.cfg.listen_host, self.cfg.listen_port, reuse_address=True
         )
