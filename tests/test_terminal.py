@@ -5,16 +5,19 @@ errors, shares, status, stop, flood admission of stand-alone clients, and clear 
 from __future__ import annotations
 
 import json
+import os
+import pty
 import random
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from test_e2e import CLI_TIMEOUT, NodeProc, _spawn, cli, status_json, urn_of
+from test_e2e import CLI_TIMEOUT, GNUT, NodeProc, _default_signals, _env, _spawn, cli, status_json, urn_of
 
 from gnut.app import lastsearch
 
@@ -152,7 +155,7 @@ def test_ctrl_c_detaches_and_the_node_keeps_downloading(tmp_path, trickle, loop)
         err = Lines(getter.stderr)
         err.wait(r"#1 slow river\.bin  downloading +\d")
         getter.send_signal(signal.SIGINT)
-        stdout, _ = getter.communicate(timeout=CLI_TIMEOUT)
+        getter.wait(CLI_TIMEOUT)  # stderr belongs to the Lines reader
         text = err.text()
         assert getter.returncode == 130, text
         assert "detached: the node keeps downloading #1 (gnut downloads)" in text
@@ -219,7 +222,7 @@ def test_partial_download_survives_a_node_restart(tmp_path, trickle):
     err = Lines(getter.stderr)
     err.wait(r"downloading +\d")
     getter.send_signal(signal.SIGINT)
-    getter.communicate(timeout=CLI_TIMEOUT)
+    getter.wait(CLI_TIMEOUT)
     before = wait_state(home, 1, ("downloading",))
     time.sleep(1.0)
     res = cli(home, "stop")
@@ -439,3 +442,38 @@ def test_uploads_are_logged_per_file_and_stop_exits_cleanly(tmp_path, loop):
         src.stop()
     res = cli(src.home, "stop")
     assert res.returncode == 1 and "no running node" in res.stderr
+
+
+def test_progress_on_a_terminal_redraws_one_clean_line(tmp_path, trickle):
+    """stderr on a pseudo-terminal: each redraw erases the line first; only progress is drawn there."""
+    node = NodeProc(tmp_path / "n")
+    master, slave = pty.openpty()
+    try:
+        lastsearch.save(node.home, "slow", [trickle.row("tty.bin")])
+        trickle.rate = 4 * TRICKLE_RATE
+        proc = subprocess.Popen([*GNUT, "get", "1", "--out", str(tmp_path / "out")], env=_env(node.home),
+                                stdout=subprocess.PIPE, stderr=slave, text=True, preexec_fn=_default_signals)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        stdout, _ = proc.communicate(timeout=CLI_TIMEOUT)
+        screen = b"".join(chunks).decode()
+        assert proc.returncode == 0, screen
+        assert stdout.strip().startswith("complete and verified: ")
+        redraws = screen.split("\r\x1b[2K")
+        assert len(redraws) >= 4, screen
+        # Every redraw is one line (no newline inside); the last one is the result on its own line.
+        assert all("\n" not in r for r in redraws[1:-1]), screen
+        assert any(r.startswith("#1 tty.bin  downloading") and "/s  ETA " in r for r in redraws), screen
+        assert redraws[-1].startswith("#1 tty.bin  done  3.0 MiB in ") and "1 source(s)" in redraws[-1]
+        assert "Traceback" not in screen
+    finally:
+        os.close(master)
+        assert node.stop() == 0

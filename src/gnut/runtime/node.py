@@ -31,11 +31,11 @@ from gnut.protocol import handshake as hs
 from gnut.protocol import messages, qrp
 from gnut.protocol import routing as rt
 from gnut.protocol.guid import new_guid
-from gnut.protocol.printable import printable
 from gnut.runtime.config import NodeConfig
 from gnut.runtime.dynquery import DqDriver
 from gnut.runtime.hostcache import HostCache
 from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
+from gnut.runtime.nodeviews import NodeViews
 from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
 from gnut.runtime.search import SearchManager
 
@@ -60,8 +60,6 @@ BYE_DUPLICATES = 401
 HOSTS_SAVE_EVERY = 30.0
 # Parallel outgoing dials while filling link slots.
 MAX_PARALLEL_DIALS = 4
-# Link failures remembered for the user (by address, newest kept).
-LINK_FAILURES_KEPT = 64
 # Byte rates in `gnut status` are measured over the last RATE_SAMPLES housekeeping ticks.
 RATE_SAMPLES = 6
 # Listening on these means "every interface": the address we advertise must come from elsewhere.
@@ -75,7 +73,7 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-class Node(LinkManager):
+class Node(NodeViews, LinkManager):
     """A running servent. Create, `await start()`, use, `await stop()`."""
 
     def __init__(self, cfg: NodeConfig) -> None:
@@ -172,26 +170,6 @@ class Node(LinkManager):
             await service.start()
         self.downloads.schedule()
         return self.address
-
-    def note_link_failure(self, host: str, port: int, why) -> None:
-        """Remember, in words, why a link to host:port failed (a dial error or a refusal's status)."""
-        if isinstance(why, ConnectionRefusedError):
-            text = "connection refused (nothing listens there)"
-        elif isinstance(why, TimeoutError):
-            text = "no answer (timed out)"
-        elif isinstance(why, OSError):
-            text = (why.strerror or str(why) or type(why).__name__).lower()
-        else:
-            text = str(why)
-        self.link_failures[(host, port)] = text
-        self.link_failures.move_to_end((host, port))
-        while len(self.link_failures) > LINK_FAILURES_KEPT:
-            self.link_failures.popitem(last=False)
-
-    def on_refused(self, peer, ev) -> None:
-        host, port = peer.listen_addr or peer.addr or ("?", 0)
-        self.note_link_failure(host, port, f"refused us: {ev.code} {printable(ev.reason)}")
-        super().on_refused(peer, ev)
 
     def request_stop(self) -> None:
         """Ask whoever runs the node (app/runner.py) to stop it: BYE 200 to peers, clean exit."""
@@ -594,21 +572,6 @@ class Node(LinkManager):
             self.dial(host, port)
 
     # --- views -------------------------------------------------------------------------------------
-    def byte_counters(self) -> tuple[int, int, int, int]:
-        """Bytes (gnutella in, gnutella out, http in = downloads, http out = uploads) since start."""
-        up = self.transfers.ctx.stats.get("bytes_sent", 0) if self.transfers is not None else 0
-        down = self.downloads.bytes_received if self.downloads is not None else 0
-        return self.traffic[0], self.traffic[1], down, up
-
-    def traffic_stats(self) -> dict:
-        """Byte totals and rates (bytes/s over the last few ticks) per direction."""
-        now = (time.monotonic(), *self.byte_counters())
-        old = self._samples[0] if self._samples else (self.started, 0, 0, 0, 0)
-        span = max(now[0] - old[0], 1e-3)
-        names = ("gnutella_in", "gnutella_out", "http_in", "http_out")
-        return {n: {"bytes": now[i + 1], "rate": round((now[i + 1] - old[i + 1]) / span)}
-                for i, n in enumerate(names)}
-
     def stats(self) -> dict:
         """Peers, traffic by message type, drops by reason, transfers: for `gnut status`."""
         peers = []

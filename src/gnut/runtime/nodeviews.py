@@ -1,0 +1,53 @@
+"""Mixin of Node: what users see of it: byte counters and rates, why links failed, in words.
+
+Strategy: kept apart from node.py (the message path) like links.py (the link lifecycle); Node
+owns the state (traffic, samples, link_failures, transfers, downloads), these methods read it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gnut.protocol.printable import printable
+
+# Link failures remembered for the user (by address, newest kept).
+LINK_FAILURES_KEPT = 64
+
+
+class NodeViews:
+    """Byte counters, rates and link-failure notes of a Node."""
+
+    def note_link_failure(self, host: str, port: int, why) -> None:
+        """Remember, in words, why a link to host:port failed (a dial error or a refusal's status)."""
+        if isinstance(why, ConnectionRefusedError):
+            text = "connection refused (nothing listens there)"
+        elif isinstance(why, TimeoutError):
+            text = "no answer (timed out)"
+        elif isinstance(why, OSError):
+            text = (why.strerror or str(why) or type(why).__name__).lower()
+        else:
+            text = str(why)
+        self.link_failures[(host, port)] = text
+        self.link_failures.move_to_end((host, port))
+        while len(self.link_failures) > LINK_FAILURES_KEPT:
+            self.link_failures.popitem(last=False)
+
+    def on_refused(self, peer, ev) -> None:
+        host, port = peer.listen_addr or peer.addr or ("?", 0)
+        self.note_link_failure(host, port, f"refused us: {ev.code} {printable(ev.reason)}")
+        super().on_refused(peer, ev)
+
+    def byte_counters(self) -> tuple[int, int, int, int]:
+        """Bytes (gnutella in, gnutella out, http in = downloads, http out = uploads) since start."""
+        up = self.transfers.ctx.stats.get("bytes_sent", 0) if self.transfers is not None else 0
+        down = self.downloads.bytes_received if self.downloads is not None else 0
+        return self.traffic[0], self.traffic[1], down, up
+
+    def traffic_stats(self) -> dict:
+        """Byte totals and rates (bytes/s over the last few ticks) per direction."""
+        now = (time.monotonic(), *self.byte_counters())
+        old = self._samples[0] if self._samples else (self.started, 0, 0, 0, 0)
+        span = max(now[0] - old[0], 1e-3)
+        names = ("gnutella_in", "gnutella_out", "http_in", "http_out")
+        return {n: {"bytes": now[i + 1], "rate": round((now[i + 1] - old[i + 1]) / span)}
+                for i, n in enumerate(names)}
