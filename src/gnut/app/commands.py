@@ -253,7 +253,7 @@ async def downloads(args: argparse.Namespace, home: Path) -> int:
         pct = f"{100 * r['done'] / size:5.1f}%" if size else "    -"
         prog = f"{pct} of {human_bytes(size)}" if size else "-"
         speed = human_rate(r["speed"]) if r["state"] == "downloading" else "-"
-        src = f"{r['sources']}/{r['sources_known']}"
+        src = f"{r['sources']}/{r['sources_known']}" if r["state"] == "downloading" else str(r["sources_known"])
         name = printable(r["name"] or r["urn"])
         extra = f"  ({printable(r['error'])})" if r.get("error") else f"  -> {r['path']}" if r.get("path") else ""
         print(f"{r['id']:>4}  {r['state']:<11} {prog:>20}  {speed:>11}  {src:>5}  {name}{extra}")

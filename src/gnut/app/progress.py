@@ -81,7 +81,10 @@ def describe(v: dict, elapsed: float = 0.0) -> str:
     if state == "complete":
         secs = v.get("seconds")
         took = f" in {human_time(secs)}" if secs else ""
-        avg = f", {human_rate(size / secs)} avg" if secs and size else ""
+        fetched = v.get("fetched", size)  # a resumed download fetched only what was missing
+        avg = f", {human_rate(fetched / secs)} avg" if secs and fetched else ""
+        if fetched and fetched < size:
+            avg += f" ({human_bytes(fetched)} fetched, the rest resumed)"
         note = f" ({v['note']})" if v.get("note") else ""
         return f"{ident}{name}  done  {human_bytes(size)}{took}{avg}, {known} source(s){note}"
     if state in ("failed", "cancelled", "paused"):

@@ -90,6 +90,8 @@ class Entry:
     known: int = 0
     started: float = 0.0
     note: str = ""
+    start_done: int = 0  # bytes on disk when this run started (a resumed run fetches the rest)
+    seconds: float = 0.0  # how long the last run took
     samples: deque = field(default_factory=lambda: deque(maxlen=64))
     listeners: list = field(default_factory=list)
     task: asyncio.Task | None = None
@@ -106,7 +108,8 @@ class Entry:
         return {"id": self.id, "urn": self.urn, "name": self.name, "size": self.size, "done": self.done,
                 "state": self.state, "speed": round(self.speed), "eta": eta, "sources": self.active,
                 "sources_known": self.known, "error": self.error, "path": self.path, "out": self.out,
-                "note": self.note}
+                "note": self.note, "seconds": round(self.seconds, 2),
+                "fetched": max(0, self.done - self.start_done)}
 
 
 def source_from_hint(h: dict, urn: str, size: int, name: str) -> dl.Source | None:
@@ -348,11 +351,15 @@ class DownloadQueue:
 
     def _on_progress(self, e: Entry, p: dl.DownloadProgress, owner: asyncio.Task | None = None) -> None:
         now = time.monotonic()
-        if p.done > e.done:
+        first = owner is e.task and not e.samples  # the sidecar's bytes, not received now
+        if p.done > e.done and not first:
             self.bytes_received += p.done - e.done
-        e.done = p.done
         if owner is not e.task:  # a paused or cancelled run finishing its last write: bytes only
+            e.done = p.done
             return
+        if not e.samples:
+            e.start_done = p.done
+        e.done = p.done
         e.active = p.sources_active
         e.samples.append((now, p.done))
         while len(e.samples) > 2 and now - e.samples[0][0] > SPEED_WINDOW:
@@ -373,7 +380,8 @@ class DownloadQueue:
             await asyncio.gather(e.stopping, return_exceptions=True)
             e.stopping = None
         e.started = time.monotonic()
-        e.samples.clear()
+        e.start_done = e.done
+        e.samples.clear()  # the first progress of this run sets start_done from the sidecar
         try:
             path = await self._fetch(e)
         except asyncio.CancelledError:
@@ -390,7 +398,7 @@ class DownloadQueue:
             e.done = e.size
             e.active = 0
             self.completed += 1
-            secs = time.monotonic() - e.started
+            secs = e.seconds = time.monotonic() - e.started
             log.info("download #%d complete: %s (%d bytes from %d source(s) in %.1f s) -> %s", e.id,
                      printable(e.name), e.size, e.known, secs, printable(str(path)))
             self._set(e, "complete")
@@ -413,6 +421,7 @@ class DownloadQueue:
         have = self._already_there(e, out)
         if have is not None and await asyncio.to_thread(_sha1_of, have) == _digest(e.urn):
             e.note = "already there"
+            e.done = e.start_done = e.size
             log.info("download #%d: %s is already in %s (same SHA-1): nothing to fetch", e.id,
                      printable(e.name), printable(str(out)))
             return have
