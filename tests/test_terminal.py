@@ -477,3 +477,13 @@ def test_progress_on_a_terminal_redraws_one_clean_line(tmp_path, trickle):
     finally:
         os.close(master)
         assert node.stop() == 0
+
+
+@pytest.mark.parametrize("args, msg", [
+    (("--max-peers", "-1"), "gnut node: --max-peers: must not be negative, not -1"),
+    (("--log-file", "/nonexistent-dir/x/node.log"), "gnut node: cannot open the log file /nonexistent-dir/x/node.log"),
+])
+def test_bad_node_flags_exit_2_before_starting(tmp_path, args, msg):
+    res = cli(tmp_path / "h", "node", "--listen", "127.0.0.1:0", *args)
+    assert res.returncode == 2 and res.stderr.startswith(msg), res.stderr
+    assert "listening" not in res.stderr

@@ -2,6 +2,8 @@
 
 Strategy: one request line per connection ({"op": ...}); the answer is one or more JSON
 lines, streamed for searches and downloads, ending with a line that has "done" or "error".
+Downloads are the node's (app/queue_ops.py): a client only watches one, so a client that goes
+away (Ctrl-C, a closed pipe) ends its stream, never the download.
 The socket lives in the node's home folder with mode 0600, so it is never reachable from
 another host and not by other local users.
 """
@@ -12,7 +14,6 @@ import asyncio
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,23 +117,6 @@ class ControlServer:
         elif op == "stop":
             await send({"done": True})
             node.request_stop()
-        elif op == "fetch":  # the old streaming get, bound to this connection (kept for scripts)
-            if not isinstance(req.get("urn"), str):
-                raise ValueError("get needs a urn (or magnet) string")
-            started = time.monotonic()
-
-            def progress(p) -> None:
-                write({"progress": {"done": p.done, "total": p.total, "sources": p.sources_active,
-                                         "rate": round(p.rate_bps), "state": p.state}})
-
-            try:
-                path = await actions.fetch(node, str(req["urn"]), req.get("name"), req.get("size"),
-                                           Path(req.get("out") or node.cfg.download_dir), float(req.get("timeout", 120)),
-                                           progress)
-            except actions.FetchError as exc:
-                await send({"error": str(exc)})
-                return
-            await send({"done": True, "path": str(path), "seconds": round(time.monotonic() - started, 2)})
         else:
             await send({"error": f"unknown op {op!r}"})
 
