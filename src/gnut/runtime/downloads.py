@@ -276,14 +276,20 @@ class DownloadQueue:
         self._stop_task(e)
         self._set(e, "cancelled")
         if e.size:
-            with contextlib.suppress(LocalProtocolError, OSError):
-                d = dl.Download(e.urn, e.size, e.name or "x", Path(e.out))
-                d.part_path.unlink(missing_ok=True)
-                d.state_path.unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    d.partial_dir.rmdir()
+            self.node.spawn(self._discard_partial(e, e.stopping))
         self.schedule()
         return e
+
+    async def _discard_partial(self, e: Entry, stopping: asyncio.Task | None) -> None:
+        """Delete a cancelled download's partial data once its task has closed (and saved) it."""
+        if stopping is not None:
+            await asyncio.gather(stopping, return_exceptions=True)
+        with contextlib.suppress(LocalProtocolError, OSError):
+            d = dl.Download(e.urn, e.size, e.name or "x", Path(e.out))
+            d.part_path.unlink(missing_ok=True)
+            d.state_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                d.partial_dir.rmdir()
 
     def listen(self, e: Entry) -> asyncio.Queue:
         if len(e.listeners) >= MAX_LISTENERS:
