@@ -182,6 +182,16 @@ def setup_logging(verbose: int, log_file: Path | None = None) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
 
 
+def argv_command(argv: list[str] | None) -> str | None:
+    """The subcommand named in argv (or sys.argv), without parsing it again."""
+    words = sys.argv[1:] if argv is None else argv
+    return next((w for w in words if not w.startswith("-") and w in _COMMANDS), None)
+
+
+_COMMANDS = ("node", "search", "get", "downloads", "pause", "resume", "cancel", "status", "stop", "shares",
+             "rescan", "config", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `gnut` command line.
 
@@ -191,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        print("gnut: interrupted", file=sys.stderr)
+        if argv_command(argv) == "get":  # stand-alone: the partial file and its sidecar stay
+            print("gnut get: interrupted; the partial file is kept (run the same command to resume)",
+                  file=sys.stderr)
+        else:
+            print("gnut: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FastPathMissing as exc:
         print(f"gnut: {exc}", file=sys.stderr)
