@@ -11,6 +11,7 @@ measured over a short window when the producer gives none (the stand-alone path)
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -27,6 +28,8 @@ JSON_INTERVAL = 0.5
 SPEED_WINDOW = 5.0
 # Longest file name shown on the progress line (the rest of the line must stay visible).
 NAME_WIDTH = 40
+# Line width assumed when the terminal's cannot be read.
+DEFAULT_WIDTH = 100
 
 PHASES = {
     "queued": "queued",
@@ -158,7 +161,7 @@ class ProgressView:
             return
         line = describe(v, now - self._phase_start)
         if self.tty:
-            width = shutil.get_terminal_size((100, 24)).columns
+            width = self._width()
             if len(line) >= width:
                 line = line[: max(10, width - 2)] + "…"
             self.err.write("\r\x1b[2K" + line)
@@ -166,6 +169,13 @@ class ProgressView:
             self._drawn = True
         else:
             print(line, file=self.err, flush=True)
+
+    def _width(self) -> int:
+        """Columns of the terminal we draw on (stderr's, even when stdout is a pipe)."""
+        try:
+            return os.get_terminal_size(self.err.fileno()).columns or DEFAULT_WIDTH
+        except (OSError, ValueError, AttributeError):
+            return shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
 
     def clear(self) -> None:
         """End the redrawn line so the next output starts on a clean line."""
