@@ -489,3 +489,19 @@ def test_bad_node_flags_exit_2_before_starting(tmp_path, args, msg):
     res = cli(tmp_path / "h", "node", "--listen", "127.0.0.1:0", *args)
     assert res.returncode == 2 and res.stderr.startswith(msg), res.stderr
     assert "listening" not in res.stderr
+
+
+def test_standalone_get_of_a_row_uses_its_sources(tmp_path, trickle):
+    """No node running: `gnut get 1` joins through --connect and fetches from the row's own source."""
+    peer = NodeProc(tmp_path / "peer")
+    try:
+        trickle.rate = 16 * TRICKLE_RATE
+        home = tmp_path / "c"
+        home.mkdir()
+        lastsearch.save(home, "slow", [trickle.row("bittern.bin")])
+        res = cli(home, "get", "1", "--connect", peer.addr, "--out", str(tmp_path / "out"))
+        assert res.returncode == 0, res.stderr
+        assert (tmp_path / "out" / "bittern.bin").read_bytes() == trickle.data
+        assert trickle.served >= TRICKLE_SIZE
+    finally:
+        assert peer.stop() == 0

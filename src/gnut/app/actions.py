@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from gnut.errors import LocalProtocolError
 from gnut.runtime import download as dl
+from gnut.runtime.downloads import source_from_hint
 from gnut.runtime.search import Hit
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def hit_source(h: Hit) -> dl.Source:
 
 
 async def fetch(node: Node, target: str, name: str | None, size: int | None, out: Path, timeout: float,
-                progress: Callable | None = None) -> Path:
+                progress: Callable | None = None, hints: list[dict] | tuple = ()) -> Path:
     """Find sources for a urn or magnet and download the file, verified.
 
     Args:
@@ -66,6 +67,8 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
         out: folder for the finished file.
         timeout: overall seconds for finding sources and downloading.
         progress: called with download.DownloadProgress.
+        hints: sources already known (the rows of `gnut search`, app/lastsearch.py): used at once,
+            beside what the urn query finds.
 
     Raises:
         FetchError: no source answered, the download failed or did not verify.
@@ -82,7 +85,8 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
     search = node.searches.start(URN_QUERY_TEXT, (urn,))
     q = search.listen()
     sources: dict[tuple[str, int, int], Hit] = {}
-    first_at = None
+    known = [s for s in (source_from_hint(h, urn, size or 0, name or "") for h in hints) if s is not None and s.size]
+    first_at = time.monotonic() if known else None
     try:
         while True:
             now = time.monotonic()
@@ -99,16 +103,18 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
                 first_at = first_at or time.monotonic()
     finally:
         search.listeners.remove(q)
-    if not sources:
+    found = {s.key: s for s in known + [hit_source(h) for h in sources.values()]}
+    if not found:
         raise FetchError(f"no source found for {urn} within {timeout:.0f} s")
-    any_hit = next(iter(sources.values()))
+    first = next(iter(found.values()))
+    size, name = size or first.size, name or first.name
     left = max(1.0, deadline - time.monotonic())
-    have = await _already_there(out, name or any_hit.name, size or any_hit.size, urn)
+    have = await _already_there(out, name, size, urn)
     if have is not None:
         return have
     try:
-        return await node.transfers.download(urn, size or any_hit.size, name or any_hit.name,
-                                             [hit_source(h) for h in sources.values()], out, progress, left)
+        return await node.transfers.download(urn, size, name, [s for s in found.values() if s.size == size], out,
+                                             progress, left)
     except TimeoutError:
         raise FetchError(f"download of {urn} timed out after {timeout:.0f} s "
                          f"(the partial file is kept; run the command again to resume)") from None

@@ -197,7 +197,7 @@ async def _get_standalone(args, home: Path, t: _Target, out: Path, view: Progres
     try:
         async with ephemeral_node(home, args.connect, args.timeout) as node:
             joined.append(node)
-            path = await actions.fetch(node, t.urn, t.name, t.size, out, args.timeout, progress)
+            path = await actions.fetch(node, t.urn, t.name, t.size, out, args.timeout, progress, t.hints)
             known = next((d.get("sources_known") for u, d in node.transfers.downloads.items()
                           if u.upper() == t.urn.upper()), None)
     except (ConnectionError, actions.FetchError) as exc:
