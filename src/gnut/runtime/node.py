@@ -571,40 +571,7 @@ class Node(NodeViews, LinkManager):
         for host, port in self.hosts.pick(min(want, MAX_PARALLEL_DIALS), time.time(), exclude, self.rng):
             self.dial(host, port)
 
-    # --- views -------------------------------------------------------------------------------------
-    def stats(self) -> dict:
-        """Peers, traffic by message type, drops by reason, transfers: for `gnut status`."""
-        peers = []
-        for p in self.peers.values():
-            host, port = p.listen_addr or p.addr or ("?", 0)
-            peers.append({
-                "id": p.id, "host": host, "port": port, "role": p.role.name.lower() if p.role is not None else "handshake",
-                "outgoing": p.outgoing, "user_agent": p.user_agent, "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
-                "queued": p.queued() if p.transport else 0, "shed": p.shed,
-                "bytes_in": p.bytes_in, "bytes_out": p.bytes_out,
-                "uptime": round(time.monotonic() - p.started, 1),
-            })
-        r = self.router
-        return {
-            "address": f"{self.address[0]}:{self.address[1]}",
-            "mode": self.cfg.mode,
-            "servent_guid": self.servent_guid.hex(),
-            "uptime": round(time.monotonic() - self.started, 1),
-            "peers": peers,
-            "received": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(r.received.items())},
-            "sent": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(self.sent.items())},
-            "drops": {k.name.lower(): v for k, v in r.drops.items() if v},
-            "qrp_skips": r.qrp_skips,
-            "dup_ttl_relays": r.dup_ttl_relays,
-            "events": dict(self.events),
-            "dynamic_queries": self.dq.stats(),
-            "hosts_known": len(self.hosts),
-            "shared_files": len(self.share) if self.share is not None else 0,
-            "transfers": self.transfers.stats() if self.transfers is not None else {},
-            "traffic": self.traffic_stats(),
-            "queue": self.downloads.views() if self.downloads is not None else [],
-            "shared_bytes": self.share.total_kbytes * 1024 if self.share is not None else 0,
-        }
+    # --- views: runtime/nodeviews.py (stats, traffic, link failures) ---------------------------------
 
 
 __all__ = ["Node", "Service", "ProtocolError"]

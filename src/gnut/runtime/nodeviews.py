@@ -1,4 +1,4 @@
-"""Mixin of Node: what users see of it: byte counters and rates, why links failed, in words.
+"""Mixin of Node: what users see of it: status, byte counters and rates, why links failed, in words.
 
 Strategy: kept apart from node.py (the message path) like links.py (the link lifecycle); Node
 owns the state (traffic, samples, link_failures, transfers, downloads), these methods read it.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from gnut.constants import TYPE_NAMES
 from gnut.protocol.printable import printable
 
 # Link failures remembered for the user (by address, newest kept).
@@ -15,7 +16,7 @@ LINK_FAILURES_KEPT = 64
 
 
 class NodeViews:
-    """Byte counters, rates and link-failure notes of a Node."""
+    """`gnut status` data, byte counters and rates, link-failure notes of a Node."""
 
     def note_link_failure(self, host: str, port: int, why) -> None:
         """Remember, in words, why a link to host:port failed (a dial error or a refusal's status)."""
@@ -51,3 +52,37 @@ class NodeViews:
         names = ("gnutella_in", "gnutella_out", "http_in", "http_out")
         return {n: {"bytes": now[i + 1], "rate": round((now[i + 1] - old[i + 1]) / span)}
                 for i, n in enumerate(names)}
+
+    def stats(self) -> dict:
+        """Peers, traffic by message type, drops by reason, transfers: for `gnut status`."""
+        peers = []
+        for p in self.peers.values():
+            host, port = p.listen_addr or p.addr or ("?", 0)
+            peers.append({
+                "id": p.id, "host": host, "port": port, "role": p.role.name.lower() if p.role is not None else "handshake",
+                "outgoing": p.outgoing, "user_agent": p.user_agent, "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
+                "queued": p.queued() if p.transport else 0, "shed": p.shed,
+                "bytes_in": p.bytes_in, "bytes_out": p.bytes_out,
+                "uptime": round(time.monotonic() - p.started, 1),
+            })
+        r = self.router
+        return {
+            "address": f"{self.address[0]}:{self.address[1]}",
+            "mode": self.cfg.mode,
+            "servent_guid": self.servent_guid.hex(),
+            "uptime": round(time.monotonic() - self.started, 1),
+            "peers": peers,
+            "received": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(r.received.items())},
+            "sent": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(self.sent.items())},
+            "drops": {k.name.lower(): v for k, v in r.drops.items() if v},
+            "qrp_skips": r.qrp_skips,
+            "dup_ttl_relays": r.dup_ttl_relays,
+            "events": dict(self.events),
+            "dynamic_queries": self.dq.stats(),
+            "hosts_known": len(self.hosts),
+            "shared_files": len(self.share) if self.share is not None else 0,
+            "transfers": self.transfers.stats() if self.transfers is not None else {},
+            "traffic": self.traffic_stats(),
+            "queue": self.downloads.views() if self.downloads is not None else [],
+            "shared_bytes": self.share.total_kbytes * 1024 if self.share is not None else 0,
+        }
