@@ -34,6 +34,19 @@ RESCAN_EVERY = 300.0
 MAX_UPLOAD_SESSIONS = 1024
 # A client silent this long on a file has stopped: its upload is logged as ended.
 UPLOAD_SESSION_IDLE = 60.0
+# Disjoint byte spans remembered per upload session (a client asking scattered ranges stays bounded).
+MAX_SESSION_SPANS = 64
+
+
+def _merge_span(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """Sorted disjoint spans plus [start, end), merged; at most MAX_SESSION_SPANS kept (the lowest)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted([*spans, (start, end)]):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out[:MAX_SESSION_SPANS]
 
 
 class Transfers:
@@ -92,23 +105,27 @@ class Transfers:
         return report
 
     def on_upload(self, peer: tuple | None, sf, start: int, count: int) -> None:
-        """http.py served `count` bytes of `sf` to `peer`: log each file once it is fully served."""
+        """http.py served bytes [start, start+count) of `sf` to `peer`: log each file once, when the
+        client has had every byte of it (ranges are merged, so a re-sent range is not counted twice)."""
         who = f"{peer[0]}:{peer[1]}" if peer else "?"
         key = (peer[0] if peer else "?", sf.urn)
-        sess = self.upload_sessions.pop(key, None) or {"bytes": 0, "who": who, "name": sf.name, "size": sf.size}
+        sess = self.upload_sessions.pop(key, None) or {"bytes": 0, "who": who, "name": sf.name, "size": sf.size,
+                                                       "spans": []}
         sess["bytes"] += count
         sess["last"] = time.monotonic()
+        sess["spans"] = _merge_span(sess["spans"], start, start + count)
         self.upload_sessions[key] = sess  # re-inserted: the dict stays in last-use order
-        if sess["bytes"] >= sf.size:
+        if sess["spans"] == [(0, sf.size)]:
             del self.upload_sessions[key]
             self.uploads_completed += 1
-            log.info("upload complete: %s got %s (%d bytes)", who, printable(sf.name), sess["bytes"])
+            log.info("upload complete: %s got %s (%d bytes)", who, printable(sf.name), sf.size)
         while len(self.upload_sessions) > MAX_UPLOAD_SESSIONS:
             self._end_session(next(iter(self.upload_sessions)))
 
     def _end_session(self, key) -> None:
         sess = self.upload_sessions.pop(key)
-        log.info("upload ended: %s got %d of %d bytes of %s", sess["who"], sess["bytes"], sess["size"],
+        have = sum(b - a for a, b in sess["spans"])
+        log.info("upload ended: %s got %d of %d bytes of %s", sess["who"], have, sess["size"],
                  printable(sess["name"]))
 
     def expire_uploads(self, now: float) -> None:
