@@ -31,10 +31,10 @@ def test_a_file_served_in_overlapping_ranges_counts_once(tmp_path, run, caplog):
                 t.on_upload(("127.0.0.9", 5001), sf, 400, 400)  # a re-sent range, another connection
                 assert t.uploads_completed == 0
                 t.on_upload(("127.0.0.9", 5001), sf, 800, 200)
-            assert t.uploads_completed == 1 and not t.upload_sessions
-            assert "upload complete: 127.0.0.9:5001 got avocet.bin (1000 bytes)" in caplog.text
-            t.on_upload(("127.0.0.8", 1), sf, 0, 10)
-            t.expire_uploads(float("inf"))
+                assert t.uploads_completed == 1 and not t.upload_sessions
+                assert "upload complete: 127.0.0.9:5001 got avocet.bin (1000 bytes)" in caplog.text
+                t.on_upload(("127.0.0.8", 1), sf, 0, 10)
+                t.expire_uploads(float("inf"))
             assert "upload ended: 127.0.0.8:1 got 10 of 1000 bytes of avocet.bin" in caplog.text
         finally:
             await node.stop()
