@@ -143,3 +143,24 @@ def test_running_entries_come_back_queued(tmp_path, run):
             await me.stop()
 
     run(go)
+
+
+def test_a_download_queued_before_any_link_waits_for_one_and_asks_again(tmp_path, run):
+    data = os.urandom(20_000)
+
+    async def go():
+        src = await start_node(tmp_path, "src", "ultrapeer", files={"curlew.bin": data})
+        me = await start_node(tmp_path, "me", "ultrapeer")
+        try:
+            q = DownloadQueue(me, me.transfers, None, 1)
+            e = q.add(urn_of(data), None, None, tmp_path / "out", source_timeout=20)
+            await asyncio.sleep(0.5)
+            assert e.state == "searching" and not me.searches.active  # no link: nothing sent yet
+            await link(me, src)
+            await wait_for(lambda: e.state == "complete", 15, "complete after the first link")
+            assert (tmp_path / "out" / "curlew.bin").read_bytes() == data
+        finally:
+            await me.stop()
+            await src.stop()
+
+    run(go)

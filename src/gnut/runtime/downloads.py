@@ -49,6 +49,10 @@ MAX_HINTS = 32
 SOURCE_GATHER = 1.0
 # Default seconds to look for sources before an entry fails (`gnut resume ID` tries again).
 SOURCE_TIMEOUT = 60.0
+# While no source answered, the urn query is sent again this often (peers come and go).
+REQUERY_EVERY = 10.0
+# How often a download waiting for the node's first link checks again.
+LINK_POLL = 0.2
 # Text sent with a urn-only query: LimeWire-family servents use a lone backslash.
 URN_QUERY_TEXT = "\\"
 # Speed is measured over this window (seconds), so it follows the transfer, not its average.
@@ -467,6 +471,9 @@ class DownloadQueue:
         e.note = "copied from our own shares"
         return dest
 
+    def _linked(self) -> bool:
+        return any(getattr(p, "established", False) for p in self.node.peers.values())
+
     async def _find_sources(self, e: Entry) -> list[dl.Source]:
         """Hints first, then a urn query; waits up to e.source_timeout for the first answer."""
         self._set(e, "searching")
@@ -475,21 +482,32 @@ class DownloadQueue:
             s = source_from_hint(h, e.urn, e.size, e.name)
             if s is not None and s.size:
                 found[s.key] = s
-        search = self.node.searches.start(URN_QUERY_TEXT, (e.urn,))
-        q = search.listen()
         deadline = time.monotonic() + e.source_timeout
         first_at = time.monotonic() if found else None
+        # A node that just started (a queue resumed at start-up) has no link yet: a query now
+        # would reach nobody, so wait for the first link, and ask again every REQUERY_EVERY.
+        while not first_at and not self._linked() and time.monotonic() < deadline:
+            await asyncio.sleep(LINK_POLL)
+        search = q = None
+        asked = 0.0
         try:
             while True:
                 now = time.monotonic()
-                wait = (first_at + SOURCE_GATHER - now) if first_at else (deadline - now)
-                if wait <= 0:
+                if search is None or (not first_at and now - asked >= REQUERY_EVERY):
+                    if search is not None:
+                        with contextlib.suppress(ValueError):
+                            search.listeners.remove(q)
+                    search = self.node.searches.start(URN_QUERY_TEXT, (e.urn,))
+                    q = search.listen()
+                    asked = now
+                wait = (first_at + SOURCE_GATHER - now) if first_at else min(deadline - now, asked + REQUERY_EVERY - now)
+                if first_at and wait <= 0 or now >= deadline:
                     break
                 try:
-                    async with asyncio.timeout(wait):
+                    async with asyncio.timeout(max(0.0, wait)):
                         h = await q.get()
                 except TimeoutError:
-                    break
+                    continue
                 if not h.urn or h.urn.upper() != e.urn.upper():
                     continue
                 s = dl.Source(host=h.host, port=h.port, index=h.index, name=h.name, size=h.size, urn=h.urn,
@@ -499,8 +517,9 @@ class DownloadQueue:
                 e.known = len(found)
                 self._notify(e)
         finally:
-            with contextlib.suppress(ValueError):
-                search.listeners.remove(q)
+            if search is not None:
+                with contextlib.suppress(ValueError):
+                    search.listeners.remove(q)
         if not found:
             raise QueueError(f"no source found within {e.source_timeout:.0f} s "
                              f"(`gnut resume {e.id}` looks again)")
