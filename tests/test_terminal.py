@@ -505,3 +505,26 @@ def test_standalone_get_of_a_row_uses_its_sources(tmp_path, trickle):
         assert trickle.served >= TRICKLE_SIZE
     finally:
         assert peer.stop() == 0
+
+
+def test_ctrl_c_on_a_standalone_get_keeps_the_partial_file(tmp_path, trickle):
+    peer = NodeProc(tmp_path / "peer")
+    try:
+        home = tmp_path / "c"
+        home.mkdir()
+        lastsearch.save(home, "slow", [trickle.row("snipe.bin")])
+        out = tmp_path / "out"
+        getter = _spawn(home, "get", "1", "--connect", peer.addr, "--out", str(out))
+        err = Lines(getter.stderr)
+        err.wait(r"snipe\.bin  downloading +\d")
+        time.sleep(1.5)  # past the first sidecar write
+        getter.send_signal(signal.SIGINT)
+        getter.wait(CLI_TIMEOUT)
+        text = err.text()
+        assert getter.returncode == 130, text
+        assert "gnut get: interrupted; the partial file is kept (run the same command to resume)" in text
+        assert "Traceback" not in text
+        (state,) = (out / ".gnut-partial").glob("*.state")
+        assert 0 < sum(e - s for s, e in json.loads(state.read_text())["done"]) < TRICKLE_SIZE
+    finally:
+        assert peer.stop() == 0
