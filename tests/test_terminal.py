@@ -169,6 +169,9 @@ def test_ctrl_c_detaches_and_the_node_keeps_downloading(tmp_path, trickle, loop)
         assert done["state"] == "complete", done
         assert (out / "slow river.bin").read_bytes() == trickle.data
         node.wait_log(r"download #1 complete: slow river\.bin \(3145728 bytes from 1 source\(s\)")
+        res = cli(node.home, "get", "#1", "--out", str(out))  # again: same SHA-1 already there
+        assert res.returncode == 0 and "(already there)" in res.stderr, res.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["slow river.bin"]
         no_traceback(node)
     finally:
         assert node.stop() == 0

@@ -24,6 +24,8 @@ ALIASES = {
 }
 # Fields not settable from the file (`listen` covers the two address halves).
 HIDDEN = {"listen_host", "listen_port", "connect", "share_dirs"}
+# Settings that are paths: "~" is expanded as a shell would.
+PATH_KEYS = {"home", "download_dir", "log_file"}
 
 
 class ConfigFileError(ValueError):
@@ -99,7 +101,7 @@ def load_config_file(path: Path) -> dict:
                     raise ConfigError("share", f"must be a path string or a list of them, not {value!r}")
                 out["share_dirs"] = [Path(v).expanduser() for v in values]
             elif key in known:
-                out[key] = value
+                out[key] = Path(value).expanduser() if key in PATH_KEYS and isinstance(value, str) else value
             else:
                 near = ", ".join(sorted(settable_keys()))
                 raise ConfigFileError(f"{_where(path, text, written)}: unknown setting {written!r} "
