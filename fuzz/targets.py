@@ -22,6 +22,10 @@ from pathlib import Path
 
 import h11
 
+# The UDP and GWebCache targets live beside this file; imported here so that the atheris
+# harness instruments the gnut modules they load (run.py imports this module under instrumentation).
+import udp_targets  # noqa: E402,I001  (fuzz/udp_targets.py, found on the same sys.path entry)
+
 from gnut.constants import GUID_LEN, HEADER_LEN, MAX_PAYLOAD
 from gnut.errors import LocalProtocolError, RemoteProtocolError
 from gnut.protocol import connection as cx
@@ -326,7 +330,23 @@ def http_request(data: bytes) -> None:
         return
 
 
+def udp_datagram(data: bytes) -> None:
+    """One UDP datagram through the node's receive path (fuzz/udp_targets.py)."""
+    udp_targets.udp_datagram(data, _share()[1])
+
+
+def _udp_target(name: str):
+    def target(data: bytes) -> None:
+        udp_targets.TARGETS[name](data)
+
+    target.__doc__ = f"UDP/GWC payloads: {name} (fuzz/udp_targets.py)."
+    return target
+
+
 TARGETS = {
+    "udp_datagram": udp_datagram,
+    "udp_payloads": _udp_target("udp_payloads"),
+    "gwc": _udp_target("gwc"),
     "frame_reader": frame_reader,
     "guid_cache": guid_cache,
     "message_codecs": message_codecs,
@@ -343,6 +363,8 @@ VECTORS = Path(os.environ.get("GNUT_VECTORS", Path(__file__).resolve().parents[1
 
 def seeds(name: str) -> list[bytes]:
     """Starting inputs for a target: real captured bytes shaped for that target's knobs."""
+    if name in ("udp_datagram", "udp_payloads", "gwc"):
+        return udp_targets.seeds(name)
     vec = sorted(VECTORS.glob("*/*.bin")) if VECTORS.is_dir() else []
 
     def pick(*words: str) -> list[bytes]:

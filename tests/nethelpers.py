@@ -23,8 +23,9 @@ async def start_node(tmp: Path, name: str, mode: str = "flood", files: dict[str,
     for fname, data in (files or {}).items():
         (share / fname).write_bytes(data)
     kw.setdefault("out_links", 0)
-    cfg = NodeConfig(listen_host="127.0.0.1", listen_port=0, mode=mode, home=home, share_dirs=[share],
-                     control=False, save_hosts=False, **kw)
+    kw.setdefault("listen_host", "127.0.0.1")
+    kw.setdefault("save_hosts", False)
+    cfg = NodeConfig(listen_port=0, mode=mode, home=home, share_dirs=[share], control=False, **kw)
     node = Node(cfg)
     await node.start()
     return node
@@ -60,8 +61,11 @@ class RawPeer:
         self.complete = None
         self.closed = False
 
-    async def connect(self, node: Node) -> None:
-        self.reader, self.writer = await asyncio.open_connection(*node.address)
+    async def connect(self, node: Node, local_host: str | None = None, port: int | None = None) -> None:
+        """Handshake with `node` (from `local_host`, e.g. 127.0.0.66: all of 127/8 is loopback)."""
+        addr = ("127.0.0.1" if node.address[0] in ("0.0.0.0", "::") else node.address[0], port or node.address[1])
+        local = (local_host, 0) if local_host else None
+        self.reader, self.writer = await asyncio.open_connection(*addr, local_addr=local)
         self._pump_out()
         self.task = asyncio.get_running_loop().create_task(self._read())
         await wait_for(lambda: self.complete is not None or self.closed, what="raw handshake")

@@ -204,3 +204,15 @@ def test_servent_load_counts_every_relayed_query_exactly(tmp_path, mode):
         proc.stop()
     assert result["sent"] == 3000
     assert [(s["distinct"], s["dups"], s["foreign"], s["loss"]) for s in result["sinks"]] == [(3000, 0, 0, 0)] * 4
+
+
+# --- host cache bench ---------------------------------------------------------------------------
+def test_hostcache_bench_runs_small():
+    import bench_hostcache as bh
+
+    from gnut.runtime.hostcache import HostCache
+
+    figures = bh._workloads(HostCache, 50, 1)
+    assert set(figures) == {"new host (insert + evict)", "known host (refresh)", "refused (subnet full)"}
+    table = bh.format_table({"capacity": 2000, "adds": 50, "now": figures})
+    assert "| now | new host (insert + evict) |" in table

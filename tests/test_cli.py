@@ -161,26 +161,32 @@ HIT = {"name": "a b.txt", "size": 1234567, "urn": "urn:sha1:" + "A" * 32, "host"
        "index": 3, "servent_guid": "00" * 16, "firewalled": False, "vendor": "GNPY", "speed": 0, "hops": 2}
 
 
-def test_printer_text_counts_sources(capsys):
-    p = client._Printer(as_json=False)
-    p.hit(HIT)
-    p.hit(dict(HIT, host="127.0.0.2"))
-    p.done()
-    out, err = capsys.readouterr()
-    first, second = out.splitlines()
-    assert first.split() == ["1", "src", "1,234,567", "a", "b.txt", "127.0.0.1:6346", HIT["urn"]]
-    assert second.split()[0] == "2" and "127.0.0.2:6346" in second
-    assert "2 result(s) from 1 distinct file(s)" in err
+def test_results_group_by_urn_and_print_aligned_rows():
+    from gnut.app import searchview
+
+    r = searchview.Results("a b")
+    r.add(HIT)
+    r.add(dict(HIT, host="127.0.0.2"))
+    r.add(dict(HIT, urn=None, name="c.txt", size=10))
+    lines = searchview.plain_lines(r.rows())
+    assert lines[0].split() == ["#", "Name", "Size", "Src", "Speed", "Flags"]
+    assert lines[1].split() == ["1", "a", "b.txt", "1.2", "MiB", "2", "-", "-"]
+    assert lines[2].split()[:3] == ["2", "c.txt", "10"]
+    assert len({line.index("Src") if i == 0 else None for i, line in enumerate(lines)}) == 2
 
 
-def test_printer_json_one_object_per_line(capsys):
-    p = client._Printer(as_json=True)
-    p.hit(HIT)
-    p.hit(dict(HIT, urn=None))
-    p.done()
-    out, err = capsys.readouterr()
-    rows = [json.loads(line) for line in out.splitlines()]
-    assert rows == [HIT, dict(HIT, urn=None)] and err == ""
+def test_results_json_records_carry_sources():
+    from gnut.app import searchview
+
+    r = searchview.Results("a b")
+    r.add(HIT)
+    r.add(dict(HIT, host="127.0.0.2", firewalled=True))
+    (rec,) = r.records()
+    assert (rec["n"], rec["urn"], rec["name"], rec["size"], rec["source_count"]) == (1, HIT["urn"], "a b.txt",
+                                                                                     1234567, 2)
+    assert [(s["host"], s["port"], s["index"], s["push"]) for s in rec["sources"]] == [
+        ("127.0.0.1", 6346, 3, False), ("127.0.0.2", 6346, 3, True)]
+    assert json.loads(json.dumps(rec)) == rec
 
 
 def test_progress_line_plain_and_json(capsys):
@@ -209,7 +215,8 @@ def test_client_search_and_get_standalone(tmp_path, capsys):
             rc = await client.search(ns(term="orchid", connect=[up.address], max_results=1), tmp_path / "c1")
             assert rc == 0
             hit = json.loads(capsys.readouterr().out)
-            assert (hit["name"], hit["port"], hit["urn"]) == ("orchid lantern.bin", up.address[1], urn_of(data))
+            assert (hit["name"], hit["sources"][0]["port"], hit["urn"]) == ("orchid lantern.bin", up.address[1],
+                                                                           urn_of(data))
             rc = await commands.get(ns(target=hit["urn"], connect=[up.address], out=tmp_path / "dl"), tmp_path / "c1")
             assert rc == 0
             assert (tmp_path / "dl" / "orchid lantern.bin").read_bytes() == data
@@ -227,8 +234,8 @@ def test_client_joins_through_the_host_cache(tmp_path, capsys):
         up = await start_node(tmp_path, "up", "ultrapeer", files={"plover dawn.bin": b"p" * 5000})
         try:
             cache = HostCache(tmp_path / "c" / "hosts.json")
-            cache.add(*up.address, "pong", time.time())
-            cache.failed(*up.address, time.time())  # backed off by an old failure: still tried now
+            cache.mark_good(*up.address, time.time())  # it answered once (only proven hosts are saved)
+            cache.mark_failed(*up.address, time.time())  # backed off by an old failure: still tried now
             cache.save()
             rc = await client.search(ns(term="plover", max_results=1), tmp_path / "c")
             assert rc == 0 and json.loads(capsys.readouterr().out)["name"] == "plover dawn.bin"
@@ -276,6 +283,7 @@ def test_control_socket_is_private_and_answers_status(tmp_path, capsys):
             rc = await commands.status(argparse.Namespace(json=False), node.cfg.home)
             out = capsys.readouterr().out
             assert rc == 0 and "peers (0):" in out and "drops:    none" in out
+            assert f"udp:      {node.address[0]}:{node.address[1]} datagrams in 0" in out
         finally:
             await node.stop()
         assert not node.cfg.control_path.exists()
@@ -324,7 +332,9 @@ def test_client_uses_the_running_node(tmp_path, capsys):
             assert rc == 0
             hit = json.loads(capsys.readouterr().out)
             assert hit["name"] == "heron sketch.bin"
-            assert node.searches.active, "the search ran inside the running node"
+            assert node.stats()["sent"].get("QUERY"), "the search ran inside the running node"
+            # The client hung up after its one row: the node stops the search on its side too.
+            await wait_for(lambda: not node.searches.active, what="the node-side search to stop")
             rc = await commands.get(ns(target=hit["urn"], out=tmp_path / "dl", json=False), node.cfg.home)
             assert rc == 0
             assert "complete and verified" in capsys.readouterr().out

@@ -145,7 +145,12 @@ def test_leaf_guidance_counts_a_third_of_kept_and_stop_is_immediate():
     plan.next_step(0.0, 0)
     plan.guidance(29)  # 29 kept over ~3 ultrapeers: 9 are ours, not enough
     assert plan.effective_results() == 9
-    assert plan.next_step(2.0, 100) == [(4, 1)]  # the routed hits no longer count, the leaf's do
+    assert plan.next_step(2.0, 20) == [(4, 1)]  # the routed hits no longer count, the leaf's do
+    # ... down to a floor: a leaf that keeps a quarter of what we routed is lying to widen its query.
+    assert plan.next_step(3.5, 40) == Done(DoneReason.TARGET)
+    plan = DynamicQuery(10, links(5, None), 0.0, hop_wait=1.0)
+    plan.next_step(0.0, 0)
+    plan.guidance(29)
     plan.guidance(30)
     assert plan.next_step(3.0, 0) == Done(DoneReason.TARGET)
     stopped = DynamicQuery(10, links(5, None), 0.0, hop_wait=1.0)

@@ -205,11 +205,12 @@ def test_refusal_offers_x_try_ultrapeers_and_dialer_learns_them(run, tmp_path):
         other = await start_node(tmp_path, "other", mode="ultrapeer")
         c = await start_node(tmp_path, "c", mode="ultrapeer")
         try:
-            await link(other, full)  # takes full's only ultrapeer slot
+            await link(full, other)  # takes full's only ultrapeer slot; full dialled it: proven
             c.dial(*full.address)
             await wait_for(lambda: c.events["refused_by_peer"] == 1, what="503 refusal")
             assert full.events["refused"] == 1
             assert other.address in c.hosts  # learned from X-Try-Ultrapeers
+            assert not c.hosts.is_good(*other.address)  # a refusal's list is unverified until dialled
         finally:
             await stop_all(full, other, c)
 

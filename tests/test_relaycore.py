@@ -62,15 +62,18 @@ def test_routemap_behaves_as_routetable(cap, ops):
     for op, key, peer, step in ops:
         now += step
         guid = key.to_bytes(16, "little")
+        # `peer` doubles as the TTL, `step` scaled as hops and hops + TTL: every takeover verdict occurs.
+        hops, span = int(step * 2), int(step * 3) + max(peer, 0)
         if op == "p":
             ttl = max(peer, 0)
-            ref.put(guid, peer, key, now, ttl)
+            ref.put(guid, peer, key, now, ttl, hops, span)
             for m in maps:
-                m.put(guid, peer, key, now, ttl)
-        elif op == "r":  # reroute to `peer` when `peer` (as a TTL) beats the recorded one
-            want = ref.reroute(guid, peer, key + 1, max(peer, 0), now)
+                m.put(guid, peer, key, now, ttl, hops, span)
+        elif op == "r":  # reroute to `peer` by the takeover rule (budget allowed or not)
+            allow = key % 3 != 0
+            want = ref.reroute(guid, peer, key + 1, max(peer, 0), now, hops, span, allow)
             for m in maps:
-                assert m.reroute(guid, peer, key + 1, max(peer, 0), now) is want
+                assert m.reroute(guid, peer, key + 1, max(peer, 0), now, hops, span, allow) == want
         else:
             want = ref.get(guid, now)
             for m in maps:
@@ -114,6 +117,16 @@ def test_routemap_argument_errors(impl):
         m.reroute(bytes(16), 1, -1, 1, 0.0)
     with pytest.raises(LocalProtocolError, match="16 bytes"):
         m.reroute(b"x", 1, 1, 1, 0.0)
+    for bad in (-1, 256):
+        with pytest.raises(LocalProtocolError, match="hops"):
+            m.put(bytes(16), 1, 1, 0.0, 1, bad, 1)
+        with pytest.raises(LocalProtocolError, match="span"):
+            m.reroute(bytes(16), 1, 1, 1, 0.0, 1, bad)
+    core = impl.RelayCore("flood", impl.GuidCache(16, 1.0), m)
+    with pytest.raises(LocalProtocolError, match="unknown peer"):
+        core.take_over(bytes(16), 3, 1, 1, 2, 0.0)
+    core.add_peer(3, 1, True)
+    assert core.take_over(bytes(16), 3, 1, 1, 2, 0.0) == 0  # no record
     assert m.capacity == 4 and m.max_age == 1.0
 
 
@@ -238,6 +251,7 @@ class World:
             self.dups,
             r.qrp_skips,
             r.dup_ttl_relays,
+            r.takeovers_refused,
         )
 
 
@@ -528,6 +542,7 @@ def test_dup_streams_exercise_every_duplicate_outcome(impl):
         run_world(w, events)
         r = w.router
         totals["relayed again"] += r.dup_ttl_relays
+        totals["refused"] += r.takeovers_refused
         totals["duplicate"] += r.drops[DropReason.DUPLICATE]
         totals["own"] += r.drops[DropReason.OWN_MESSAGE]
         totals["python"] += w.stops[impl.STOP_ROUTE]

@@ -258,8 +258,8 @@ def test_ultrapeer_node_relays_to_matching_leaves_through_the_core(tmp_path, loo
             assert [m.guid for m in other.of_type(MSG_QUERY)] == [g["jazz"], g["blues"], g["none"], g["live"]]
             # All five were settled in C (taken before anything folds them into the Router's counters):
             # received, copies, new queries, duplicates, own echoes, flow-control drops, QRP skips,
-            # duplicates relayed again.
-            assert node.router.core.take_counts() == (5, 10, 5, 0, 0, 0, 2 + 2 + 2 + 3, 0)
+            # duplicates relayed again, refused takeovers.
+            assert node.router.core.take_counts() == (5, 10, 5, 0, 0, 0, 2 + 2 + 2 + 3, 0, 0)
             assert node.stats()["sent"]["QUERY"] == 4 + 6
         finally:
             await node.stop()
@@ -314,7 +314,7 @@ def test_holder_three_hops_away_found_when_the_long_way_arrived_first(tmp_path, 
     loops.run(go(), loop)
 
 
-def test_same_link_resends_count_as_replays_unless_they_raise_the_ttl(tmp_path):
+def test_same_link_resends_count_as_replays_unless_they_take_the_route_over(tmp_path):
     async def go():
         node = await start_node(tmp_path, "n")
         try:
@@ -322,12 +322,15 @@ def test_same_link_resends_count_as_replays_unless_they_raise_the_ttl(tmp_path):
             for p in (src, a):
                 await p.connect(node)
             guid = new_guid()
-            # TTL 1 .. 7: each copy beats the last relay TTL (0, then 1 .. 6), no replay; TTL 8 clamps
-            # to 7 (relay TTL 6 again): the first replay.
-            src.send(b"".join(raw_msg(guid, MSG_QUERY, ttl, 0, qpayload("omega")) for ttl in range(1, 9)))
-            await wait_for(lambda: len(a.of_type(MSG_QUERY)) == 6, what="six higher-TTL copies")
+            # TTL 1 .. 7 at hops 6 .. 0 (hops + TTL 7): each copy is one hop shorter and beats the last
+            # relay TTL (0, then 1 .. 6), no replay; TTL 8 at hops 0 clamps to relay TTL 6 again:
+            # the first replay.
+            src.send(b"".join(raw_msg(guid, MSG_QUERY, ttl, 7 - ttl, qpayload("omega")) for ttl in range(1, 8))
+                     + raw_msg(guid, MSG_QUERY, 8, 0, qpayload("omega")))
+            await wait_for(lambda: len(a.of_type(MSG_QUERY)) == 6, what="six shorter-path copies")
             assert [m.ttl for m in a.of_type(MSG_QUERY)] == [1, 2, 3, 4, 5, 6]
             assert node.router.dup_ttl_relays == 6 and node.router.drops == {DropReason.DUPLICATE: 1}
+            assert node.router.takeovers_refused == 0
             # From there on every resend is a replay: BYE 401 after DUP_RESENT_MAX of them.
             src.send(raw_msg(guid, MSG_QUERY, 7, 0, qpayload("omega")) * 60)
             await wait_for(lambda: src.closed, what="BYE for a replayer")

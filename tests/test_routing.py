@@ -21,6 +21,8 @@ from gnut.constants import (
     MSG_QUERYHIT,
     MSG_VENDOR,
     MSG_VENDOR_STD,
+    ROUTE_TAKEOVER_BURST,
+    ROUTE_TAKEOVERS_PER_MINUTE,
     SOFT_TTL_LIMIT,
 )
 from gnut.errors import LocalProtocolError
@@ -286,22 +288,31 @@ def test_duplicate_broadcasts_dropped():
 
 # (mode, first copy (sender, ttl, hops), duplicate (sender, ttl, hops), text, action, targets, reason, ttl)
 DUP_ROWS = [
-    # Relay TTL 3 beats the first copy's 1: relayed again to all but its sender (leaf 3 matches "foo").
-    ("ultrapeer", (1, 2, 1), (2, 4, 1), "foo", Action.FORWARD, (1, 5, 3), None, 3),
+    # Relay TTL 3 beats the first copy's 1 at one hop less, same hops + TTL: relayed again to all but
+    # its sender (leaf 3 matches "foo").
+    ("ultrapeer", (1, 2, 2), (2, 3, 1), "foo", Action.FORWARD, (1, 5, 3), None, 2),
     ("ultrapeer", (1, 2, 1), (2, 3, 0), "bar", Action.FORWARD, (1, 5), None, 2),
+    # A higher TTL at the same hops is no shorter path (the route thief's copy): refused.
+    ("ultrapeer", (1, 2, 1), (2, 4, 1), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),
+    # Fewer hops but more hops + TTL than the first copy (not clamped): inconsistent, refused.
+    ("ultrapeer", (1, 2, 1), (2, 5, 0), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),
     ("ultrapeer", (1, 3, 1), (2, 3, 1), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),  # equal
     ("ultrapeer", (1, 4, 0), (2, 2, 1), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),  # lower
     # Compared after the soft-limit clamp: raw TTL 9 at hops 4 relays with 2, as the first copy did.
     ("ultrapeer", (1, 3, 2), (2, 9, 4), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),
-    ("ultrapeer", (1, 3, 3), (2, 7, 3), "foo", Action.FORWARD, (1, 5, 3), None, 3),  # 2 -> clamped 3
+    ("ultrapeer", (1, 3, 3), (2, 7, 3), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),  # same hops
+    # The first copy was clamped (hops + TTL 8 >= 7): a copy with fewer hops may carry more.
+    ("ultrapeer", (1, 4, 4), (2, 7, 2), "foo", Action.FORWARD, (1, 5, 3), None, 4),
     # The first copy was spent here (leaves only, relay TTL 0): a last-hop copy now goes on, QRP applied.
     ("ultrapeer", (1, 1, 3), (2, 2, 1), "foo", Action.FORWARD, (1, 3), None, 1),
     ("ultrapeer", (1, 1, 3), (2, 1, 1), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),  # spent again
     # Resent on its first link with more TTL: an upstream that got the short-path copy late.
-    ("ultrapeer", (1, 2, 1), (1, 4, 1), "foo", Action.FORWARD, (2, 5, 3), None, 3),
+    ("ultrapeer", (1, 2, 1), (1, 3, 0), "foo", Action.FORWARD, (2, 5, 3), None, 2),
+    ("ultrapeer", (1, 2, 1), (1, 4, 1), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),
     ("ultrapeer", (1, 2, 1), (1, 2, 1), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),
     ("ultrapeer", (1, 2, 1), (4, 4, 0), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),  # from a leaf
-    ("flood", (1, 2, 0), (2, 4, 0), "foo", Action.FORWARD, (1, 5, 3), None, 3),
+    ("flood", (1, 2, 1), (2, 3, 0), "foo", Action.FORWARD, (1, 5, 3), None, 2),
+    ("flood", (1, 2, 0), (2, 4, 0), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),
     ("flood", (1, 2, 0), (2, 2, 0), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),
     ("leaf", (1, 2, 1), (2, 4, 0), "foo", Action.DROP, (), DropReason.DUPLICATE, 0),  # a leaf never relays
 ]
@@ -325,6 +336,9 @@ def test_duplicate_query_with_higher_relay_ttl_table(
         assert router.forwarded[MSG_QUERY] == len(d1.targets) + len(targets)
     else:
         assert router.dup_ttl_relays == 0 and router.drops == {DropReason.DUPLICATE: 1}
+        # A higher relay TTL that could not take the route over is a refused takeover.
+        higher = relay_ttl(dup[1], dup[2]) > relay_ttl(first[1], first[2])
+        assert router.takeovers_refused == (1 if higher and mode != "leaf" and dup[0] != 4 else 0)
     # Replies go back the way of the copy with the most TTL (leaves keep no routes).
     route = dup[0] if action is Action.FORWARD else first[0]
     if mode != "leaf":
@@ -333,31 +347,66 @@ def test_duplicate_query_with_higher_relay_ttl_table(
         assert hit.targets == (route,)
 
 
-def test_each_duplicate_relay_must_raise_the_ttl_again():
+def test_each_duplicate_relay_must_raise_the_ttl_and_lower_the_hops_again():
     router = flood_router()
     payload = query_payload("zzz")
-    router.route(1, message(MSG_QUERY, 2, 0, payload), 0.0)  # relayed with 1
-    d = router.route(2, message(MSG_QUERY, 3, 0, payload), 1.0)  # 2 beats 1
-    assert_decision(d, Action.FORWARD, (1, 5), None, 2)
-    assert router.route(5, message(MSG_QUERY, 3, 0, payload), 1.0).reason is DropReason.DUPLICATE
-    assert router.route(1, message(MSG_QUERY, 3, 0, payload), 1.0).reason is DropReason.DUPLICATE
-    d = router.route(5, message(MSG_QUERY, 7, 0, payload), 1.0)  # 6: the soft-limit maximum
-    assert_decision(d, Action.FORWARD, (1, 2), None, 6)
-    assert router.route(2, message(MSG_QUERY, 15, 0, payload), 1.0).reason is DropReason.DUPLICATE
+    router.route(1, message(MSG_QUERY, 1, 4, payload), 0.0)  # hops + TTL 5, relayed with 0 (spent)
+    d = router.route(2, message(MSG_QUERY, 2, 3, payload), 1.0)  # one hop shorter: relay TTL 1 beats 0
+    assert_decision(d, Action.FORWARD, (1, 5), None, 1)
+    assert router.route(5, message(MSG_QUERY, 2, 3, payload), 1.0).reason is DropReason.DUPLICATE
+    assert router.route(1, message(MSG_QUERY, 3, 3, payload), 1.0).reason is DropReason.DUPLICATE  # same hops
+    d = router.route(5, message(MSG_QUERY, 4, 1, payload), 1.0)
+    assert_decision(d, Action.FORWARD, (1, 2), None, 3)
+    assert router.route(2, message(MSG_QUERY, 14, 0, payload), 1.0).reason is DropReason.DUPLICATE  # 14 > 5
     assert router.dup_ttl_relays == 2 and router.drops == {DropReason.DUPLICATE: 3}
+    assert router.takeovers_refused == 2
     assert router.local[MSG_QUERY] == 1
+
+
+def test_takeovers_per_peer_are_budgeted():
+    """An honest takeover is a rare race between two paths: a peer gets ROUTE_TAKEOVER_BURST, then a trickle."""
+    router = flood_router()
+    payload = query_payload("zzz")
+    taken = 0
+    for k in range(ROUTE_TAKEOVER_BURST + 3):
+        g = guid(100 + k)
+        router.route(1, message(MSG_QUERY, 1, 3, payload, g), 0.0)
+        taken += router.route(2, message(MSG_QUERY, 2, 2, payload, g), 0.0).action is Action.FORWARD
+    assert taken == ROUTE_TAKEOVER_BURST and router.takeovers_refused == 3
+    assert router.first_sender(guid(100), MSG_QUERY, 1.0) == 2
+    assert router.first_sender(guid(100 + ROUTE_TAKEOVER_BURST), MSG_QUERY, 1.0) == 1
+    # Another peer has its own budget; the first one's refills at ROUTE_TAKEOVERS_PER_MINUTE.
+    g = guid(200)
+    router.route(1, message(MSG_QUERY, 1, 3, payload, g), 0.0)
+    assert router.route(5, message(MSG_QUERY, 2, 2, payload, g), 0.0).action is Action.FORWARD
+    g = guid(201)
+    router.route(1, message(MSG_QUERY, 1, 3, payload, g), 0.0)
+    later = 60.0 / ROUTE_TAKEOVERS_PER_MINUTE
+    assert router.route(2, message(MSG_QUERY, 2, 2, payload, g), later).action is Action.FORWARD
+
+
+def test_leaf_and_own_query_routes_are_never_taken_over():
+    router = ultrapeer_router()
+    payload = query_payload("foo")
+    router.route(3, message(MSG_QUERY, 3, 0, payload), 0.0)  # a leaf's query
+    for sender, ttl, hops in ((1, 4, 0), (2, 7, 0), (1, 6, 0)):
+        assert router.route(sender, message(MSG_QUERY, ttl, hops, payload), 1.0).reason is DropReason.DUPLICATE
+    assert router.first_sender(guid(1), MSG_QUERY, 1.0) == 3
+    router.register_own(guid(9), MSG_QUERY, 0.0)
+    d = router.route(1, message(MSG_QUERY, 7, 0, payload, guid(9)), 1.0)
+    assert d.reason is DropReason.OWN_MESSAGE
 
 
 def test_duplicate_relay_with_no_target_is_no_drop_and_needs_a_live_record():
     lone = make_router("flood", {1: FLOOD})
-    lone.route(1, message(MSG_QUERY, 1, 0, query_payload("x")), 0.0)  # spent: nobody to relay to
-    d = lone.route(1, message(MSG_QUERY, 4, 0, query_payload("x")), 1.0)
-    assert_decision(d, Action.FORWARD, (), None, 3)  # only its own sender to go to: no replay either
+    lone.route(1, message(MSG_QUERY, 1, 1, query_payload("x")), 0.0)  # spent: nobody to relay to
+    d = lone.route(1, message(MSG_QUERY, 2, 0, query_payload("x")), 1.0)
+    assert_decision(d, Action.FORWARD, (), None, 1)  # only its own sender to go to: no replay either
     assert not d.local and lone.dup_ttl_relays == 1 and not lone.drops
     # The reverse route (and the TTL it holds) ages out before the seen cache: a plain duplicate.
     router = flood_router(seen_max_age=100.0, route_max_age=5.0)
-    router.route(1, message(MSG_QUERY, 2, 0, query_payload("x")), 0.0)
-    d = router.route(2, message(MSG_QUERY, 5, 0, query_payload("x")), 6.0)
+    router.route(1, message(MSG_QUERY, 2, 1, query_payload("x")), 0.0)
+    d = router.route(2, message(MSG_QUERY, 3, 0, query_payload("x")), 6.0)
     assert_decision(d, Action.DROP, (), DropReason.DUPLICATE)
 
 
@@ -464,8 +513,9 @@ PUSH_ROWS = [
 @pytest.mark.parametrize("target, learned, removed, ttl, hops, length, action, targets, reason", PUSH_ROWS)
 def test_push_routing_table(target, learned, removed, ttl, hops, length, action, targets, reason):
     router = ultrapeer_router()
-    if learned:
-        router.route(2, message(MSG_QUERYHIT, 3, 0, hit_payload(target), guid(5)), 0.0)
+    if learned:  # a hit routed back for a query peer 1 relayed to us
+        router.route(1, message(MSG_QUERY, 3, 0, query_payload("x"), guid(5)), 0.0)
+        assert router.route(2, message(MSG_QUERYHIT, 3, 0, hit_payload(target), guid(5)), 0.0).targets == (1,)
     if removed:
         router.remove_peer(2)
         assert router.push_route(target, 0.5) is None
@@ -475,8 +525,27 @@ def test_push_routing_table(target, learned, removed, ttl, hops, length, action,
 
 def test_hits_carrying_our_servent_guid_teach_no_push_route():
     router = ultrapeer_router()
+    router.route(1, message(MSG_QUERY, 3, 0, query_payload("x"), guid(5)), 0.0)
     router.route(2, message(MSG_QUERYHIT, 3, 0, hit_payload(SERVENT), guid(5)), 0.0)
     assert router.push_route(SERVENT, 0.0) is None
+
+
+@pytest.mark.parametrize("why", ["no_route", "route_loop", "ttl", "gone"])
+def test_hits_we_did_not_route_teach_no_push_route(why):
+    """A PUSH route is learned only from a hit we accepted and routed: an unsolicited hit (no
+    reverse route), one sent back along its own route, one out of TTL or one for a peer that left
+    would let anyone point PUSHes for any servent at itself."""
+    router = ultrapeer_router()
+    router.route(1, message(MSG_QUERY, 3, 0, query_payload("x"), guid(5)), 0.0)
+    sender, ttl, g = {"no_route": (2, 3, guid(6)), "route_loop": (1, 3, guid(5)), "ttl": (2, 1, guid(5)),
+                      "gone": (2, 3, guid(5))}[why]
+    if why == "gone":
+        router.remove_peer(1)
+    d = router.route(sender, message(MSG_QUERYHIT, ttl, 1, hit_payload(OTHER_SERVENT), g), 0.0)
+    assert d.action is Action.DROP
+    assert router.push_route(OTHER_SERVENT, 0.0) is None
+    d = router.route(5, message(MSG_PUSH, 3, 0, push_payload(OTHER_SERVENT), guid(8)), 0.0)
+    assert d.reason is DropReason.NO_ROUTE
 
 
 def test_leaf_mode_replies():
@@ -585,15 +654,23 @@ def test_route_table_ageing():
 
 
 def test_route_table_reroute():
+    from gnut.protocol.routerules import TAKEOVER_NONE, TAKEOVER_OK, TAKEOVER_REFUSED
+
     table = RouteTable(10, 5.0)
-    table.put(guid(1), 1, 1, 0.0, 2)
-    assert not table.reroute(guid(1), 2, 7, 2, 1.0) and not table.reroute(guid(1), 2, 7, 1, 1.0)
+    table.put(guid(1), 1, 1, 0.0, 2, 3, 6)  # relay TTL 2 from a copy at hops 3, hops + TTL 6
+    assert table.reroute(guid(1), 2, 7, 2, 1.0, 2, 6) == TAKEOVER_NONE  # no higher TTL
+    assert table.reroute(guid(1), 2, 7, 3, 1.0, 3, 7) == TAKEOVER_REFUSED  # same hops
+    assert table.reroute(guid(1), 2, 7, 3, 1.0, 2, 7) == TAKEOVER_REFUSED  # hops + TTL grew (not clamped)
+    assert table.reroute(guid(1), 2, 7, 3, 1.0, 2, 6, allow=False) == TAKEOVER_REFUSED  # no budget
     assert table.get(guid(1), 1.0) == (1, 1)
-    assert table.reroute(guid(1), 2, 7, 3, 1.0) and not table.reroute(guid(1), 3, 8, 3, 1.0)
+    assert table.reroute(guid(1), 2, 7, 3, 1.0, 2, 6) == TAKEOVER_OK
+    assert table.reroute(guid(1), 3, 8, 3, 1.0, 1, 6) == TAKEOVER_NONE
     assert table.get(guid(1), 1.0) == (2, 7)
-    assert not table.reroute(guid(2), 2, 7, 4, 1.0)  # unknown
-    assert not table.reroute(guid(1), 2, 7, 6, 5.0)  # aged out (rerouting does not refresh the age)
+    assert table.reroute(guid(2), 2, 7, 4, 1.0, 0, 6) == TAKEOVER_NONE  # unknown
+    assert table.reroute(guid(1), 2, 7, 6, 5.0, 0, 6) == TAKEOVER_NONE  # aged out (no refresh)
     assert len(table) == 0
+    table.put(guid(3), 4, 1, 6.0, 3)  # hops 0: ours or a leaf's, never taken over
+    assert table.reroute(guid(3), 2, 7, 6, 6.0, 0, 7) == TAKEOVER_REFUSED
 
 
 def test_router_route_capacity_and_age():
@@ -735,7 +812,8 @@ def test_reply_never_routed_back_to_its_sender(mtype):
     router = ultrapeer_router()
     router.route(1, message(MSG_QUERY, 3, 0, query_payload("x"), guid(7)), 0.0)
     router.route(1, message(MSG_PING, 3, 0, b"", guid(7)), 0.0)
-    router.route(1, message(MSG_QUERYHIT, 3, 1, hit_payload(OTHER_SERVENT), guid(6)), 0.0)
+    router.route(2, message(MSG_QUERY, 3, 0, query_payload("y"), guid(6)), 0.0)
+    router.route(1, message(MSG_QUERYHIT, 3, 1, hit_payload(OTHER_SERVENT), guid(6)), 0.0)  # routed to 2
     payload = {MSG_QUERYHIT: hit_payload(OTHER_SERVENT), MSG_PONG: PONG_PAYLOAD}.get(
         mtype, push_payload(OTHER_SERVENT)
     )

@@ -31,6 +31,26 @@ _LOCAL_PEER = -1  # routing.LOCAL_PEER
 # Word codes remembered by the pure twin: a query vocabulary repeats, hashing in Python does not pay.
 _CODE_CACHE_SIZE = 1 << 14
 _QRP_NONE, _QRP_TABLE, _QRP_OPAQUE = 0, 1, 2  # a peer's QRP table: none, readable, Python-only
+# routerules.TAKEOVER_NONE / TAKEOVER_OK / TAKEOVER_REFUSED (this foundation module cannot import it).
+_TAKEOVER_NONE, _TAKEOVER_OK, _TAKEOVER_REFUSED = 0, 1, 2
+
+
+def _takeover_verdict(rec: tuple, out_ttl: int, hops: int, span: int) -> int:
+    """routerules.takeover_verdict against a record (peer, gen, t, ttl, hops, span): rules 1-4."""
+    if out_ttl <= rec[3]:
+        return _TAKEOVER_NONE
+    if hops >= rec[4] or (span > rec[5] and rec[5] < constants.SOFT_TTL_LIMIT):
+        return _TAKEOVER_REFUSED
+    return _TAKEOVER_OK
+
+
+def _check_route_args(peer: int, gen: int, ttl: int, hops: int, span: int) -> None:
+    if not _MIN_PEER <= peer <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
+        raise LocalProtocolError(f"route peer {peer} / generation {gen} out of range")
+    if not 0 <= ttl <= _MAX_ROUTE_TTL:
+        raise LocalProtocolError(f"route TTL {ttl} out of range 0..255")
+    if not 0 <= hops <= _MAX_ROUTE_TTL or not 0 <= span <= _MAX_ROUTE_TTL:
+        raise LocalProtocolError(f"route hops {hops} / span {span} out of range 0..255")
 
 
 def _guid_bytes(guid) -> bytes:
@@ -41,7 +61,8 @@ def _guid_bytes(guid) -> bytes:
 
 
 class RouteMap:
-    """Bounded, aged map GUID -> (peer id, peer generation, relay TTL), the twin of routing.RouteTable.
+    """Bounded, aged map GUID -> (peer id, peer generation, relay TTL, hops, hops + TTL), the twin of
+    routing.RouteTable (route takeovers by routerules' rule).
 
     Eviction policy, in plain words: entries are kept in insertion order (re-putting a GUID moves it
     to the newest end). Putting evicts the oldest entries while the map is full and drops the oldest
@@ -68,8 +89,8 @@ class RouteMap:
             raise LocalProtocolError(f"seed {seed} is outside 0..2^64-1")
         self._capacity = capacity
         self._max_age = float(max_age)
-        # GUID -> (peer, generation, time put, highest relay TTL)
-        self._entries: OrderedDict[bytes, tuple[int, int, float, int]] = OrderedDict()
+        # GUID -> (peer, generation, time put, highest relay TTL, hops, hops + TTL)
+        self._entries: OrderedDict[bytes, tuple[int, int, float, int, int, int]] = OrderedDict()
 
     @property
     def capacity(self) -> int:
@@ -86,10 +107,10 @@ class RouteMap:
 
     def memory_bytes(self) -> int:
         """Approximate bytes of the dict, its keys and value tuples."""
-        per_entry = sys.getsizeof(b"x" * GUID_LEN) + sys.getsizeof((0, 0, 0.0, 0)) + sys.getsizeof(0.0)
+        per_entry = sys.getsizeof(b"x" * GUID_LEN) + sys.getsizeof((0, 0, 0.0, 0, 0, 0)) + sys.getsizeof(0.0)
         return sys.getsizeof(self._entries) + len(self._entries) * per_entry
 
-    def _put(self, g: bytes, peer: int, gen: int, now: float, ttl: int) -> None:
+    def _put(self, g: bytes, peer: int, gen: int, now: float, ttl: int, hops: int = 0, span: int = 0) -> None:
         entries = self._entries
         if g in entries:
             del entries[g]
@@ -98,9 +119,9 @@ class RouteMap:
         horizon = now - self._max_age
         while entries and not next(iter(entries.values()))[2] > horizon:
             entries.popitem(last=False)
-        entries[g] = (peer, gen, float(now), ttl)
+        entries[g] = (peer, gen, float(now), ttl, hops, span)
 
-    def put(self, guid: bytes, peer: int, gen: int, now: float, ttl: int = 0) -> None:
+    def put(self, guid: bytes, peer: int, gen: int, now: float, ttl: int = 0, hops: int = 0, span: int = 0) -> None:
         """Record that replies for `guid` go to `peer` (generation `gen`) from time `now`.
 
         Args:
@@ -108,16 +129,14 @@ class RouteMap:
             peer, gen: the peer id (-2^31..2^31-1) and its generation (0..2^32-1).
             now: current time in seconds.
             ttl: the relay TTL the message was forwarded with (0..255; 0 = not forwarded).
+            hops, span: hops and raw hops + TTL of the copy (0..255; hops 0: never taken over).
 
         Raises:
-            LocalProtocolError: guid is not 16 bytes, or peer, gen or ttl out of range.
+            LocalProtocolError: guid is not 16 bytes, or peer, gen, ttl, hops or span out of range.
         """
         g = _guid_bytes(guid)
-        if not _MIN_PEER <= peer <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
-            raise LocalProtocolError(f"route peer {peer} / generation {gen} out of range")
-        if not 0 <= ttl <= _MAX_ROUTE_TTL:
-            raise LocalProtocolError(f"route TTL {ttl} out of range 0..255")
-        self._put(g, peer, gen, now, ttl)
+        _check_route_args(peer, gen, ttl, hops, span)
+        self._put(g, peer, gen, now, ttl, hops, span)
 
     def _get(self, g: bytes, now: float) -> tuple[int, int, float, int] | None:
         entry = self._entries.get(g)
@@ -135,25 +154,36 @@ class RouteMap:
         entry = self._get(_guid_bytes(guid), now)
         return None if entry is None else (entry[0], entry[1])
 
-    def reroute(self, guid: bytes, peer: int, gen: int, ttl: int, now: float) -> bool:
-        """Move guid's live entry to a copy that came with a higher relay TTL (a shorter path).
+    def reroute(
+        self, guid: bytes, peer: int, gen: int, ttl: int, now: float, hops: int = 0, span: int = 0,
+        allow: bool = True,
+    ) -> int:
+        """Let a duplicate copy take guid's live entry over, by routerules' takeover rule.
 
-        When the entry holds a relay TTL below `ttl`, it takes `peer`, `gen` and `ttl` (its age and
-        place stay) and True is returned; otherwise nothing changes and False is returned.
+        Args:
+            guid, peer, gen: the GUID and the duplicate's sender.
+            ttl: the duplicate's relay TTL; hops, span: its hops and raw hops + TTL.
+            now: current time in seconds.
+            allow: False when the sender has no takeover budget left (an OK verdict is refused).
+
+        Returns:
+            TAKEOVER_NONE (0: no record, or no higher TTL), TAKEOVER_REFUSED (2), or TAKEOVER_OK (1)
+            when the entry now holds `peer`, `gen`, `ttl`, `hops` and `span` (its age and place stay).
 
         Raises:
-            LocalProtocolError: guid is not 16 bytes, or peer, gen or ttl out of range.
+            LocalProtocolError: guid is not 16 bytes, or peer, gen, ttl, hops or span out of range.
         """
         g = _guid_bytes(guid)
-        if not _MIN_PEER <= peer <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
-            raise LocalProtocolError(f"route peer {peer} / generation {gen} out of range")
-        if not 0 <= ttl <= _MAX_ROUTE_TTL:
-            raise LocalProtocolError(f"route TTL {ttl} out of range 0..255")
+        _check_route_args(peer, gen, ttl, hops, span)
         entry = self._get(g, now)
-        if entry is None or entry[3] >= ttl:
-            return False
-        self._entries[g] = (peer, gen, entry[2], ttl)  # an existing key keeps its place
-        return True
+        if entry is None:
+            return _TAKEOVER_NONE
+        verdict = _takeover_verdict(entry, ttl, hops, span)
+        if verdict == _TAKEOVER_OK and not allow:
+            return _TAKEOVER_REFUSED
+        if verdict == _TAKEOVER_OK:
+            self._entries[g] = (peer, gen, entry[2], ttl, hops, span)  # an existing key keeps its place
+        return verdict
 
 
 @lru_cache(maxsize=_CODE_CACHE_SIZE)
@@ -215,7 +245,7 @@ class RelayCore:
     table is held by reference to its QrpTable.slots bytearray. Target rules are Router's
     _select_targets (see the Cython twin's docstring). Counters (received, forwarded, local
     queries, duplicates, own echoes, flow-control drops, QRP skips, duplicates relayed again for a
-    higher TTL) are handed over, and zeroed, by
+    higher TTL (route takeovers), refused takeovers) are handed over, and zeroed, by
     take_counts(); per-chunk figures for the runtime (copies appended and shed per slot,
     duplicates, queries not handed over) by end_chunk().
     """
@@ -239,7 +269,8 @@ class RelayCore:
         self._mode = mode
         self._seen = seen
         self._routes = routes
-        # peer id -> [generation, is relay peer, QRP kind, slots bytearray or None, bits, slot]
+        # peer id -> [generation, is relay peer, QRP kind, slots bytearray or None, bits, slot,
+        #             takeover tokens, time of the last takeover or None]
         self._peers: dict[int, list] = {}
         self._ids: list[int] = []  # per slot: the peer id (a removed slot is refilled by the last one)
         self._cand: dict[int, None] = {}  # peers that may get copies: relay peers, leaves with a table
@@ -248,7 +279,7 @@ class RelayCore:
         self._leaf_qrp = self._relay_qrp = self._leaf_opaque = self._relay_opaque = 0
         self._local_table: bytes | None = None
         self._local_shift = 32
-        self._counts = [0] * 8
+        self._counts = [0] * 9
         self._chunk = [0, 0, 0]  # copies appended, duplicates, queries not handed over
 
     @property
@@ -276,7 +307,8 @@ class RelayCore:
         if not 0 <= peer_id <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
             raise LocalProtocolError(f"peer {peer_id} / generation {gen} out of range")
         k = len(self._ids)
-        self._peers[peer_id] = st = [gen, bool(relay), _QRP_NONE, None, 0, k]
+        self._peers[peer_id] = st = [gen, bool(relay), _QRP_NONE, None, 0, k,
+                                     float(constants.ROUTE_TAKEOVER_BURST), None]
         self._ids.append(peer_id)
         self._place(peer_id, st)
         return k
@@ -511,15 +543,15 @@ class RelayCore:
             fresh = not seen.seen(g, constants.MSG_QUERY, now)
             if fresh:
                 counts[2] += 1
-                routes._put(g, peer_id, gen, now, out_ttl)
+                routes._put(g, peer_id, gen, now, out_ttl, hops, ttl + hops)
                 if out_ttl == 0 and up and eff >= 1 and self._leaf_qrp:
                     out_ttl = 1  # spent here: matching leaves still get it (Router._route_query)
                     leaves_only = True
-            elif route is not None and out_ttl > route[3]:
-                # A duplicate with more TTL left than any copy we relayed came a shorter way:
-                # relayed again below, not handled again, and replies now go back its way.
-                routes._entries[g] = (peer_id, gen, route[2], out_ttl)
-                counts[7] += 1
+            elif (route is not None
+                  and self._take_over(g, route, peer_id, st, out_ttl, hops, ttl + hops, now) == _TAKEOVER_OK):
+                # A duplicate that may have come a shorter way (routerules' takeover rule): relayed
+                # again below, not handled again, and replies now go back its way.
+                pass
             else:
                 counts[3] += 1
                 chunk[1] += 1
@@ -585,13 +617,66 @@ class RelayCore:
         self._rows = {}
         return out
 
-    def take_counts(self) -> tuple[int, int, int, int, int, int, int, int]:
+    def _spend_takeover(self, st: list, now: float) -> bool:
+        """Rule 5 of routerules' takeover rule: spend one token of the sender's bucket (False: none left)."""
+        tokens = st[6]
+        if st[7] is not None:
+            tokens = tokens + (now - st[7]) * constants.ROUTE_TAKEOVERS_PER_MINUTE / 60.0
+            if tokens > constants.ROUTE_TAKEOVER_BURST:
+                tokens = float(constants.ROUTE_TAKEOVER_BURST)
+        st[7] = float(now)
+        if tokens < 1.0:
+            st[6] = tokens
+            return False
+        st[6] = tokens - 1.0
+        return True
+
+    def _take_over(self, g: bytes, route: tuple, peer_id: int, st: list, out_ttl: int, hops: int, span: int,
+                   now: float) -> int:
+        """The takeover rule for a duplicate against its live record: take it or refuse it (counted)."""
+        verdict = _takeover_verdict(route, out_ttl, hops, span)
+        if verdict == _TAKEOVER_OK and not self._spend_takeover(st, now):
+            verdict = _TAKEOVER_REFUSED
+        if verdict == _TAKEOVER_OK:
+            self._routes._entries[g] = (peer_id, st[0], route[2], out_ttl, hops, span)
+            self._counts[7] += 1
+        elif verdict == _TAKEOVER_REFUSED:
+            self._counts[8] += 1
+        return verdict
+
+    def take_over(self, guid: bytes, peer_id: int, out_ttl: int, hops: int, span: int, now: float) -> int:
+        """Apply the takeover rule to a duplicate QUERY Router.route handles (counted as in relay()).
+
+        Args:
+            guid: the query's GUID; peer_id: its live sender.
+            out_ttl: the duplicate's relay TTL; hops, span: its hops and raw hops + TTL (0..255).
+            now: current time in seconds.
+
+        Returns:
+            0 (TAKEOVER_NONE: no live record or no higher TTL), 1 (TAKEOVER_OK: the route is now
+            the sender's) or 2 (TAKEOVER_REFUSED).
+
+        Raises:
+            LocalProtocolError: unknown peer, guid not 16 bytes, or a value out of range.
+        """
+        st = self._peers.get(peer_id)
+        if st is None:
+            raise LocalProtocolError(f"take_over from unknown peer {peer_id}")
+        g = _guid_bytes(guid)
+        _check_route_args(peer_id, st[0], out_ttl, hops, span)
+        route = self._routes._get(g, now)
+        if route is None:
+            return _TAKEOVER_NONE
+        return self._take_over(g, route, peer_id, st, out_ttl, hops, span, now)
+
+    def take_counts(self) -> tuple[int, int, int, int, int, int, int, int, int]:
         """Hand over and zero the cumulative counters.
 
         Returns:
             (received, forwarded, local, duplicates, own echoes, flow-control drops, QRP skips,
-            duplicates relayed again for their higher TTL), QUERYs all.
+            duplicates relayed again for their higher TTL (route takeovers), refused takeovers),
+            QUERYs all.
         """
         out = tuple(self._counts)
-        self._counts = [0] * 8
+        self._counts = [0] * 9
         return out  # type: ignore[return-value]

@@ -8,9 +8,12 @@
 # straight into the output bytearray of every target (subject to the same flow-control test as
 # Peer.enqueue), and the counters are C integers that the Router folds into its Counters when they
 # are read. Duplicates and echoes of our own queries are counted and dropped, except a duplicate
-# whose relay TTL beats the highest one relayed for its GUID (kept in its reverse-route record):
-# that copy is relayed again to the same targets, not delivered locally, and the reverse route
-# moves to its sender (routing.py, "Duplicates"). The walk stops at the first message Python must
+# whose relay TTL beats the highest one relayed for its GUID (kept in its reverse-route record)
+# and that passes the takeover rule of routerules.py (strictly fewer hops, consistent hops + TTL,
+# not ours nor a leaf's, the sender's takeover budget): that copy is relayed again to the same
+# targets, not delivered locally, and the reverse route moves to its sender (routing.py,
+# "Duplicates"); one that fails the rule is a counted, refused takeover and a duplicate. The walk
+# stops at the first message Python must
 # see (anything else: other types, leaves, odd TTLs, sizes, a duplicate resent on the link its
 # route points to) and at a relayed query that may match our shares (the local filter below); the
 # caller handles that one message and calls again from the next. Messages are thus handled in
@@ -73,6 +76,11 @@ cdef enum:
     QRP_NONE = 0  # the peer sent no QRP table
     QRP_TABLE = 1  # a table the core reads (QrpTable.slots)
     QRP_OPAQUE = 2  # a matcher only Python can ask: Router.route decides when it has a say
+    TAKEOVER_NONE_C = 0  # routerules.TAKEOVER_NONE
+    TAKEOVER_OK_C = 1  # routerules.TAKEOVER_OK
+    TAKEOVER_REFUSED_C = 2  # routerules.TAKEOVER_REFUSED
+    TAKEOVER_BURST = 8  # constants.ROUTE_TAKEOVER_BURST
+    TAKEOVERS_PER_MINUTE = 12  # constants.ROUTE_TAKEOVERS_PER_MINUTE
 
 # What relay() stopped on: the end of the chunk, a message for Router.route, a relayed query for
 # local delivery only.
@@ -80,8 +88,9 @@ STOP_END = 0
 STOP_ROUTE = 1
 STOP_LOCAL = 2
 _MODES = {"flood": MODE_FLOOD, "ultrapeer": MODE_ULTRAPEER, "leaf": MODE_LEAF}
-if (constants.HARD_TTL_LIMIT, constants.SOFT_TTL_LIMIT, constants.MAX_QUERY_RELAY, constants.MSG_QUERY) != (
-        HARD_TTL, SOFT_TTL, QUERY_RELAY_MAX, MSG_QUERY_T):
+if (constants.HARD_TTL_LIMIT, constants.SOFT_TTL_LIMIT, constants.MAX_QUERY_RELAY, constants.MSG_QUERY,
+        constants.ROUTE_TAKEOVER_BURST, constants.ROUTE_TAKEOVERS_PER_MINUTE) != (
+        HARD_TTL, SOFT_TTL, QUERY_RELAY_MAX, MSG_QUERY_T, TAKEOVER_BURST, TAKEOVERS_PER_MINUTE):
     raise ImportError("gnut._fastpath: relay constants disagree with gnut.constants (rebuild)")
 
 
@@ -180,7 +189,8 @@ cdef class RelayCore:
     core cannot read (an opaque matcher) hands every query it would be consulted for to Python.
 
     Counters (received, forwarded, local queries, duplicates, own echoes, flow-control drops, QRP
-    skips, duplicates relayed again for a higher TTL) are kept in C and handed over, and zeroed, by
+    skips, duplicates relayed again for a higher TTL (route takeovers), refused takeovers) are kept in C
+    and handed over, and zeroed, by
     take_counts(); per-chunk figures for the runtime (copies appended and shed per slot, duplicates,
     queries not handed over) by end_chunk().
     """
@@ -188,7 +198,8 @@ cdef class RelayCore:
     cdef GuidCache _seen
     cdef RouteMap _routes
     cdef int _mode
-    cdef dict _peers  # peer id -> [generation, is relay peer, QRP kind, slots bytearray or None, bits, slot]
+    cdef dict _peers  # peer id -> [generation, is relay peer, QRP kind, slots bytearray or None, bits, slot,
+    #                              takeover tokens, time of the last takeover or None]
     cdef list _ids  # per slot: the peer id (a removed slot is refilled by the last one)
     cdef list _tables  # per slot: the peer's QRP slots bytearray, or None
     cdef int64_t *_rid
@@ -220,6 +231,7 @@ cdef class RelayCore:
     cdef bytes _local_table
     cdef const uint8_t *_local_ptr  # points into _local_table
     cdef uint64_t _n_received, _n_forwarded, _n_local, _n_dup, _n_own, _n_flow, _n_skips, _n_dup_ttl
+    cdef uint64_t _n_refused
     cdef uint64_t _c_sent, _c_dups, _c_unseen
 
     def __cinit__(self):
@@ -314,7 +326,7 @@ cdef class RelayCore:
             raise LocalProtocolError(f"peer {peer_id} / generation {gen} out of range")
         cdef Py_ssize_t k = self._nslots
         self._grow(k + 1)
-        st = [gen, bool(relay), QRP_NONE, None, 0, k]
+        st = [gen, bool(relay), QRP_NONE, None, 0, k, float(TAKEOVER_BURST), None]
         self._peers[peer_id] = st
         self._ids.append(peer_id)
         self._tables.append(None)
@@ -584,7 +596,7 @@ cdef class RelayCore:
         self._ntouch = 0
         self._load_tables()
         try:
-            i = self._relay(peer_id, <uint32_t>st[0], msgs, i, now, bufs, bases, low_water, high_water)
+            i = self._relay(peer_id, <uint32_t>st[0], st, msgs, i, now, bufs, bases, low_water, high_water)
         finally:
             # Buffers grow ahead in doubling steps: give each back its written length (a shrink by
             # less than half keeps the allocation, so the next call appends without a realloc).
@@ -615,8 +627,61 @@ cdef class RelayCore:
             else:
                 self._op_relay += 1
 
-    cdef Py_ssize_t _relay(self, int peer_id, uint32_t gen, list msgs, Py_ssize_t i, double now, list bufs,
-                           list bases, Py_ssize_t low_water, Py_ssize_t high_water) except? PY_SSIZE_T_MIN:
+    cdef bint _spend_takeover(self, list st, double now) except -1:
+        """Rule 5 of routerules' takeover rule: spend one token of the sender's bucket (False: none left)."""
+        cdef double tokens = st[6]
+        if st[7] is not None:
+            tokens = tokens + (now - <double>st[7]) * TAKEOVERS_PER_MINUTE / 60.0
+            if tokens > TAKEOVER_BURST:
+                tokens = TAKEOVER_BURST
+        st[7] = now
+        if tokens < 1.0:
+            st[6] = tokens
+            return False
+        st[6] = tokens - 1.0
+        return True
+
+    cdef int _take_over(self, RouteRec *route, int peer_id, list st, int out_ttl, int hops, int span,
+                        double now) except -1:
+        """The takeover rule for a duplicate against its live route record: take it (counted) or refuse."""
+        cdef int verdict = _takeover_verdict(route, out_ttl, hops, span)
+        if verdict == TAKEOVER_OK_C and not self._spend_takeover(st, now):
+            verdict = TAKEOVER_REFUSED_C
+        if verdict == TAKEOVER_OK_C:
+            _take_route(route, peer_id, <uint32_t>st[0], out_ttl, hops, span)
+            self._n_dup_ttl += 1
+        elif verdict == TAKEOVER_REFUSED_C:
+            self._n_refused += 1
+        return verdict
+
+    def take_over(self, guid, peer_id, out_ttl, hops, span, double now):
+        """Apply the takeover rule to a duplicate QUERY Router.route handles (counted as in relay()).
+
+        Args:
+            guid: the query's GUID; peer_id: its live sender.
+            out_ttl: the duplicate's relay TTL; hops, span: its hops and raw hops + TTL (0..255).
+            now: current time in seconds.
+
+        Returns:
+            0 (TAKEOVER_NONE: no live record or no higher TTL), 1 (TAKEOVER_OK: the route is now
+            the sender's) or 2 (TAKEOVER_REFUSED).
+
+        Raises:
+            LocalProtocolError: unknown peer, guid not 16 bytes, or a value out of range.
+        """
+        st = self._peers.get(peer_id)
+        if st is None:
+            raise LocalProtocolError(f"take_over from unknown peer {peer_id}")
+        cdef bytes g = _guid_bytes(guid)
+        _check_route_args(peer_id, st[0], out_ttl, hops, span)
+        cdef RouteRec *route = self._routes._get(<const uint8_t *>PyBytes_AS_STRING(g), now)
+        if route == NULL:
+            return TAKEOVER_NONE_C
+        return self._take_over(route, peer_id, st, out_ttl, hops, span, now)
+
+    cdef Py_ssize_t _relay(self, int peer_id, uint32_t gen, list st, list msgs, Py_ssize_t i, double now,
+                           list bufs, list bases, Py_ssize_t low_water,
+                           Py_ssize_t high_water) except? PY_SSIZE_T_MIN:
         """relay()'s loop: the index it stopped at (STOP_ROUTE, or n at the end), -index-1 for STOP_LOCAL."""
         cdef Py_ssize_t n = PyList_GET_SIZE(msgs), plen, nw
         cdef bint up = self._mode == MODE_ULTRAPEER
@@ -690,15 +755,12 @@ cdef class RelayCore:
                     return i  # resent on its own link: the node watches for replayers
             if self._seen._seen_h(h, MSG_QUERY_T, now, hseen):
                 self._n_received += 1
-                if route != NULL and out_ttl > route.ttl:
-                    # A duplicate with more TTL left than any copy we relayed came a shorter way:
+                if route != NULL and self._take_over(route, peer_id, st, out_ttl, hops, ttl + hops,
+                                                     now) == TAKEOVER_OK_C:
+                    # A duplicate that may have come a shorter way (routerules' takeover rule):
                     # relayed again, not handled again, and replies now go back its way.
-                    route.ttl = <uint8_t>out_ttl
-                    route.peer = peer_id
-                    route.gen = gen
                     self._emit(peer_id, m, out_ttl, hops, last, False, codes, nw, bufs, bases,
                                low_water, high_water)
-                    self._n_dup_ttl += 1
                     i += 1
                     continue
                 self._n_dup += 1
@@ -707,7 +769,8 @@ cdef class RelayCore:
                 continue
             self._n_received += 1
             self._n_local += 1
-            self._routes._put_h(h, peer_id, gen, now, <uint8_t>out_ttl, route == NULL, hroute)
+            self._routes._put_h(h, peer_id, gen, now, <uint8_t>out_ttl, route == NULL, hroute, <uint8_t>hops,
+                                <uint8_t>(ttl + hops))
             leaves_only = False
             if out_ttl == 0 and up and eff >= 1 and self._leaf_qrp:
                 out_ttl = 1  # spent here: matching leaves still get it (Router._route_query)
@@ -836,12 +899,13 @@ cdef class RelayCore:
 
         Returns:
             (received, forwarded, local, duplicates, own echoes, flow-control drops, QRP skips,
-            duplicates relayed again for their higher TTL), QUERYs all.
+            duplicates relayed again for their higher TTL (route takeovers), refused takeovers),
+            QUERYs all.
         """
         out = (self._n_received, self._n_forwarded, self._n_local, self._n_dup, self._n_own, self._n_flow,
-               self._n_skips, self._n_dup_ttl)
+               self._n_skips, self._n_dup_ttl, self._n_refused)
         self._n_received = self._n_forwarded = self._n_local = 0
-        self._n_dup = self._n_own = self._n_flow = self._n_skips = self._n_dup_ttl = 0
+        self._n_dup = self._n_own = self._n_flow = self._n_skips = self._n_dup_ttl = self._n_refused = 0
         return out
 
 

@@ -1,6 +1,7 @@
 # Included by _relay.pxi (after its constants): RouteMap, the reverse-route table GUID -> (peer id,
-# generation, highest relay TTL) that RelayCore and Router.route share for QUERYs. Same names,
-# semantics and errors as the pure twin in _purerelay.py.
+# generation, highest relay TTL, hops and hops + TTL of the copy that set it) that RelayCore and
+# Router.route share for QUERYs. Same names, semantics and errors as the pure twin in _purerelay.py.
+# Route takeovers follow routerules.py's rule (stated there); _takeover_verdict is its rules 1-4.
 
 # --- RouteMap ---------------------------------------------------------------------------------
 cdef packed struct RouteRec:
@@ -11,6 +12,17 @@ cdef packed struct RouteRec:
     int32_t prev  # insertion order (oldest first), -1 at the ends; `prev` also links free records
     int32_t next
     uint8_t ttl  # highest relay TTL forwarded for this GUID (a duplicate above it is relayed again)
+    uint8_t hops  # hops of the copy that set the route (0: ours or a leaf's: never taken over)
+    uint8_t span  # raw hops + TTL of that copy (the takeover consistency rule)
+
+
+cdef inline int _takeover_verdict(const RouteRec *rec, int out_ttl, int hops, int span) noexcept nogil:
+    """routerules.takeover_verdict: TAKEOVER_NONE, TAKEOVER_OK or TAKEOVER_REFUSED for a duplicate."""
+    if out_ttl <= rec.ttl:
+        return TAKEOVER_NONE_C
+    if hops >= rec.hops or (span > rec.span and rec.span < SOFT_TTL):
+        return TAKEOVER_REFUSED_C
+    return TAKEOVER_OK_C
 
 
 @cython.final
@@ -179,12 +191,12 @@ cdef class RouteMap:
             gnut_prefetch_r(&self._recs[<int32_t>(<uint32_t>s) - 1])
 
     cdef int _put(self, const uint8_t *guid, int32_t peer, uint32_t gen, double now, uint8_t ttl,
-                  bint absent=False) except -1:
+                  bint absent=False, uint8_t hops=0, uint8_t span=0) except -1:
         """Insert or refresh guid's entry; `absent` says a lookup just found none (skips a probe)."""
-        return self._put_h(guid, peer, gen, now, ttl, absent, self._hash(guid))
+        return self._put_h(guid, peer, gen, now, ttl, absent, self._hash(guid), hops, span)
 
     cdef int _put_h(self, const uint8_t *guid, int32_t peer, uint32_t gen, double now, uint8_t ttl,
-                    bint absent, uint64_t h) except -1:
+                    bint absent, uint64_t h, uint8_t hops=0, uint8_t span=0) except -1:
         """_put with the hash already computed (h == _hash(guid))."""
         cdef int64_t pos = -1 if absent else self._find(guid, h)
         if pos >= 0:
@@ -209,6 +221,8 @@ cdef class RouteMap:
         rec.peer = peer
         rec.gen = gen
         rec.ttl = ttl
+        rec.hops = hops
+        rec.span = span
         rec.next = -1
         rec.prev = self._tail
         if self._tail == -1:
@@ -235,7 +249,7 @@ cdef class RouteMap:
             return NULL
         return rec
 
-    def put(self, guid, peer, gen, double now, ttl=0):
+    def put(self, guid, peer, gen, double now, ttl=0, hops=0, span=0):
         """Record that replies for `guid` go to `peer` (generation `gen`) from time `now`.
 
         Args:
@@ -243,16 +257,15 @@ cdef class RouteMap:
             peer, gen: the peer id (-2^31..2^31-1) and its generation (0..2^32-1).
             now: current time in seconds.
             ttl: the relay TTL the message was forwarded with (0..255; 0 = not forwarded).
+            hops, span: hops and raw hops + TTL of the copy (0..255; hops 0: never taken over).
 
         Raises:
-            LocalProtocolError: guid is not 16 bytes, or peer, gen or ttl out of range.
+            LocalProtocolError: guid is not 16 bytes, or peer, gen, ttl, hops or span out of range.
         """
         cdef bytes g = _guid_bytes(guid)
-        if not _MIN_PEER <= peer <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
-            raise LocalProtocolError(f"route peer {peer} / generation {gen} out of range")
-        if not 0 <= ttl <= _MAX_ROUTE_TTL:
-            raise LocalProtocolError(f"route TTL {ttl} out of range 0..255")
-        self._put(<const uint8_t *>PyBytes_AS_STRING(g), <int32_t>peer, <uint32_t>gen, now, <uint8_t>ttl)
+        _check_route_args(peer, gen, ttl, hops, span)
+        self._put(<const uint8_t *>PyBytes_AS_STRING(g), <int32_t>peer, <uint32_t>gen, now, <uint8_t>ttl,
+                  False, <uint8_t>hops, <uint8_t>span)
 
     def get(self, guid, double now):
         """Return (peer, generation) for `guid`, or None if unknown or aged out.
@@ -266,27 +279,51 @@ cdef class RouteMap:
             return None
         return rec.peer, rec.gen
 
-    def reroute(self, guid, peer, gen, ttl, double now):
-        """Move guid's live entry to a copy that came with a higher relay TTL (a shorter path).
+    def reroute(self, guid, peer, gen, ttl, double now, hops=0, span=0, allow=True):
+        """Let a duplicate copy take guid's live entry over, by routerules' takeover rule.
 
-        When the entry holds a relay TTL below `ttl`, it takes `peer`, `gen` and `ttl` (its age and
-        place stay) and True is returned; otherwise nothing changes and False is returned.
+        Args:
+            guid, peer, gen: the GUID and the duplicate's sender.
+            ttl: the duplicate's relay TTL; hops, span: its hops and raw hops + TTL.
+            now: current time in seconds.
+            allow: False when the sender has no takeover budget left (an OK verdict is refused).
+
+        Returns:
+            TAKEOVER_NONE (0: no record, or no higher TTL), TAKEOVER_REFUSED (2), or TAKEOVER_OK (1)
+            when the entry now holds `peer`, `gen`, `ttl`, `hops` and `span` (its age and place stay).
 
         Raises:
-            LocalProtocolError: guid is not 16 bytes, or peer, gen or ttl out of range.
+            LocalProtocolError: guid is not 16 bytes, or peer, gen, ttl, hops or span out of range.
         """
         cdef bytes g = _guid_bytes(guid)
-        if not _MIN_PEER <= peer <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
-            raise LocalProtocolError(f"route peer {peer} / generation {gen} out of range")
-        if not 0 <= ttl <= _MAX_ROUTE_TTL:
-            raise LocalProtocolError(f"route TTL {ttl} out of range 0..255")
+        _check_route_args(peer, gen, ttl, hops, span)
         cdef RouteRec *rec = self._get(<const uint8_t *>PyBytes_AS_STRING(g), now)
-        if rec == NULL or rec.ttl >= ttl:
-            return False
-        rec.peer = <int32_t>peer
-        rec.gen = <uint32_t>gen
-        rec.ttl = <uint8_t>ttl
-        return True
+        if rec == NULL:
+            return TAKEOVER_NONE_C
+        cdef int verdict = _takeover_verdict(rec, ttl, hops, span)
+        if verdict == TAKEOVER_OK_C and not allow:
+            return TAKEOVER_REFUSED_C
+        if verdict == TAKEOVER_OK_C:
+            _take_route(rec, peer, gen, ttl, hops, span)
+        return verdict
+
+
+cdef inline void _take_route(RouteRec *rec, int32_t peer, uint32_t gen, int ttl, int hops,
+                             int span) noexcept nogil:
+    rec.peer = peer
+    rec.gen = gen
+    rec.ttl = <uint8_t>ttl
+    rec.hops = <uint8_t>hops
+    rec.span = <uint8_t>span
+
+
+cdef _check_route_args(peer, gen, ttl, hops, span):
+    if not _MIN_PEER <= peer <= _MAX_PEER or not 0 <= gen <= _MAX_GEN:
+        raise LocalProtocolError(f"route peer {peer} / generation {gen} out of range")
+    if not 0 <= ttl <= _MAX_ROUTE_TTL:
+        raise LocalProtocolError(f"route TTL {ttl} out of range 0..255")
+    if not 0 <= hops <= _MAX_ROUTE_TTL or not 0 <= span <= _MAX_ROUTE_TTL:
+        raise LocalProtocolError(f"route hops {hops} / span {span} out of range 0..255")
 
 
 cdef bytes _guid_bytes(object guid):

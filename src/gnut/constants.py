@@ -54,6 +54,11 @@ GUID_CACHE_MAX_AGE = 600.0
 # arriving later than that have nobody waiting for them.
 ROUTE_TABLE_CAPACITY = 1 << 18
 ROUTE_MAX_AGE = 600.0
+# Route takeovers (a duplicate QUERY from a shorter path moving its reverse route, routerules.py):
+# honest ones are rare races between two paths, so each neighbour may do at most this many in a
+# burst, refilled at this rate; beyond that a neighbour lying about its hops steals only a trickle.
+ROUTE_TAKEOVER_BURST = 8
+ROUTE_TAKEOVERS_PER_MINUTE = 12
 # Handshake: a header block above 4 KiB is refused (real blocks are < 1 KiB), and a
 # peer that has not completed the handshake within 10 s is closed (slowloris).
 HANDSHAKE_MAX_HEADER_BYTES = 4096

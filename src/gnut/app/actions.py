@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gnut.constants import VENDOR_CODE
 from gnut.errors import LocalProtocolError
 from gnut.runtime import download as dl
 from gnut.runtime.downloads import source_from_hint
-from gnut.runtime.search import Hit
+from gnut.runtime.search import SEARCH_MAX_AGE, Hit
 
 if TYPE_CHECKING:
     from gnut.runtime.node import Node
@@ -29,15 +30,36 @@ class FetchError(Exception):
 
 
 async def search_stream(node: Node, text: str, timeout: float, max_results: int,
-                        urns: tuple[str, ...] = ()) -> AsyncIterator[Hit]:
-    """Send a query and yield its hits as they arrive, until `timeout` or `max_results`."""
+                        urns: tuple[str, ...] = (), quiet: float | None = None,
+                        local: bool = False) -> AsyncIterator[Hit]:
+    """Send a query and yield its hits as they arrive, until `timeout`, `quiet` or `max_results`.
+
+    Args:
+        timeout: the longest the search runs, in seconds.
+        max_results: hits yielded at most (spam-marked hits included).
+        quiet: end early once no hit came from the network for this many seconds (since the
+            start, or since the last hit); None waits for the whole `timeout`.
+        local: first yield the node's own shared files that match, marked `local`.
+
+    The node-side search is stopped when the stream ends or its consumer goes away (the
+    generator is closed or cancelled), so its dynamic query and the ultrapeers' work end too.
+    """
     search = node.searches.start(text, urns)
     q = search.listen()
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + min(timeout, SEARCH_MAX_AGE)  # the node forgets older searches anyway
+    last = started
     count = 0
     try:
+        if local and node.share is not None:
+            for h in local_hits(node, text, urns, max_results):
+                count += 1
+                yield h
         while count < max_results:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
+            if quiet is not None:
+                left = min(left, last + quiet - now)
             if left <= 0:
                 return
             try:
@@ -46,9 +68,22 @@ async def search_stream(node: Node, text: str, timeout: float, max_results: int,
             except TimeoutError:
                 return
             count += 1
+            last = time.monotonic()
             yield hit
     finally:
-        search.listeners.remove(q)
+        if q in search.listeners:
+            search.listeners.remove(q)
+        if not search.listeners:
+            node.searches.stop(search)
+
+
+def local_hits(node: Node, text: str, urns: tuple[str, ...], limit: int) -> list[Hit]:
+    """The node's own shared files matching a query, as hits marked `local`."""
+    host, port = node.address
+    return [Hit(name=sf.name, size=sf.size, urn=sf.urn, host=host, port=port, index=sf.index,
+                servent_guid=node.servent_guid.hex(), firewalled=bool(node.cfg.firewalled),
+                vendor=VENDOR_CODE.decode(), speed=0, hops=0, local=True)
+            for sf in node.share.match(text, urns, limit)]
 
 
 def hit_source(h: Hit) -> dl.Source:

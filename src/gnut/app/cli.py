@@ -50,6 +50,13 @@ def _listen_address(text: str) -> tuple[str, int]:
     return _address(text, 0)
 
 
+def _size(text: str) -> int:
+    """A file size for --min-size/--max-size: 700k, 10M, 1.5G, or bytes."""
+    from gnut.app.searchview import parse_size
+
+    return parse_size(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gnut", description="A Gnutella 0.6 servent.")
     p.add_argument("--version", action="version", version=version_text())
@@ -76,15 +83,36 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="TOML file with the same settings (`gnut config --defaults` prints them all)")
     n.add_argument("--log-file", type=Path, default=None, metavar="PATH", help="also write the log to PATH")
+    n.add_argument("--uhc", type=_hostport, action="append", default=[], metavar="HOST:PORT",
+                   help="UDP host cache to ask for peers when we have none (repeatable)")
+    n.add_argument("--gwc", action="append", default=[], metavar="URL",
+                   help="GWebCache (http://...) to ask for peers when we have none (repeatable)")
+    n.add_argument("--bootstrap", action="store_true", default=None,
+                   help="also use the shipped PUBLIC UHC/GWebCache lists (contacts public hosts)")
+    n.add_argument("--hostiles", type=Path, default=None, metavar="FILE",
+                   help="addresses/CIDRs never to connect with, one per line (read with $GNUT_HOME/hostiles.txt)")
     n.add_argument("-v", "--verbose", action="count", default=0, dest="node_verbose",
                    help="log every message routed (its type, peer, TTL/hops and the decision)")
 
-    s = sub.add_parser("search", help="search the network")
-    s.add_argument("term")
+    s = sub.add_parser("search", help="search the network: a live table of files, numbered for `gnut get N`")
+    s.add_argument("words", nargs="+", metavar="WORD", help="search words (no quotes needed)")
     s.add_argument("--connect", type=_hostport, action="append", default=[], metavar="HOST:PORT")
-    s.add_argument("--timeout", type=float, default=10.0, metavar="S")
-    s.add_argument("--max-results", type=int, default=100, metavar="N")
-    s.add_argument("--json", action="store_true", help="one JSON object per result")
+    s.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="longest the search runs (default 10, config key search_timeout)")
+    s.add_argument("--quiet", type=float, default=None, metavar="S",
+                   help="end early once no result came for S seconds (default 3, config key search_quiet)")
+    s.add_argument("--max-results", type=int, default=100, metavar="N", help="files (rows) shown at most")
+    s.add_argument("--min-size", type=_size, default=None, metavar="SIZE", help="e.g. 700k, 10M, 1.5G")
+    s.add_argument("--max-size", type=_size, default=None, metavar="SIZE")
+    s.add_argument("--ext", action="append", default=[], metavar="EXT",
+                   help="only these extensions (repeatable or a comma list: --ext mp3,ogg)")
+    s.add_argument("--sort", choices=("sources", "size", "name"), default="sources")
+    s.add_argument("--show-filtered", action="store_true", help="also show results filtered as spam, with the reason")
+    s.add_argument("--spam-list", type=Path, default=None, metavar="FILE",
+                   help="more known-spam SHA-1s (one urn or base32 a line), besides $GNUT_HOME/spam_sha1.txt")
+    s.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="TOML file for search_timeout/search_quiet (default $GNUT_HOME/config.toml if present)")
+    s.add_argument("--json", action="store_true", help="one JSON object per file row (final state)")
     s.add_argument("--loop", choices=LOOP_CHOICES, default="auto")
 
     g = sub.add_parser("get", help="download a file by urn:sha1, magnet link, or row N of the last search",
@@ -117,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     cg.add_argument("--defaults", action="store_true", help="print a commented TOML of every key and its default")
     cg.add_argument("--check", type=Path, metavar="FILE", help="check a config file; exit 2 naming what is wrong")
 
+    w = sub.add_parser("gwc", help="run a GWebCache server (spec 1 and 2)")
+    w.add_argument("--listen", type=_listen_address, required=True, metavar="HOST:PORT")
+    w.add_argument("--update-interval", type=float, default=None, metavar="S",
+                   help="seconds between two updates accepted from one IP (default 3300)")
+    b = sub.add_parser("ban", help="refuse and never dial an address or network (saved to hostiles.txt)")
+    b.add_argument("target", metavar="ADDR[/BITS]")
+
     d = sub.add_parser("demo", help="run a local demo network with real searches and a download")
     d.add_argument("--nodes", type=int, default=20)
     d.add_argument("--loop", choices=LOOP_CHOICES, default="auto")
@@ -133,9 +168,18 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         kw["connect"] = list(args.connect)
     if args.share:
         kw["share_dirs"] = list(args.share)
+    if args.uhc:
+        kw["uhc"] = list(args.uhc)
+    if args.gwc:
+        for url in args.gwc:
+            if not url.startswith("http://"):
+                raise ValueError(f"--gwc {url!r}: only http:// GWebCache URLs are supported")
+        kw["gwc"] = list(args.gwc)
+    if args.bootstrap:
+        kw["bootstrap"] = True
     for opt, key in (("mode", "mode"), ("loop", "loop"), ("max_peers", "max_peers"), ("max_leaves", "max_leaves"),
                      ("out_links", "out_links"), ("firewalled", "firewalled"), ("download_dir", "download_dir"),
-                     ("log_file", "log_file")):
+                     ("log_file", "log_file"), ("hostiles", "hostiles")):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)
     if args.no_control:
@@ -189,7 +233,7 @@ def argv_command(argv: list[str] | None) -> str | None:
 
 
 _COMMANDS = ("node", "search", "get", "downloads", "pause", "resume", "cancel", "status", "stop", "shares",
-             "rescan", "config", "demo")
+             "rescan", "config", "demo", "gwc", "ban")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +257,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `gnut search jazz --ext mp3 live`: words after an option are still search words.
+        if args.command == "search" and not any(e.startswith("-") for e in extra):
+            args.words += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         build_parser().print_help()
         return 2
@@ -241,6 +292,17 @@ def _main(argv: list[str] | None) -> int:
         except OSError as exc:
             print(f"gnut node: {exc}", file=sys.stderr)  # e.g. the listen address is in use
             return 1
+    if args.command == "gwc":
+        setup_logging(args.verbose)
+        from gnut.app.gwc import run_gwc
+        from gnut.protocol.gwc import UPDATE_INTERVAL
+
+        interval = UPDATE_INTERVAL if args.update_interval is None else args.update_interval
+        try:
+            return loops.run(run_gwc(*args.listen, interval))
+        except OSError as exc:
+            print(f"gnut gwc: {exc}", file=sys.stderr)
+            return 1
     home = args.home or default_home()
     if args.verbose:
         setup_logging(args.verbose)
@@ -254,6 +316,8 @@ def _main(argv: list[str] | None) -> int:
         return loops.run(commands.get(args, home), args.loop)
     if args.command == "config":
         return config_command(args)
+    if args.command == "ban":
+        return loops.run(client.ban(args, home))
     handlers = {"status": commands.status, "downloads": commands.downloads, "pause": commands.queue_op,
                 "resume": commands.queue_op, "cancel": commands.queue_op, "stop": commands.stop,
                 "shares": commands.shares, "rescan": commands.rescan}

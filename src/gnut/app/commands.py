@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from gnut.app import actions, control, lastsearch
-from gnut.app.client import _running_node, ephemeral_node
+from gnut.app.client import _print_trust, _running_node, ephemeral_node
 from gnut.app.progress import ProgressView, describe, human_bytes, human_rate, human_time
 from gnut.errors import LocalProtocolError
 from gnut.protocol.printable import printable
@@ -378,6 +378,13 @@ async def status(args: argparse.Namespace, home: Path) -> int:
     print("messages received: " + (", ".join(f"{k} {v}" for k, v in st["received"].items()) or "none"))
     print("messages sent:     " + (", ".join(f"{k} {v}" for k, v in st["sent"].items()) or "none"))
     print("drops:    " + (", ".join(f"{k} {v}" for k, v in st["drops"].items()) or "none"))
+    u = st.get("udp") or {}
+    if u.get("enabled"):
+        oob = u.get("oob", {})
+        print(f"udp:      {u['address']} datagrams in {u['datagrams_in']} out {sum(u['sent'].values())}, "
+              f"OOB hits in {oob.get('hits_received', 0)} out {oob.get('hits_sent', 0)}, "
+              f"bootstrap {u['bootstrap']['phase']}; drops "
+              + (", ".join(f"{k} {v}" for k, v in u["drops"].items()) or "none"))
     t = st.get("transfers", {})
     queue = st.get("queue", [])
     running = [d for d in queue if d["state"] in ("searching", "downloading", "verifying")]
@@ -386,4 +393,5 @@ async def status(args: argparse.Namespace, home: Path) -> int:
           f"{sum(1 for d in queue if d['state'] in ('queued', 'paused'))} queued or paused")
     for d in running:
         print("  " + describe(d))
+    _print_trust(st)
     return 0

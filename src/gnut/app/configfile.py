@@ -25,7 +25,7 @@ ALIASES = {
 # Fields not settable from the file (`listen` covers the two address halves).
 HIDDEN = {"listen_host", "listen_port", "connect", "share_dirs"}
 # Settings that are paths: "~" is expanded as a shell would.
-PATH_KEYS = {"home", "download_dir", "log_file"}
+PATH_KEYS = {"home", "download_dir", "log_file", "hostiles"}
 
 
 class ConfigFileError(ValueError):

@@ -11,6 +11,7 @@ another host and not by other local users.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gnut.app import actions, queue_ops
+from gnut.protocol.printable import printable
 
 if TYPE_CHECKING:
     from gnut.runtime.node import Node
@@ -28,6 +30,8 @@ log = logging.getLogger("gnut.app.control")
 MAX_REQUEST = 64 * 1024
 # A client must send its request within this many seconds.
 REQUEST_TIMEOUT = 10.0
+# Hits one control search streams at most (the node keeps MAX_RESULTS_KEPT per search anyway).
+MAX_SEARCH_HITS = 2000
 
 
 class ControlServer:
@@ -105,13 +109,21 @@ class ControlServer:
                 raise ValueError("connect needs a host string and a port in 1..65535")
             node.dial(host, port)
             await send({"done": True})
+        elif op == "ban":
+            target = req.get("target")
+            if not isinstance(target, str) or not target.strip():
+                raise ValueError("ban needs a target: an address or ADDR/BITS")
+            try:
+                entry = node.ban(target)
+            except ValueError as exc:
+                await send({"error": f"cannot ban {target[:64]!r}: {exc}"})
+                return
+            except OSError as exc:
+                await send({"error": f"banned for this run, but the hostiles file was not written: {exc}"})
+                return
+            await send({"done": True, "banned": entry, "hostiles": len(node.hostiles)})
         elif op == "search":
-            count = 0
-            async for hit in actions.search_stream(node, str(req.get("text", "")), float(req.get("timeout", 10)),
-                                                   int(req.get("max_results", 100)), tuple(req.get("urns", ()))):
-                count += 1
-                await send({"hit": hit.as_dict()})
-            await send({"done": True, "count": count})
+            await self._search(req, send, reader)
         elif op in queue_ops.OPS:
             await queue_ops.dispatch(node, op, req, send, reader)
         elif op == "stop":
@@ -119,6 +131,57 @@ class ControlServer:
             node.request_stop()
         else:
             await send({"error": f"unknown op {op!r}"})
+
+    async def _search(self, req: dict, send, reader: asyncio.StreamReader | None) -> None:
+        """The `search` op: stream {"hit": ...} lines, then {"done": true, "count": N}.
+
+        Request keys: text, urns, timeout and quiet (seconds; the node's search_timeout and
+        search_quiet settings by default), max_results, local (include our own shared files).
+        The search ends at the timeout, after the quiet period, at max_results, or as soon as
+        the client hangs up (the node-side search is then stopped at once).
+        """
+        node = self.node
+        cfg = node.cfg
+        text = req.get("text", "")
+        urns = req.get("urns", [])
+        if not isinstance(text, str) or not isinstance(urns, list) or not all(isinstance(u, str) for u in urns):
+            raise ValueError("search needs a text string and a list of urn strings")
+        timeout = float(req.get("timeout") if "timeout" in req else getattr(cfg, "search_timeout", 10.0))
+        quiet = req.get("quiet") if "quiet" in req else getattr(cfg, "search_quiet", None)
+        quiet = None if quiet is None else float(quiet)
+        max_results = int(req.get("max_results", 100))
+        if not timeout > 0 or (quiet is not None and not quiet > 0) or max_results < 1:
+            raise ValueError("search needs timeout > 0, quiet > 0 (or null) and max_results >= 1")
+
+        async def stream() -> None:
+            count = 0
+            gen = actions.search_stream(node, text, timeout, min(max_results, MAX_SEARCH_HITS), tuple(urns),
+                                        quiet=quiet, local=bool(req.get("local", False)))
+            async with contextlib.aclosing(gen):
+                async for hit in gen:
+                    count += 1
+                    await send({"hit": hit.as_dict()})
+            await send({"done": True, "count": count})
+
+        task = asyncio.ensure_future(stream())
+        if reader is None:
+            await task
+            return
+        # A request is one line: anything more, or EOF, means the client is done with us.
+        gone = asyncio.ensure_future(reader.read(1))
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            abandoned = not task.done()
+            if abandoned:
+                task.cancel()
+                node.events["searches_abandoned"] += 1
+                log.info("search %r ended: the control client went away", printable(text))
+            gone.cancel()
+        if abandoned:
+            await asyncio.wait({task})  # let the search stop itself; the client hears nothing more
+            return
+        await task
 
 
 async def _alive(path: Path) -> bool:

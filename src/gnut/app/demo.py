@@ -67,7 +67,9 @@ async def run_demo(n_nodes: int = 20, seed: int = 7, out=print) -> int:
             make_files(share, rng, rng.randint(2, 6))
             cfg = NodeConfig(listen_host="127.0.0.1", listen_port=0, mode=mode, home=root / f"node{i:02d}",
                              share_dirs=[share], control=False, save_hosts=False,
-                             out_links=2 if mode == "leaf" else 3, max_leaves=64)
+                             out_links=2 if mode == "leaf" else 3, max_leaves=64,
+                             # every demo node is 127.0.0.1: one UDP source for the per-IP limit
+                             udp_rate=2000.0, udp_burst=4000.0)
             node = Node(cfg)
             await node.start()
             nodes.append(node)

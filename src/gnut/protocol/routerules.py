@@ -94,8 +94,49 @@ class _Peer:
         self.matcher: QrpMatcher | None = None
 
 
+# Route takeover (the rule every twin applies: RouteTable.reroute here, RouteMap.reroute and the
+# C relay loop in _routemap.pxi/_relay.pxi, and the pure twin _purerelay.py).
+# A duplicate QUERY may move the reverse route of its GUID to its sender only when that sender
+# could really be on a shorter path from the querier:
+#   1. it is useful: its relay TTL beats the highest one relayed so far (else it is a plain DUPLICATE);
+#   2. its hops count is strictly lower than the recorded copy's (a higher TTL at the same or more
+#      hops is no shorter path, only a louder claim: the old "higher TTL wins" rule let any
+#      neighbour take every route, and with it every QUERYHIT, by resending the GUID with more TTL);
+#   3. its hops + TTL is consistent with the recorded copy's: an honest copy of one query carries the
+#      same hops + TTL on every path, less what a soft-limit clamp took off, so it may exceed the
+#      recorded sum only when that record was clamped (sum at the soft limit or above);
+#   4. the recorded copy is not ours nor a leaf's: those are recorded with hops 0 (and ours as
+#      LOCAL_PEER, whose echoes are OWN_MESSAGE first), and no copy has fewer hops than 0;
+#   5. the sender has takeover budget left (ROUTE_TAKEOVER_BURST, refilled at
+#      ROUTE_TAKEOVERS_PER_MINUTE; a token bucket per peer kept by the relay core, RelayCore
+#      take_over/_spend_takeover in both twins): honest takeovers are races between two paths and
+#      rare, so a neighbour that lies about its hops steals at most a trickle, never the stream.
+# A copy that passes 1 and fails 2-5 is a refused takeover: dropped as a DUPLICATE and counted.
+TAKEOVER_NONE = 0  # not a takeover candidate (no higher relay TTL): a plain duplicate
+TAKEOVER_OK = 1  # rules 1-4 hold (the caller still checks the sender's budget)
+TAKEOVER_REFUSED = 2  # higher relay TTL, but the copy cannot be on a shorter path
+
+
+def takeover_verdict(rec_ttl: int, rec_hops: int, rec_span: int, out_ttl: int, hops: int, span: int) -> int:
+    """Rules 1-4 above for a duplicate QUERY against its route record.
+
+    Args:
+        rec_ttl, rec_hops, rec_span: the record's highest relay TTL, and the hops and raw
+            hops + TTL of the copy that set it.
+        out_ttl: the duplicate's relay TTL; hops, span: its hops and raw hops + TTL.
+
+    Returns:
+        TAKEOVER_NONE, TAKEOVER_OK or TAKEOVER_REFUSED.
+    """
+    if out_ttl <= rec_ttl:
+        return TAKEOVER_NONE
+    if hops >= rec_hops or (span > rec_span and rec_span < SOFT_TTL_LIMIT):
+        return TAKEOVER_REFUSED
+    return TAKEOVER_OK
+
+
 class RouteTable:
-    """Bounded, aged map GUID -> (peer id, peer generation, relay TTL).
+    """Bounded, aged map GUID -> (peer id, peer generation, relay TTL, hops, hops + TTL).
 
     Strategy: an OrderedDict in insertion-time order (a re-insert moves the key to
     the end).  Inserting evicts the oldest entries while the table is full and pops
@@ -117,13 +158,13 @@ class RouteTable:
             raise LocalProtocolError(f"bad route table bounds capacity={capacity} max_age={max_age}")
         self.capacity = capacity
         self.max_age = max_age
-        # GUID -> (peer, generation, time put, highest relay TTL)
-        self._entries: OrderedDict[bytes, tuple[int, int, float, int]] = OrderedDict()
+        # GUID -> (peer, generation, time put, highest relay TTL, hops, hops + TTL)
+        self._entries: OrderedDict[bytes, tuple[int, int, float, int, int, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, guid: bytes, peer: int, gen: int, now: float, ttl: int = 0) -> None:
+    def put(self, guid: bytes, peer: int, gen: int, now: float, ttl: int = 0, hops: int = 0, span: int = 0) -> None:
         """Record that replies for `guid` go to `peer` (generation `gen`) from time `now`.
 
         Args:
@@ -131,6 +172,7 @@ class RouteTable:
             peer, gen: the peer id and its generation.
             now: current time in seconds.
             ttl: the relay TTL the message was forwarded with (0 = not forwarded).
+            hops, span: hops and raw hops + TTL of the copy (0: ours or a leaf's, never taken over).
         """
         entries = self._entries
         if guid in entries:
@@ -143,9 +185,9 @@ class RouteTable:
             if oldest[2] > horizon:
                 break
             entries.popitem(last=False)
-        entries[guid] = (peer, gen, now, ttl)
+        entries[guid] = (peer, gen, now, ttl, hops, span)
 
-    def _live(self, guid: bytes, now: float) -> tuple[int, int, float, int] | None:
+    def _live(self, guid: bytes, now: float) -> tuple[int, int, float, int, int, int] | None:
         entry = self._entries.get(guid)
         if entry is not None and now - entry[2] >= self.max_age:
             del self._entries[guid]
@@ -157,17 +199,31 @@ class RouteTable:
         entry = self._live(guid, now)
         return None if entry is None else (entry[0], entry[1])
 
-    def reroute(self, guid: bytes, peer: int, gen: int, ttl: int, now: float) -> bool:
-        """Move guid's live entry to a copy that came with a higher relay TTL (a shorter path).
+    def reroute(
+        self, guid: bytes, peer: int, gen: int, ttl: int, now: float, hops: int = 0, span: int = 0,
+        allow: bool = True,
+    ) -> int:
+        """Let a duplicate copy take guid's live entry over, by the takeover rule above.
 
-        When the entry holds a relay TTL below `ttl`, it takes `peer`, `gen` and `ttl` (its age and
-        place stay) and True is returned; otherwise nothing changes and False is returned.
+        Args:
+            guid, peer, gen: the GUID and the duplicate's sender.
+            ttl: the duplicate's relay TTL; hops, span: its hops and raw hops + TTL.
+            now: current time in seconds.
+            allow: False when the sender has no takeover budget left (an OK verdict is refused).
+
+        Returns:
+            TAKEOVER_NONE (no record, or no higher TTL), TAKEOVER_REFUSED, or TAKEOVER_OK when
+            the entry now holds `peer`, `gen`, `ttl`, `hops` and `span` (its age and place stay).
         """
         entry = self._live(guid, now)
-        if entry is None or entry[3] >= ttl:
-            return False
-        self._entries[guid] = (peer, gen, entry[2], ttl)  # an existing key keeps its place
-        return True
+        if entry is None:
+            return TAKEOVER_NONE
+        verdict = takeover_verdict(entry[3], entry[4], entry[5], ttl, hops, span)
+        if verdict == TAKEOVER_OK and not allow:
+            return TAKEOVER_REFUSED
+        if verdict == TAKEOVER_OK:
+            self._entries[guid] = (peer, gen, entry[2], ttl, hops, span)  # an existing key keeps its place
+        return verdict
 
 
 def effective_ttl(ttl: int, hops: int) -> int:

@@ -23,15 +23,25 @@
 # Duplicates: a PING or QUERY whose (GUID, type) was already seen is a DUPLICATE, but for one
 # case (gtk-gnutella's check_duplicate: "forward but don't handle"): the first copy of a query may
 # come the long way round with less TTL left.  The QUERY route record keeps the highest relay TTL
-# (relay_ttl) forwarded for its GUID; a duplicate from a relay peer with a higher one is relayed
-# again with it (a first copy's targets but its sender; FORWARD even with no target left), is not
-# handled again, counts in `forwarded` and `dup_ttl_relays`, and takes over the route record:
-# replies go back the shorter way (a holder reached only that way sets its hit's TTL from that
-# path's hops, and QUERYHIT_TTL_MARGIN covers one extra hop, not the longer first route).  Each
-# relay must raise the TTL (1 .. SOFT_TTL_LIMIT - 1): at most SOFT_TTL_LIMIT - 1 per GUID.  This
-# holds on the link the route points to as well (an upstream relays its late short-path copy to
-# us too); there a resend without a higher TTL is a DUPLICATE that node.py counts (BYE 401).
+# (relay_ttl) forwarded for its GUID and the hops and hops + TTL of the copy that set it; a
+# duplicate from a relay peer with a higher relay TTL that passes the takeover rule (routerules.py:
+# strictly fewer hops, consistent hops + TTL, never a GUID we or our leaves originated, the
+# sender's takeover budget) is relayed again with it (a first copy's targets but its sender;
+# FORWARD even with no target left), is not handled again, counts in `forwarded` and
+# `dup_ttl_relays` (= route takeovers), and takes over the route record: replies go back the
+# shorter way (a holder reached only that way sets its hit's TTL from that path's hops, and
+# QUERYHIT_TTL_MARGIN covers one extra hop, not the longer first route).  One that fails the rule
+# is a DUPLICATE and counts in `takeovers_refused`: a higher TTL alone never moves a route (it
+# let any neighbour steal every QUERYHIT of the queries it relays).  Each relay must raise the TTL
+# (1 .. SOFT_TTL_LIMIT - 1) and lower the hops.  This holds on the link the route points to as
+# well (an upstream relays its late short-path copy to us too); there a resend without a takeover
+# is a DUPLICATE that node.py counts (BYE 401).
 # PINGs are answered, not relayed: their duplicates are all DUPLICATE, as in leaf mode or from leaves.
+#
+# Routes are learned only from messages we accepted and routed: a QUERYHIT teaches the PUSH route
+# of its servent GUID only when it is ours (LOCAL) or routed back (ROUTE_BACK); a hit dropped for
+# NO_ROUTE, ROUTE_LOOP, TTL or size teaches nothing (else anyone could point PUSHes for any servent
+# at itself with hits nobody asked for).
 
 from __future__ import annotations
 
@@ -60,6 +70,7 @@ from gnut.fastpath import GuidCache, RelayCore, RouteMap
 from gnut.protocol.qrp import QRP_MIN_WORD_LENGTH, QrpTable, qrp_hashcode
 from gnut.protocol.routerules import (  # noqa: F401  (re-exported: routing's public vocabulary)
     MIN_QUERY_PAYLOAD,
+    TAKEOVER_OK,
     Action,
     DropReason,
     PeerRole,
@@ -105,7 +116,8 @@ class Router:
     Counters: `drops` (Counter[DropReason]), `received`, `forwarded` (copies sent,
     relays and route-backs) and `local` (Counter by message type), `qrp_skips`
     (query copies not sent to a peer because its QRP table did not match) and
-    `dup_ttl_relays` (duplicate QUERYs relayed again for their higher TTL).
+    `dup_ttl_relays` (duplicate QUERYs relayed again for their higher TTL: route takeovers) and
+    `takeovers_refused` (duplicates whose higher TTL failed the takeover rule).
 
     `core` (fastpath.RelayCore) shares the seen cache and the QUERY reverse routes and settles
     the common relay case over whole chunks (node.on_frames); its counts are folded into the
@@ -155,6 +167,7 @@ class Router:
         self._local_counts: Counter[int] = collections.Counter()
         self._qrp_skips = 0
         self._dup_ttl_relays = 0
+        self._takeovers_refused = 0
         self.core = RelayCore(mode, self._seen, self._query_routes)
         # The runtime settles whole chunks through `core` while this is True (a switch for
         # benchmarks and debugging: False routes every message through route()).
@@ -164,11 +177,12 @@ class Router:
     # --- counters (the core's C counts folded in on read) --------------------------------
 
     def _sync(self) -> None:
-        received, forwarded, local, dup, own, flow, skips, dup_ttl = self.core.take_counts()
+        received, forwarded, local, dup, own, flow, skips, dup_ttl, refused = self.core.take_counts()
+        self._dup_ttl_relays += dup_ttl
+        self._takeovers_refused += refused
         if not received and not flow:
             return
         self._qrp_skips += skips
-        self._dup_ttl_relays += dup_ttl
         for counter, key, value in (
             (self._received, MSG_QUERY, received),
             (self._forwarded, MSG_QUERY, forwarded),
@@ -185,6 +199,12 @@ class Router:
         """Duplicate QUERYs relayed again because they carried a higher relay TTL (not drops)."""
         self._sync()
         return self._dup_ttl_relays
+
+    @property
+    def takeovers_refused(self) -> int:
+        """Duplicate QUERYs with a higher relay TTL that the takeover rule refused (routerules.py)."""
+        self._sync()
+        return self._takeovers_refused
 
     @property
     def qrp_skips(self) -> int:
@@ -329,6 +349,10 @@ class Router:
         table = self._query_routes if mtype == MSG_QUERY else self._ping_routes if mtype == MSG_PING else None
         return None if table is None else self._live(table.get(guid, now))
 
+    def is_own_ping(self, guid: bytes, now: float) -> bool:
+        """Whether `guid` is one of our own live PINGs (a PONG for it was solicited)."""
+        return self._is_own(self._ping_routes, guid, now)
+
     def push_route(self, servent_guid: bytes, now: float) -> int | None:
         """Return the live peer a PUSH for `servent_guid` should go to (learned from hits), or None."""
         return self._live(self._push_routes.get(servent_guid, now))
@@ -404,12 +428,14 @@ class Router:
             return self._drop(DropReason.OWN_MESSAGE)
         out_ttl = relay_ttl(ttl, hops)
         if self._seen.seen(guid, MSG_QUERY, now):
-            return self._route_dup_query(peer, guid, payload, out_ttl, now)
+            return self._route_dup_query(peer, guid, payload, out_ttl, hops, ttl + hops, now)
         self._local_counts[MSG_QUERY] += 1
         if self.mode == "leaf":
             # A leaf answers from its shares straight to `peer` and never relays.
             return RouteDecision(Action.LOCAL, (), True)
-        self._query_routes.put(guid, peer, self._peers[peer].gen, now, out_ttl)
+        # A leaf's copy is recorded with hops 0 whatever it says: no copy can take its route over.
+        rec_hops = 0 if self._peers[peer].role == PeerRole.LEAF else hops
+        self._query_routes.put(guid, peer, self._peers[peer].gen, now, out_ttl, rec_hops, ttl + hops)
         if out_ttl == 0:
             # Spent here, but an ultrapeer's leaves sit inside its horizon (LimeWire's
             # forwardQueryToLeaves): matching leaves still get it, with TTL 1.
@@ -425,9 +451,9 @@ class Router:
         return RouteDecision(Action.FORWARD, targets, True, ttl=out_ttl)
 
     def _route_dup_query(
-        self, peer: int, guid: bytes, payload: bytes, out_ttl: int, now: float
+        self, peer: int, guid: bytes, payload: bytes, out_ttl: int, hops: int, span: int, now: float
     ) -> RouteDecision:
-        """A QUERY already seen: relayed again (not handled) when its relay TTL beats every earlier one.
+        """A QUERY already seen: relayed again (not handled) when it takes the route over (routerules' rule).
 
         Such a copy is never a DUPLICATE, even when no peer is left to relay it to (FORWARD with no
         targets): its sender is not replaying anything and the node must not count it as such.
@@ -437,10 +463,9 @@ class Router:
             out_ttl > 0
             and self.mode != "leaf"
             and sender.role != PeerRole.LEAF
-            and self._query_routes.reroute(guid, peer, sender.gen, out_ttl, now)
+            and self.core.take_over(guid, peer, out_ttl, hops, span, now) == TAKEOVER_OK
         ):
             targets = self._select_targets(peer, None, payload, out_ttl)
-            self._dup_ttl_relays += 1
             self._forwarded[MSG_QUERY] += len(targets)
             return RouteDecision(Action.FORWARD, targets, False, ttl=out_ttl)
         return self._drop(DropReason.DUPLICATE)
@@ -534,14 +559,18 @@ class Router:
         payload = msg.payload
         if len(payload) < MIN_QUERYHIT_PAYLOAD:
             return self._drop(DropReason.MALFORMED)
-        # The servent GUID ends the hit: PUSH requests for that servent go back to `peer`.
-        servent = payload[-GUID_LEN:]
-        if servent != self.servent_guid:
-            self._push_routes.put(servent, peer, sender.gen, now)
         route = self._query_routes.get(msg.guid, now)
         if route is not None and route[0] == LOCAL_PEER:
-            return self._local(MSG_QUERYHIT)
-        return self._route_back(MSG_QUERYHIT, peer, self._live(route), ttl, hops, False)
+            dec = self._local(MSG_QUERYHIT)
+        else:
+            dec = self._route_back(MSG_QUERYHIT, peer, self._live(route), ttl, hops, False)
+        if dec.action is not Action.DROP:
+            # Only a hit we accepted (ours) or routed back teaches where its servent is: PUSH
+            # requests for the servent GUID that ends it go back to `peer`.
+            servent = payload[-GUID_LEN:]
+            if servent != self.servent_guid:
+                self._push_routes.put(servent, peer, sender.gen, now)
+        return dec
 
     def _route_ping(self, peer: int, sender: _Peer, msg, now: float) -> RouteDecision:
         # Pong caching: pings are never flooded; the node answers with its own pong

@@ -92,6 +92,9 @@ class NodeConfig:
     dynamic_query: bool = _opt(True, "ultrapeer: run leaves' and own queries as dynamic queries")
     # Dynamic querying waits this long per hop before widening (LimeWire: 2.4 s; tests use less).
     dq_hop_wait: float = _opt(2.4, "dynamic querying: seconds waited per hop before widening")
+    # `gnut search`: the longest a search runs, and the quiet period (no new result) that ends it early.
+    search_timeout: float = _opt(10.0, "gnut search: the longest a search runs (seconds)")
+    search_quiet: float = _opt(3.0, "gnut search: a quiet period this long (no new result) ends it early")
     verbose: int = _opt(0, "log detail: 2 and up logs every routed message")
     save_hosts: bool = _opt(True, "keep the host cache in HOME/hosts.json")
     # Offer and use deflate on links (gtk-gnutella ultrapeers refuse leaves that do not).
@@ -99,10 +102,35 @@ class NodeConfig:
     # Seen-GUID cache and reverse-route table sizes: the memory bound under a flood of unique GUIDs.
     seen_cache_size: int = _opt(GUID_CACHE_CAPACITY, "seen-GUID cache entries (memory bound under floods)")
     route_table_size: int = _opt(ROUTE_TABLE_CAPACITY, "reverse-route table entries")
+    # UDP on the Gnutella port (PING/PONG, UHC, GUESS, OOB hits, registered kinds such as the DHT).
+    udp: bool = _opt(True, "UDP on the Gnutella port (ping/pong, host caches, GUESS, out-of-band hits)")
+    # Per-source UDP rate (datagrams/s) and burst: the transceiver's defaults; tests raise them.
+    udp_rate: float = _opt(20.0, "UDP datagrams per second accepted from one source")
+    udp_burst: float = _opt(60.0, "UDP burst accepted from one source (datagrams)")
+    # Ask for and give out-of-band query hits (needs UDP and a non-firewalled IPv4 address).
+    oob: bool = _opt(True, "ask for and give out-of-band query hits (needs UDP)")
+    # Also send our searches as GUESS queries over UDP to ultrapeers we are not linked to.
+    guess: bool = _opt(False, "also send our searches as GUESS queries over UDP")
+    # Bootstrap: explicit UDP host caches ("host", port) and GWebCache URLs; `bootstrap` adds the
+    # shipped public lists (gnut/data/bootstrap.toml): only when the user asks for it.
+    uhc: list[tuple[str, int]] = _opt(None, 'UDP host caches to ask for peers, as "HOST:PORT" strings', list)
+    gwc: list[str] = _opt(None, "GWebCache URLs to ask for peers", list)
+    bootstrap: bool = _opt(False, "also use the shipped public host-cache lists (only when asked)")
+    # Bootstrap pacing: seconds per step, host-cache grace before asking caches, UHC answer wait.
+    bootstrap_tick: float = _opt(1.0, "bootstrap: seconds per step")
+    hostcache_grace: float = _opt(10.0, "bootstrap: seconds the host cache gets before caches are asked")
+    uhc_timeout: float = _opt(5.0, "bootstrap: seconds to wait for a UDP host cache's answer")
+    # A hostiles file (gtk-gnutella's format) read besides $GNUT_HOME/hostiles.txt; None: only that one.
+    hostiles: Path | None = _opt(None, "a hostiles file (gtk-gnutella's format) read besides HOME/hostiles.txt")
     log_file: Path | None = _opt(None, "also write the log to this file")
     max_downloads: int = _opt(3, "downloads of the node's queue running at the same time")
 
     def __post_init__(self) -> None:
+        if isinstance(self.uhc, (list, tuple)):  # "host:port" strings are welcome here (the TOML form)
+            try:
+                self.uhc = [parse_hostport(u) if isinstance(u, str) else u for u in self.uhc]
+            except ValueError as exc:
+                raise ConfigError("uhc", str(exc)) from None
         for f in fields(self):
             setattr(self, f.name, _check(f.name, f.type, getattr(self, f.name)))
         if self.mode not in MODES:
@@ -132,6 +160,10 @@ class NodeConfig:
         return self.home / "hosts.json"
 
     @property
+    def bootstrap_path(self) -> Path:
+        return self.home / "bootstrap.json"
+
+    @property
     def sha1_cache_path(self) -> Path:
         return self.home / "sha1-cache.json"
 
@@ -151,6 +183,7 @@ TYPE_WORDS = {
     "Path": "a path string",
     "Path | None": "a path string",
     "list[Path]": "a list of path strings",
+    "list[str]": "a list of strings",
     "list[tuple[str, int]]": 'a list of "HOST:PORT" strings',
 }
 
@@ -184,6 +217,10 @@ def _check(name: str, kind: str, value):
         if not isinstance(value, (str, os.PathLike)) or not str(value):
             raise _bad(name, kind, value)
         return Path(value)
+    if kind == "list[str]":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise _bad(name, kind, value)
+        return list(value)
     if kind == "list[Path]":
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in value):
             raise _bad(name, kind, value)

@@ -21,6 +21,7 @@ import h11
 from gnut import __version__
 from gnut.constants import USER_AGENT_PRODUCT
 from gnut.errors import LocalProtocolError, RemoteProtocolError
+from gnut.protocol.addresses import AddrClass, classify
 from gnut.protocol.magnet import DIGITS, MAX_NAME_BYTES, normalize_urn, parse_magnet, safe_name  # noqa: F401 (re-exported)
 from gnut.runtime.fsutil import atomic_write_bytes
 
@@ -109,8 +110,8 @@ def needs_push(source: Source, *, assume_private_firewalled: bool = True) -> boo
         ip = ipaddress.ip_address(source.host)
     except ValueError:
         return False  # a host name: leave it to the connect attempt
-    if ip.is_unspecified:
-        return True
+    if ip.is_unspecified or classify(source.host) is AddrClass.BOGON:
+        return True  # multicast, documentation, reserved...: never dialled (protocol/addresses.py)
     return assume_private_firewalled and (ip.is_private or ip.is_loopback or ip.is_link_local)
 
 

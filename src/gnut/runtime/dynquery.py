@@ -28,6 +28,18 @@
 # "stop".  gnut leaves answer Query Status Requests (BEAR/11) and send the stop when a
 # search is stopped.
 #
+# Replies that lie about themselves steer nothing (the trust rule of this module):
+#   - a QUERYHIT counts the results its payload really holds, parsed (a count byte of 255 over one
+#     result counts 1; a payload that does not parse counts 0), and one responder (servent GUID)
+#     counts at most DQ_MAX_RESULTS_PER_SERVENT per query: one host cannot end a query that wants
+#     choices from many;
+#   - leaf guidance may lower the count below what we routed only down to a floor of
+#     routed / DQ_GUIDANCE_FLOOR_DIV (a leaf drops spam and duplicates, but a leaf that says "0"
+#     while hundreds arrived is widening its query over the whole network), and a kept count is
+#     bounded by 0xFFFE;
+#   - X-Degree counts up to DQ_MAX_DEGREE only: one link claiming a huge degree would "reach" the
+#     whole horizon at once and end every query after one step.
+#
 # Deviation noted: LimeWire's X-Ext-Probes (re-query a probed link with a higher TTL) is
 # not used: gnut's Router drops a duplicate GUID whatever its TTL, so every link is
 # queried at most once.
@@ -40,10 +52,11 @@ import enum
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gnut.constants import MAX_TTL_ADVERTISED, MSG_QUERY, MSG_VENDOR
+from gnut.constants import GUID_LEN, MAX_TTL_ADVERTISED, MSG_QUERY, MSG_VENDOR
+from gnut.errors import ProtocolError
 from gnut.protocol import messages
 from gnut.protocol import routing as rt
 from gnut.protocol.qrp import QRP_DEFAULT_TABLE_BITS, QueryHashes
@@ -74,8 +87,17 @@ DQ_LEAF_UP_LINKS = 3
 DQ_URN_DECIMATOR = 25
 # Degree assumed for a link that sends no X-Degree (the classic 0.4 network's degree).
 DQ_DEFAULT_DEGREE = 6
-# X-Degree values above this are taken as this: the horizon math stays bounded.
-DQ_MAX_DEGREE = 256
+# X-Degree values above this are taken as this: the horizon math stays bounded, and no link can
+# claim the horizon of a whole query (32 is the largest degree deployed ultrapeers announce).
+DQ_MAX_DEGREE = 32
+# Results one responder (servent GUID) counts for one query: a host with many matches or a liar
+# cannot end a query that wants choices from many hosts.
+DQ_MAX_RESULTS_PER_SERVENT = 32
+# Responders remembered per query for that cap (memory bound: 16 bytes + an int each).
+DQ_SERVENTS_TRACKED = 4096
+# Leaf guidance may count less than the hits we routed to the leaf, down to routed / this:
+# a leaf drops spam and duplicates, not three quarters of everything.
+DQ_GUIDANCE_FLOOR_DIV = 4
 # Dynamic queries running at once on one node, and for one leaf: beyond that a query
 # reaches only our leaves (a leaf with more searches in flight is flooding us).
 DQ_MAX_ACTIVE = 1024
@@ -211,7 +233,7 @@ class DynamicQuery:
         self._reach: dict[int, int] = {}  # peer id -> horizon that copy added
         self.horizon = 0  # H: ultrapeers theoretically reached
         self.results = 0
-        self.kept: int | None = None  # leaf guidance: results the leaf says it kept
+        self.kept: int | None = None  # leaf guidance: results the leaf says it kept (0..0xFFFE)
         self.stopped = False
         self.probed = False
         self.done: Done | None = None
@@ -239,7 +261,7 @@ class DynamicQuery:
         if kept == QSTAT_STOP:
             self.stopped = True
         else:
-            self.kept = max(0, kept)
+            self.kept = max(0, min(kept, QSTAT_STOP - 1))
 
     def stop(self) -> None:
         """End the query at the next step (the leaf left, our search was stopped)."""
@@ -247,9 +269,10 @@ class DynamicQuery:
 
     # --- the plan -------------------------------------------------------------------------
     def effective_results(self) -> int:
-        """Results counted against the target: the leaf's own count when it guides us."""
+        """Results counted against the target: the leaf's own count when it guides us, never less
+        than a share of what we routed to it (DQ_GUIDANCE_FLOOR_DIV)."""
         if self.kept is not None:
-            return self.kept // DQ_LEAF_UP_LINKS
+            return max(self.kept // DQ_LEAF_UP_LINKS, self.results // DQ_GUIDANCE_FLOOR_DIV)
         return self.results
 
     def next_step(self, now: float, results: int) -> list[tuple[int, int]] | Done:
@@ -371,11 +394,25 @@ class DqRecord:
     results: int = 0
     sent: int = 0
     reason: DoneReason | None = None
+    per_servent: dict[bytes, int] = field(default_factory=dict)  # results counted per responder
 
     def summary(self) -> dict:
         return {"guid": self.guid.hex(), "origin": "local" if self.origin is None else self.origin,
                 "results": self.results, "sent": self.sent, "links": dict(self.plan.queried),
                 "horizon": self.plan.horizon, "reason": self.reason.value if self.reason else None}
+
+
+def hit_results(payload: bytes) -> int:
+    """The number of results a QUERYHIT payload really holds, or -1 when it does not parse.
+
+    The count byte only says how many records the parser reads: a payload whose records run
+    short does not parse, and one with fewer results than its bytes could hold is read as what
+    it says. Either way what counts is what was parsed.
+    """
+    try:
+        return len(messages.QueryHit.decode(payload).results)
+    except ProtocolError:
+        return -1
 
 
 def _int_header(headers, name: str, default: int, low: int, high: int) -> int:
@@ -475,10 +512,28 @@ class DqDriver:
             rec.plan.stop()
 
     def on_hit(self, msg) -> None:
-        """A QUERYHIT we route back to a leaf or keep for ourselves: count its results."""
+        """A QUERYHIT we route back to a leaf or keep for ourselves: count the results it holds.
+
+        The count is what the payload really holds (parsed, not its count byte), and at most
+        DQ_MAX_RESULTS_PER_SERVENT per responder for the whole query; a payload that does not
+        parse counts nothing (counted in events "dq_hit_unparsable").
+        """
         rec = self.active.get(msg.guid)
-        if rec is not None and msg.payload:
-            rec.results += msg.payload[0]
+        if rec is None:
+            return
+        n = hit_results(msg.payload)
+        if n < 0:
+            self.node.events["dq_hit_unparsable"] += 1
+            return
+        servent = bytes(msg.payload[-GUID_LEN:])
+        had = rec.per_servent.get(servent, 0)
+        if had >= DQ_MAX_RESULTS_PER_SERVENT:
+            self.node.events["dq_hit_capped"] += 1
+            return
+        n = min(n, DQ_MAX_RESULTS_PER_SERVENT - had)
+        if n and (had or len(rec.per_servent) < DQ_SERVENTS_TRACKED):
+            rec.per_servent[servent] = had + n
+        rec.results += n
 
     def on_vendor(self, peer: Peer, msg) -> bool:
         """Handle a BEAR Query Status message; False for any other vendor message.

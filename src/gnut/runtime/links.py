@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from gnut.protocol import handshake as hs
 from gnut.protocol import routing as rt
+from gnut.protocol.addresses import AddrClass, classify, parse_ip
 from gnut.runtime.peer import Peer
 
 if TYPE_CHECKING:
@@ -34,9 +34,16 @@ class LinkManager:
     """
 
     def dial(self, host: str, port: int) -> None:
-        """Start an outgoing connection to host:port unless one exists or is under way."""
+        """Start an outgoing connection to host:port unless one exists or is under way.
+
+        A host on the hostiles list is never dialled (counted in trust refusals "dial_hostile").
+        """
         key = (host, port)
         if key == self.address or key in self._dialing or self.stopping:
+            return
+        if host in self.hostiles:
+            self.trust["dial_hostile"] += 1
+            log.info("not dialling %s:%d: listed as hostile", host, port)
             return
         if any(p.listen_addr == key for p in self.peers.values()):
             return
@@ -53,7 +60,7 @@ class LinkManager:
         except (TimeoutError, OSError) as exc:
             log.info("dial %s:%d failed: %s", host, port, exc or "timeout")
             self.note_link_failure(host, port, exc)
-            self.hosts.failed(host, port, time.time())
+            self.hosts.mark_failed(host, port, time.time())
             self.events["dial_failed"] += 1
         finally:
             self._dialing.discard((host, port))
@@ -64,6 +71,11 @@ class LinkManager:
             # after stop() began: a node that is shutting down admits nobody. (Admitting it left a
             # live, handshaken link to a node that had stopped: the churn test's stale link.)
             self.events["refused_stopping"] += 1
+            peer.transport.abort()
+            return
+        if not peer.outgoing and peer.addr is not None and peer.addr[0] in self.hostiles:
+            # Hostile addresses are refused at accept, before a byte of handshake is read.
+            self.trust["refused_hostile"] += 1
             peer.transport.abort()
             return
         if not peer.outgoing and peer.addr is not None:
@@ -153,12 +165,14 @@ class LinkManager:
         )
 
     def try_hosts(self) -> list[str]:
+        # Only proven addresses are passed on: ultrapeers we dialled and that answered (an incoming
+        # peer's Listen-IP is its own claim), then the host cache's good entries.
         rows = [
             p.listen_addr
             for p in self.peers.values()
-            if p.established and p.listen_addr and p.role != rt.PeerRole.LEAF
+            if p.established and p.outgoing and p.listen_addr and p.role != rt.PeerRole.LEAF
         ]
-        rows += self.hosts.sample(TRY_HOSTS_OFFERED)
+        rows += self.hosts.sample_good(TRY_HOSTS_OFFERED)
         seen, out = set(), []
         for h in rows:
             if h not in seen and h != self.address:
@@ -179,6 +193,7 @@ class LinkManager:
             peer.close(f"refused: {verdict.code} {verdict.reason}")
 
     def on_established(self, peer: Peer, ev) -> None:
+        dialled = peer.listen_addr if peer.outgoing else None  # the address we dialled and reached
         if self.cfg.mode == "flood":
             peer.role = rt.PeerRole.FLOOD
         elif ev.peer_is_ultrapeer:
@@ -190,13 +205,19 @@ class LinkManager:
             return
         peer.peer_headers = ev.headers
         peer.user_agent = ev.user_agent or ""
-        self._learn_own_ip(ev.headers.get("Remote-IP"))
+        self._learn_own_ip(peer, ev.headers.get("Remote-IP"))
+        now = time.time()
         if ev.peer_listen:
             peer.listen_addr = ev.peer_listen
-            if ev.peer_is_ultrapeer and peer.role != rt.PeerRole.LEAF:  # leaves come and go, take no links
-                self.hosts.add(ev.peer_listen[0], ev.peer_listen[1], "handshake", time.time())
-        if peer.outgoing and peer.listen_addr:
-            self.hosts.succeeded(*peer.listen_addr, time.time())
+            # An incoming ultrapeer's Listen-IP is only a claim: cached unverified, and only for the
+            # address it connects from (else any peer could plant any address). Leaves never.
+            if (not peer.outgoing and ev.peer_is_ultrapeer and peer.role != rt.PeerRole.LEAF
+                    and peer.addr is not None and parse_ip(ev.peer_listen[0]) == parse_ip(peer.addr[0])):
+                self.hosts.add(ev.peer_listen[0], ev.peer_listen[1], "handshake", now, via=peer.addr[0])
+        if dialled is not None and peer.role != rt.PeerRole.LEAF:
+            # A name we dialled (--connect host.example:6346) is kept as the address that answered.
+            host = dialled[0] if parse_ip(dialled[0]) is not None or peer.addr is None else peer.addr[0]
+            self.hosts.mark_good(host, dialled[1], now)
         self._slot_added(peer, self.router.add_peer(peer.id, peer.role))
         peer.counted = True
         if peer.role == rt.PeerRole.LEAF:
@@ -216,28 +237,40 @@ class LinkManager:
         # A first ping learns the neighbourhood (answered from the peer's pong cache).
         self.send_ping(peer, ttl=2 if self.cfg.mode != "leaf" else 1)
 
-    def _learn_own_ip(self, remote_ip: str | None) -> None:
-        """Behind a wildcard bind, advertise the address the first peer says it sees."""
-        if not self.wildcard or not remote_ip:
+    def _learn_own_ip(self, peer: Peer, remote_ip: str | None) -> None:
+        """Behind a wildcard bind, advertise the address that AGREEMENT_NEEDED distinct peers see.
+
+        The rule (protocol/addresses.py, AddressVotes): one peer's Remote-IP is one vote; a
+        reporter counts once per /16 (by address on loopback/private links); the address is
+        adopted, and later corrected, only when enough reporters agree. A claim must be a public
+        address, or of the same class as the link it came over (127.x over loopback).
+        """
+        if not self.wildcard or not remote_ip or peer.addr is None:
             return
-        try:
-            ip = ipaddress.ip_address(remote_ip.strip())
-        except ValueError:
+        claim = parse_ip(remote_ip)
+        if claim is None or claim.version != 4:
+            self.trust["remote_ip_invalid"] += 1
             return
-        if ip.version == 4 and not ip.is_unspecified:
-            self.wildcard = False
-            self.address = (str(ip), self.address[1])
+        kind = classify(str(claim))
+        if kind is not AddrClass.PUBLIC and kind is not classify(peer.addr[0]):
+            self.trust["remote_ip_refused"] += 1
+            return
+        adopted = self.addr_votes.report(peer.addr[0], str(claim), time.monotonic())
+        if adopted is not None and adopted != self.address[0]:
+            self.address = (adopted, self.address[1])
             self.handshake_config = self._handshake_config()
-            log.info("advertising %s:%d (as seen by our peers)", *self.address)
+            self.address_changed()
+            log.info("advertising %s:%d (agreed by %d peers)", *self.address,
+                     self.addr_votes.tally(time.monotonic()).get(adopted, 0))
 
     def on_refused(self, peer: Peer, ev) -> None:
         self.events["refused_by_peer"] += 1
         log.info("%s refused us: %d %s", peer.describe(), ev.code, ev.reason)
         now = time.time()
-        if peer.listen_addr:
-            self.hosts.failed(*peer.listen_addr, now)
-        for host, port in ev.try_hosts:
-            self.hosts.add(host, port, "x-try", now)
+        if peer.outgoing and peer.listen_addr:
+            self.hosts.mark_failed(*peer.listen_addr, now)
+        # One refusal's X-Try list adds at most XTRY_NEW_MAX new (unverified) hosts.
+        self.hosts.add_list(ev.try_hosts, "x-try", now, via=peer.addr[0] if peer.addr else None)
         peer.close(f"refused: {ev.code} {ev.reason}")
 
     def switch_to_http(self, peer: Peer, first: bytes) -> None:

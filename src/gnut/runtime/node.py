@@ -7,6 +7,7 @@ import collections
 import logging
 import random
 import time
+from pathlib import Path
 from typing import Protocol
 
 from gnut.constants import (
@@ -30,14 +31,17 @@ from gnut.fastpath import STOP_END, STOP_LOCAL, relay_rewrite
 from gnut.protocol import handshake as hs
 from gnut.protocol import messages, qrp
 from gnut.protocol import routing as rt
+from gnut.protocol.addresses import AddressPolicy, AddressVotes
 from gnut.protocol.guid import new_guid
 from gnut.runtime.config import NodeConfig
 from gnut.runtime.dynquery import DqDriver
 from gnut.runtime.hostcache import HostCache
+from gnut.runtime.hostiles import HOSTILES_FILE, load_hostiles, persist_ban
 from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
 from gnut.runtime.nodeviews import NodeViews
 from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
 from gnut.runtime.search import SearchManager
+from gnut.runtime.udpnode import start_udp, stop_udp
 
 log = logging.getLogger("gnut.runtime.node")
 flow = logging.getLogger("gnut.flow")
@@ -90,6 +94,11 @@ class Node(NodeViews, LinkManager):
         self._slot_bufs: list[bytearray] = []
         self._slot_bases: list[int] = []
         self.hosts = HostCache(cfg.hosts_path if cfg.save_hosts else None)
+        # Trust (protocol/addresses.py): refusals by reason, hostile addresses, our address by vote.
+        self.trust: collections.Counter[str] = collections.Counter()
+        self.hostiles = load_hostiles([cfg.home / HOSTILES_FILE] + ([Path(cfg.hostiles)] if cfg.hostiles else []))
+        self.addr_votes = AddressVotes()
+        self.hosts.hostiles = self.hostiles
         self.pong_cache: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
         self.searches = SearchManager(self)
         self.dq = DqDriver(self)
@@ -108,6 +117,8 @@ class Node(NodeViews, LinkManager):
         self._qrp_full: list[bytes] | None = None
         self.share = None
         self.transfers = None
+        # UDP (runtime/udpnode.start_udp): transceiver, PING/PONG/GUESS, OOB, bootstrap; None without UDP.
+        self.udp = self.udpnode = self.oob = self.bootstrap = self.guess = None
         # Things run beside the node (the app's control API): started last, stopped first.
         self.services: list[Service] = []
         self.started = time.monotonic()
@@ -161,9 +172,12 @@ class Node(NodeViews, LinkManager):
         self.wildcard = sock[0] in WILDCARDS
         self.address = ("127.0.0.1" if self.wildcard else sock[0], sock[1])
         self.handshake_config = self._handshake_config()
+        self.address_changed()
         log.info("listening on %s:%d as %s (%d file(s) shared)", *self.address, self.cfg.mode, len(self.share))
+        await start_udp(self)
         self.spawn(self._housekeeping())
         for host, port in self.cfg.connect:
+            # Cached unverified: saved and passed on only once it completed a handshake.
             self.hosts.add(host, port, "config", time.time())
             self.dial(host, port)
         for service in self.services:
@@ -183,8 +197,10 @@ class Node(NodeViews, LinkManager):
         self.stopping = True
         for service in reversed(self.services):
             await service.stop()
+        self.searches.save_spam_state()
         if self._server is not None:
             self._server.close()
+        stop_udp(self)
         for p in list(self.peers.values()):
             p.send_bye(200, "Servent shutdown")
         if self.downloads is not None:
@@ -212,6 +228,35 @@ class Node(NodeViews, LinkManager):
             self.hosts.save()
         except OSError as exc:
             log.warning("could not save host cache: %s", exc)
+
+    def address_changed(self) -> None:
+        """Our advertised address is set or changed: peers' addresses are judged against it."""
+        self.hosts.policy = AddressPolicy(self.address[0])
+
+    def ban(self, spec: str) -> str:
+        """Add an address or CIDR to the hostiles list at run time and to $GNUT_HOME/hostiles.txt.
+
+        Links from a banned address are closed at once; it is never dialled again.
+
+        Returns:
+            The normal form of what was banned.
+
+        Raises:
+            ValueError: `spec` is not an address or network.
+            OSError: the hostiles file could not be written.
+        """
+        entry = self.hostiles.add(spec)
+        self.trust["bans"] += 1
+        log.info("banned %s", entry)
+        for p in list(self.peers.values()):
+            if p.addr is not None and p.addr[0] in self.hostiles:
+                self.trust["closed_banned"] += 1
+                if p.established:
+                    p.send_bye(403, "Banned")
+                else:
+                    p.close("banned")
+        persist_ban(self.cfg.home / HOSTILES_FILE, entry)
+        return entry
 
     def _handshake_config(self) -> hs.HandshakeConfig:
         return hs.HandshakeConfig(mode=self.cfg.mode, listen_ip=self.address[0], listen_port=self.address[1],
@@ -380,7 +425,14 @@ class Node(NodeViews, LinkManager):
         elif t == MSG_PONG:
             self._on_pong(peer, msg)
         elif t == MSG_PUSH:
-            self.transfers.on_push(messages.Push.decode(msg.payload))
+            push = messages.Push.decode(msg.payload)
+            # A PUSH makes us connect out to the address it names: the same trust as any address
+            # a peer hands us (no bogons, no LAN unless we are on it, no hostiles).
+            why = self.hosts.check(push.ip, push.port)
+            if why is not None:
+                self.trust[f"push_{why}"] += 1
+                return
+            self.transfers.on_push(push)
         elif t == MSG_BYE:
             bye = messages.Bye.decode(msg.payload)
             peer.close(f"peer said BYE {bye.code} {bye.reason}")
@@ -407,7 +459,10 @@ class Node(NodeViews, LinkManager):
         for sf in files:
             served[sf.urn] += 1
         ttl = min(msg.hops + 2, SOFT_TTL_LIMIT) if msg.hops else 1
-        for payload in self.transfers.hit_payloads(files, ggep_h=bool(q.flags & messages.QF_GGEP_H)):
+        payloads = self.transfers.hit_payloads(files, ggep_h=bool(q.flags & messages.QF_GGEP_H))
+        if self.oob is not None and self.oob.offer(msg, q, payloads, peer.addr[0] if peer.addr else None):
+            return  # out of band: the hits go by UDP once the querier claims them
+        for payload in payloads:
             self.send_to(peer, MSG_QUERYHIT, payload, ttl=max(ttl, 1), guid=msg.guid)
 
     def our_pong(self) -> messages.Pong:
@@ -420,7 +475,9 @@ class Node(NodeViews, LinkManager):
         if not crawler:
             self.send_to(peer, MSG_PONG, self.our_pong().encode(), ttl, guid=msg.guid)
         if msg.ttl > 1:
-            rows = [v for k, v in reversed(self.pong_cache.items()) if k != peer.listen_addr]
+            # Only proven hosts are passed on: cached pongs of hosts the cache holds as good.
+            good = self.hosts.is_good
+            rows = [v for k, v in reversed(self.pong_cache.items()) if k != peer.listen_addr and good(*k)]
             for payload in rows[:PONG_REPLY_MAX]:
                 self.send_to(peer, MSG_PONG, payload, ttl, guid=msg.guid)
 
@@ -429,7 +486,15 @@ class Node(NodeViews, LinkManager):
         key = (pong.ip, pong.port)
         if key == self.address or not pong.port:
             return
-        self.hosts.add(pong.ip, pong.port, "pong", time.time())
+        # A pong is solicited when it answers one of our PINGs or is the neighbour's own (hops 0);
+        # an unsolicited one (hops > 0, a PING we never sent) names a host nobody vouches for.
+        if msg.hops and not self.router.is_own_ping(msg.guid, time.monotonic()):
+            self.trust["pong_unsolicited"] += 1
+            return
+        why = self.hosts.add(pong.ip, pong.port, "pong", time.time(), via=peer.addr[0] if peer.addr else None)
+        if why is not None:
+            self.trust[f"pong_{why}"] += 1
+            return
         self.pong_cache[key] = msg.payload
         self.pong_cache.move_to_end(key)
         while len(self.pong_cache) > PONG_CACHE_SIZE:

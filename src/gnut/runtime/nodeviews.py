@@ -10,6 +10,8 @@ import time
 
 from gnut.constants import TYPE_NAMES
 from gnut.protocol.printable import printable
+from gnut.runtime.hostiles import trust_view
+from gnut.runtime.udpnode import udp_stats
 
 # Link failures remembered for the user (by address, newest kept).
 LINK_FAILURES_KEPT = 64
@@ -79,10 +81,15 @@ class NodeViews:
             "dup_ttl_relays": r.dup_ttl_relays,
             "events": dict(self.events),
             "dynamic_queries": self.dq.stats(),
+            "spam": self.searches.spam_stats(),
             "hosts_known": len(self.hosts),
+            "hosts": self.hosts.stats(),
+            "trust": trust_view(r, self.addr_votes, self.address[0], self.wildcard, self.hostiles, self.trust,
+                                time.monotonic()),
             "shared_files": len(self.share) if self.share is not None else 0,
             "transfers": self.transfers.stats() if self.transfers is not None else {},
             "traffic": self.traffic_stats(),
             "queue": self.downloads.views() if self.downloads is not None else [],
+            "udp": udp_stats(self),
             "shared_bytes": self.share.total_kbytes * 1024 if self.share is not None else 0,
         }

@@ -10,16 +10,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from gnut.constants import MSG_QUERY, MSG_VENDOR
-from gnut.protocol import messages
+from gnut.protocol import messages, spam
 from gnut.protocol import routing as rt
 from gnut.protocol.guid import new_guid
+from gnut.protocol.printable import printable
 from gnut.runtime import dynquery
+from gnut.runtime.fsutil import atomic_write_json
 
 if TYPE_CHECKING:
     from gnut.runtime.host import NodeServices
@@ -32,8 +35,21 @@ log = logging.getLogger("gnut.runtime.search")
 SEARCH_MAX_AGE = 600.0
 # Results kept per search: more than any user reads; bounds memory against hit floods.
 MAX_RESULTS_KEPT = 2000
+# Results kept per search from one servent GUID: one peer (honest library or flooder) cannot
+# take the whole MAX_RESULTS_KEPT from the others.
+MAX_RESULTS_PER_SERVENT = 250
+# Spam-marked results kept per search (for --show-filtered); beyond this they are only counted.
+MAX_SPAM_KEPT = 200
 # Queued results per listener before the oldest are dropped (a stalled control client).
 LISTENER_QUEUE = 4096
+# The known-spam list in the node's home folder: one urn:sha1 or base32 SHA-1 a line.
+SPAM_LIST_NAME = "spam_sha1.txt"
+# The spam filter's observations, kept between runs (a stand-alone `gnut search` is one short run).
+SPAM_STATE_NAME = "spam_state.json"
+# A spam state file above this is not read (the filter's own bounds keep a real one far smaller).
+MAX_SPAM_STATE_BYTES = 8 * 1024 * 1024
+# Text of a urn-only source search (LimeWire-family servents send a lone backslash).
+URN_QUERY_TEXT = "\\"
 
 
 @dataclass(slots=True)
@@ -51,6 +67,11 @@ class Hit:
     vendor: str
     speed: int
     hops: int
+    busy: bool = False
+    # One of our own shared files (answered from the share index, not the network).
+    local: bool = False
+    # Why the spam filter rejected it (a gnut.protocol.spam reason), or None.
+    spam: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +87,10 @@ class Search:
         self.started = now
         self.last_used = now
         self.results: list[Hit] = []
+        self.kept = 0  # results that are not spam: what a Query Status Response reports
+        self.spam_kept = 0
+        self.per_servent: dict[str, int] = {}
+        self.dropped = 0  # results over MAX_RESULTS_KEPT, MAX_RESULTS_PER_SERVENT or MAX_SPAM_KEPT
         self.listeners: list[asyncio.Queue] = []
         self.direct_sent = 0
         self.dq: dynquery.DqRecord | None = None
@@ -84,14 +109,24 @@ class Search:
         self.listeners.append(q)
         return q
 
-    def add(self, hit: Hit) -> None:
-        if len(self.results) >= MAX_RESULTS_KEPT:
-            return
+    def add(self, hit: Hit) -> bool:
+        """Keep a result and hand it to the listeners; False (counted in `dropped`) over a bound."""
+        mine = self.per_servent.get(hit.servent_guid, 0)
+        if (len(self.results) >= MAX_RESULTS_KEPT or mine >= MAX_RESULTS_PER_SERVENT
+                or (hit.spam is not None and self.spam_kept >= MAX_SPAM_KEPT)):
+            self.dropped += 1
+            return False
+        self.per_servent[hit.servent_guid] = mine + 1  # at most one new key per kept result
         self.results.append(hit)
+        if hit.spam is None:
+            self.kept += 1
+        else:
+            self.spam_kept += 1
         for q in self.listeners:
             if q.full():
                 q.get_nowait()
             q.put_nowait(hit)
+        return True
 
     def sources(self, urn: str) -> list[Hit]:
         return [h for h in self.results if h.urn == urn]
@@ -103,6 +138,51 @@ class SearchManager:
     def __init__(self, node: NodeServices) -> None:
         self.node = node
         self.active: dict[bytes, Search] = {}
+        self.spam = spam.SpamFilter()
+        self.load_spam_list()
+        self.load_spam_state()
+
+    def load_spam_state(self) -> int:
+        """Restore the spam filter's recent observations from $GNUT_HOME/spam_state.json (if any)."""
+        path = self.node.cfg.home / SPAM_STATE_NAME
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_SPAM_STATE_BYTES + 1)
+            if len(data) > MAX_SPAM_STATE_BYTES:
+                raise ValueError(f"larger than {MAX_SPAM_STATE_BYTES} bytes")
+            return self.spam.restore(json.loads(data), time.time())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.warning("spam state %s ignored: %s", path, exc)
+            return 0
+
+    def save_spam_state(self) -> None:
+        """Write the spam filter's observations still inside its window (on node stop)."""
+        path = self.node.cfg.home / SPAM_STATE_NAME
+        state = self.spam.export(time.time())
+        if not any(v for k, v in state.items() if k != "version") and not path.exists():
+            return
+        try:
+            atomic_write_json(path, state)
+        except OSError as exc:
+            log.warning("spam state %s not saved: %s", path, exc)
+
+    def load_spam_list(self) -> int:
+        """Read $GNUT_HOME/spam_sha1.txt (if any) into the spam filter; returns the SHA-1s it held."""
+        path = self.node.cfg.home / SPAM_LIST_NAME
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(spam.MAX_LIST_BYTES)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.warning("spam list %s unreadable: %s", path, exc)
+            return 0
+        found, bad = spam.parse_list(data.decode("utf-8", "replace"))
+        self.spam.add_known(found)
+        log.info("spam list %s: %d SHA-1s%s", path, len(found), f", {bad} bad line(s) skipped" if bad else "")
+        return len(found)
 
     def start(self, text: str, urns: tuple[str, ...] = (), ttl: int | None = None) -> Search:
         """Send a QUERY for `text` (and/or urns) to our peers and return its Search.
@@ -114,12 +194,17 @@ class SearchManager:
         """
         node = self.node
         now = time.monotonic()
-        guid = new_guid()
+        # Out-of-band hits (runtime/oob.py): a GUID carrying our UDP address, flag 0x0400, GGEP SO.
+        oob_guid = node.oob.query_guid() if getattr(node, "oob", None) is not None else None
+        guid = oob_guid or new_guid()
         search = Search(guid, text, tuple(urns), now)
         self.active[guid] = search
         node.router.register_own(guid, MSG_QUERY, now)
         flags = messages.QF_DEFAULT | (messages.QF_LEAF_GUIDED if node.cfg.mode == "leaf" else 0)
-        q = messages.Query(text=text, flags=flags, urns=tuple(urns))
+        if oob_guid is not None:
+            flags |= messages.QF_OUT_OF_BAND
+        q = messages.Query(text=text, flags=flags, urns=tuple(urns),
+                           ggep=(messages.GgepItem("SO", b""),) if oob_guid is not None else ())
         ttl = ttl or node.cfg.query_ttl
         payload = q.encode()
         raw = messages.build(guid, MSG_QUERY, ttl, 0, payload)
@@ -139,6 +224,8 @@ class SearchManager:
         if ups:
             search.dq = node.dq.start(guid, payload, hops=0, origin=None, max_ttl=ttl,
                                       target=node.dq.target_for(payload, leaf=False))
+        if getattr(node, "guess", None) is not None:
+            node.guess.start(search)  # GUESS over UDP too (runtime/guess.py; config `guess = true`)
         log.info("search %r sent to %d peers%s (guid %s)", text, search.direct_sent,
                  f", {ups} ultrapeers by dynamic query" if ups else "", guid.hex())
         return search
@@ -151,13 +238,20 @@ class SearchManager:
             return
         qh = messages.QueryHit.decode(msg.payload)
         vendor = qh.vendor.decode("latin-1") if qh.vendor else ""
+        now = time.time()  # wall clock: the spam observations outlive this process
+        text_query = bool(search.text.strip()) and search.text != URN_QUERY_TEXT
+        guid_hex = qh.servent_guid.hex()
         for r in qh.results:
             urn = next((u for u in r.urns if u.lower().startswith("urn:sha1:")), None)
-            search.add(Hit(
+            reason = self.spam.classify(search.text, r.name, r.size, urn, guid_hex, now, text_query)
+            if reason is not None:
+                log.debug("spam (%s) from %s:%d: %s", reason, qh.ip, qh.port, printable(r.name))
+            if not search.add(Hit(
                 name=r.name, size=r.size, urn=urn, host=qh.ip, port=qh.port, index=r.index,
-                servent_guid=qh.servent_guid.hex(), firewalled=bool(qh.push), vendor=vendor,
-                speed=qh.speed, hops=msg.hops,
-            ))
+                servent_guid=guid_hex, firewalled=bool(qh.push), vendor=vendor,
+                speed=qh.speed, hops=msg.hops, busy=bool(qh.busy), spam=reason,
+            )):
+                self.node.events["search_results_over_limit"] += 1
 
     def get(self, guid: bytes) -> Search | None:
         return self.active.get(guid)
@@ -180,8 +274,12 @@ class SearchManager:
         A query we no longer run gets 0xFFFF, which tells the ultrapeer to stop it.
         """
         search = self.active.get(guid)
-        kept = dynquery.QSTAT_STOP if search is None else len(search.results)
+        kept = dynquery.QSTAT_STOP if search is None else search.kept
         self.node.send_to(peer, MSG_VENDOR, dynquery.status_response(kept), 1, guid=guid)
+
+    def spam_stats(self) -> dict:
+        """The spam filter's counters, for node.stats()["spam"]."""
+        return self.spam.stats()
 
     def tick(self, now: float) -> None:
         for guid, s in list(self.active.items()):
