@@ -355,7 +355,8 @@ def test_refusal_and_closed_port_are_reported_as_such(tmp_path):
     ('mode = "flood"\nlisten = 16349\n', ":2: setting 'listen' must be a \"HOST:PORT\" string, not 16349"),
     ('listen = "16349"\n', "'16349' has no host: write \"HOST:PORT\", e.g. \"127.0.0.1:16349\""),
     ('max_peers = 3\nmax_peers = 4\n', "not valid TOML: Cannot overwrite a value (at line 2, column 14)"),
-    ('colour = "red"\n', ":1: unknown setting 'colour' (settings: connect, control"),
+    ('colour = "red"\n', ":1: unknown setting 'colour' (`gnut config --defaults` lists every setting)"),
+    ('max_peer = 3\n', ":1: unknown setting 'max_peer' (did you mean 'max_peers'? `gnut config --defaults`"),
     ('share = 5\n', ":1: setting 'share' must be a path string or a list of them"),
 ])
 def test_bad_config_exits_2_naming_file_line_and_key(tmp_path, text, msg):

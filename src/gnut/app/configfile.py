@@ -9,6 +9,7 @@ error) and the key, and is raised before the node starts.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from dataclasses import MISSING, fields
@@ -103,9 +104,10 @@ def load_config_file(path: Path) -> dict:
             elif key in known:
                 out[key] = Path(value).expanduser() if key in PATH_KEYS and isinstance(value, str) else value
             else:
-                near = ", ".join(sorted(settable_keys()))
+                near = difflib.get_close_matches(key, settable_keys(), n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
                 raise ConfigFileError(f"{_where(path, text, written)}: unknown setting {written!r} "
-                                      f"(settings: {near}; `gnut config --defaults` documents them)")
+                                      f"({hint}`gnut config --defaults` lists every setting)")
         except (ConfigError, ValueError) as exc:
             if isinstance(exc, ConfigFileError):
                 raise
