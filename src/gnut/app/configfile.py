@@ -25,8 +25,6 @@ ALIASES = {
 }
 # Fields not settable from the file (`listen` covers the two address halves).
 HIDDEN = {"listen_host", "listen_port", "connect", "share_dirs"}
-# Settings that are paths: "~" is expanded as a shell would.
-PATH_KEYS = {"home", "download_dir", "log_file", "hostiles"}
 
 
 class ConfigFileError(ValueError):
@@ -102,7 +100,7 @@ def load_config_file(path: Path) -> dict:
                     raise ConfigError("share", f"must be a path string or a list of them, not {value!r}")
                 out["share_dirs"] = [Path(v).expanduser() for v in values]
             elif key in known:
-                out[key] = Path(value).expanduser() if key in PATH_KEYS and isinstance(value, str) else value
+                out[key] = value  # checked (and paths' ~ expanded) by NodeConfig below and at start
             else:
                 near = difflib.get_close_matches(key, settable_keys(), n=1)
                 hint = f"did you mean {near[0]!r}? " if near else ""

@@ -216,7 +216,7 @@ def _check(name: str, kind: str, value):
             return None
         if not isinstance(value, (str, os.PathLike)) or not str(value):
             raise _bad(name, kind, value)
-        return Path(value)
+        return Path(value).expanduser()  # "~/x" in a config file means what it means in a shell
     if kind == "list[str]":
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise _bad(name, kind, value)
@@ -224,7 +224,7 @@ def _check(name: str, kind: str, value):
     if kind == "list[Path]":
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in value):
             raise _bad(name, kind, value)
-        return [Path(v) for v in value]
+        return [Path(v).expanduser() for v in value]
     if kind == "list[tuple[str, int]]":
         if not isinstance(value, (list, tuple)):
             raise _bad(name, kind, value)
