@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 
 from nethelpers import link, start_node, wait_for
@@ -227,7 +228,7 @@ def test_guess_client_asks_an_unlinked_ultrapeer_for_hits(run, tmp_path):
         leaf = await start_node(tmp_path, "leaf", mode="leaf", guess=True)
         try:
             await link(leaf, u1)
-            leaf.hosts.add(*u2.address, "test", 0.0)  # known, not linked: only GUESS reaches it
+            leaf.hosts.add(*u2.address, "test", time.time())  # known, not linked: only GUESS reaches it
             search = leaf.searches.start("kind of blue")
             await wait_for(lambda: search.results, what="GUESS hit")
             assert search.results[0].port == u2.address[1]

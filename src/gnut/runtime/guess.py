@@ -57,7 +57,14 @@ class GuessClient:
         node = self.node
         linked = {p.listen_addr for p in node.peers.values() if p.listen_addr}
         rows = self.udpnode.fresh_ultrapeers(tuple(node.address), GUESS_MAX_HOSTS * 2)
-        return [a for a in rows if a not in linked][:GUESS_MAX_HOSTS]
+        # Probing is ours to do (like dialling): unverified host-cache entries are candidates too,
+        # though only proven ones are ever passed on to others (fresh_ultrapeers).
+        rows += node.hosts.pick_for_dial(GUESS_MAX_HOSTS * 2, time.time(), exclude=linked)
+        out: list[tuple[str, int]] = []
+        for a in rows:
+            if a not in linked and a not in out and a != tuple(node.address):
+                out.append(a)
+        return out[:GUESS_MAX_HOSTS]
 
     async def _walk(self, search: Any) -> None:
         try:
