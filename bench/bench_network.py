@@ -228,6 +228,12 @@ def _config(home: Path, mode: str, nodes: int) -> NodeConfig:
         ("dq_hop_wait", DQ_HOP_WAIT),
         ("seen_cache_size", NODE_TABLE_SIZE),
         ("route_table_size", NODE_TABLE_SIZE),
+        # All nodes share 127.0.0.1: raise the per-address fairness limits (absent in older trees).
+        ("max_links_per_ip", nodes + 8),
+        ("max_links_per_24", nodes + 8),
+        ("max_pending_per_ip", nodes + 8),
+        ("max_http_per_ip", nodes + 8),
+        ("upload_slots_per_host", 8),
     ):
         if key in known:
             kw[key] = value

@@ -165,6 +165,11 @@ class RelayProcess:
         if kind == "null":
             cmd = py + [str(BENCH_DIR / "null_relay.py")]
         else:
+            # Every load connection comes from 127.0.0.1: the lab raises the per-address
+            # fairness limits in the node's config file (they hold for loopback otherwise).
+            lab = home / "lab.toml"
+            lab.write_text(f"max_links_per_ip = {max_peers + 16}\nmax_links_per_24 = {max_peers + 16}\n"
+                           f"max_pending_per_ip = {max_peers + 16}\n")
             cmd = py + [
                 "-m",
                 "gnut",
@@ -179,6 +184,8 @@ class RelayProcess:
                 "--max-peers",
                 str(max_peers),
                 *extra,
+                "--config",
+                str(lab),
             ]
         self.log_path = home / "stderr.log"
         self._log = open(self.log_path, "wb")

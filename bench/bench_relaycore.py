@@ -179,6 +179,10 @@ async def _measure(quick: bool) -> dict:
                 save_hosts=False,
                 out_links=0,
                 max_leaves=LEAVES,
+                # Every leaf connects from 127.0.0.1: raise the per-address limits for this lab.
+                max_links_per_ip=LEAVES + 8,
+                max_links_per_24=LEAVES + 8,
+                max_pending_per_ip=LEAVES + 8,
             )
             cfg.home.mkdir(exist_ok=True)
             node = Node(cfg)

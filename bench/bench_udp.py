@@ -31,8 +31,10 @@ async def _node(root: Path, name: str, files: dict[str, bytes] | None = None, **
     share.mkdir(parents=True)
     for fname, data in (files or {}).items():
         (share / fname).write_bytes(data)
+    # Every peer of the bench is 127.0.0.1: raise the per-address link limits for this lab.
+    lab = {"max_links_per_ip": 64, "max_links_per_24": 64, "max_pending_per_ip": 64}
     cfg = NodeConfig(listen_host="127.0.0.1", listen_port=0, mode="ultrapeer", home=root / name,
-                     share_dirs=[share], control=False, save_hosts=False, out_links=0, **kw)
+                     share_dirs=[share], control=False, save_hosts=False, out_links=0, **{**lab, **kw})
     node = Node(cfg)
     await node.start()
     return node

@@ -27,6 +27,9 @@ import h11
 import udp_targets  # noqa: E402,I001  (fuzz/udp_targets.py, found on the same sys.path entry)
 
 from gnut.constants import GUID_LEN, HEADER_LEN, MAX_PAYLOAD
+from gnut.dht import aloc as dht_aloc
+from gnut.dht import core as dht_core
+from gnut.dht import wire as dht_wire
 from gnut.errors import LocalProtocolError, RemoteProtocolError
 from gnut.protocol import connection as cx
 from gnut.protocol import ggep, handshake, messages, qrp
@@ -343,6 +346,39 @@ def _udp_target(name: str):
     return target
 
 
+def dht_messages(data: bytes) -> None:
+    """A Mojito datagram parses (then re-encodes to the same message) or raises RemoteProtocolError."""
+    data = data[:MAX_INPUT]
+    try:
+        header, body = dht_wire.decode_message(data)
+    except RemoteProtocolError:
+        return
+    try:
+        again = dht_wire.encode_message(header, body)
+    except LocalProtocolError:
+        return  # a long status description is cut on re-encode; decoding it was still sound
+    assert dht_wire.decode_message(again) == (header, body), "DHT message does not survive a round trip"
+    if header.op in (dht_wire.STORE_REQUEST, dht_wire.FIND_VALUE_RESPONSE):
+        for v in body.values:
+            for decode in (dht_aloc.decode_aloc, dht_aloc.decode_prox):
+                try:
+                    decode(v.data)
+                except RemoteProtocolError:
+                    pass
+
+
+def dht_node(data: bytes) -> None:
+    """Any datagrams fed to a DhtCore are answered or dropped with a count; it never raises."""
+    limits = dht_core.DhtLimits(rate_burst=1e6)  # a fresh node whose rate limit leaves the input alone
+    node = dht_core.DhtCore("127.0.0.1", 6346, 0.0, kuid=bytes(20), limits=limits)
+    knob = data[:1]
+    for i, chunk in enumerate(data[1:].split(b"\xfe\xfd") if knob == b"\x01" else [data[1:]]):
+        node.receive(chunk, ("127.0.0.2", 1000 + (i & 3)), float(i))
+        node.tick(float(i) + 10.0)
+    node.take_outbox()
+    assert len(node.pending) <= dht_core.MAX_PENDING
+
+
 TARGETS = {
     "udp_datagram": udp_datagram,
     "udp_payloads": _udp_target("udp_payloads"),
@@ -355,6 +391,8 @@ TARGETS = {
     "open_link": open_link,
     "qrp": qrp_patches,
     "http": http_request,
+    "dht_messages": dht_messages,
+    "dht_node": dht_node,
 }
 
 # Seeds: captured real-servent bytes (tests/vectors), plus a few built here.
@@ -400,4 +438,27 @@ def seeds(name: str) -> list[bytes]:
         return pick("http_req", "giv") + [
             b"GET /get/1/song%20one.mp3 HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n"
         ]
+    if name in ("dht_messages", "dht_node"):
+        out = _dht_seeds()
+        return out if name == "dht_messages" else [b"\x00" + d for d in out]
     raise KeyError(name)
+
+
+def _dht_seeds() -> list[bytes]:
+    """One datagram of every Mojito message type (as gtk-gnutella lays them out)."""
+    w = dht_wire
+    me = w.Contact(bytes(range(20)), "127.0.0.1", 6346, b"GTKG", (0, 0))
+    val = w.DhtValue(
+        me, bytes(20), w.VT_ALOC, dht_aloc.encode_aloc(dht_aloc.Aloc(bytes(16), 6346, 1000)), (0, 1)
+    )
+    bodies = {
+        w.PING_REQUEST: None,
+        w.PING_RESPONSE: w.Pong(("127.0.0.1", 6346), 12345),
+        w.STORE_REQUEST: w.StoreRequest(b"tokn", [val]),
+        w.STORE_RESPONSE: [w.StoreStatus(bytes(20), me.kuid, w.SC_OK)],
+        w.FIND_NODE_REQUEST: bytes(20),
+        w.FIND_NODE_RESPONSE: w.FindNodeResponse(b"tokn", [me, w.Contact(bytes(20), "::1", 1, b"LIME")]),
+        w.FIND_VALUE_REQUEST: w.FindValueRequest(bytes(20), [me.kuid], w.VT_ALOC),
+        w.FIND_VALUE_RESPONSE: w.FindValueResponse(0.5, [val], [bytes(20)]),
+    }
+    return [w.encode_message(w.Header(bytes(16), op, me), body) for op, body in bodies.items()]

@@ -12,6 +12,9 @@ from gnut.runtime.config import NodeConfig
 from gnut.runtime.node import Node
 
 LOOPS = ["uvloop", "asyncio"]
+# Fairness limits of a lab network where every node shares one address (NodeConfig fields).
+LAB_LIMITS = {"max_links_per_ip": 256, "max_links_per_24": 256, "max_pending_per_ip": 64,
+              "max_http_per_ip": 64, "upload_slots_per_host": 8}
 
 
 async def start_node(tmp: Path, name: str, mode: str = "flood", files: dict[str, bytes] | None = None,
@@ -25,6 +28,10 @@ async def start_node(tmp: Path, name: str, mode: str = "flood", files: dict[str,
     kw.setdefault("out_links", 0)
     kw.setdefault("listen_host", "127.0.0.1")
     kw.setdefault("save_hosts", False)
+    # Every node of a test network sits on 127.0.0.1: raise the per-address fairness limits
+    # (tests of the limits pass the defaults back explicitly).
+    for key, value in LAB_LIMITS.items():
+        kw.setdefault(key, value)
     cfg = NodeConfig(listen_port=0, mode=mode, home=home, share_dirs=[share], control=False, **kw)
     node = Node(cfg)
     await node.start()
@@ -54,22 +61,29 @@ async def link(a: Node, b: Node) -> None:
 class RawPeer:
     """A bare Gnutella peer built from gnut's sans-IO Connection over a real socket."""
 
-    def __init__(self, mode: str = "ultrapeer", deflate: bool = True) -> None:
-        self.cfg = hs.HandshakeConfig(mode=mode, listen_ip="127.0.0.1", listen_port=1, accept_deflate=deflate)
+    def __init__(self, mode: str = "ultrapeer", deflate: bool = True, listen_ip: str = "127.0.0.1",
+                 user_agent: str | None = None) -> None:
+        extra = {} if user_agent is None else {"user_agent": user_agent}
+        self.cfg = hs.HandshakeConfig(mode=mode, listen_ip=listen_ip, listen_port=1, accept_deflate=deflate, **extra)
         self.conn = cx.Connection(self.cfg, outgoing=True, remote_ip="127.0.0.1")
         self.messages: list = []
         self.complete = None
         self.closed = False
 
-    async def connect(self, node: Node, local_host: str | None = None, port: int | None = None) -> None:
-        """Handshake with `node` (from `local_host`, e.g. 127.0.0.66: all of 127/8 is loopback)."""
+    async def connect(self, node: Node, local_host: str | None = None, port: int | None = None,
+                      expect: bool = True) -> bool:
+        """Handshake with `node` (from `local_host`, e.g. 127.0.0.66: all of 127/8 is loopback).
+
+        Returns False when refused and not `expect` (else a refusal fails the test).
+        """
         addr = ("127.0.0.1" if node.address[0] in ("0.0.0.0", "::") else node.address[0], port or node.address[1])
         local = (local_host, 0) if local_host else None
         self.reader, self.writer = await asyncio.open_connection(*addr, local_addr=local)
         self._pump_out()
         self.task = asyncio.get_running_loop().create_task(self._read())
         await wait_for(lambda: self.complete is not None or self.closed, what="raw handshake")
-        assert self.complete is not None, "handshake refused"
+        assert self.complete is not None or not expect, "handshake refused"
+        return self.complete is not None
 
     def _pump_out(self) -> None:
         out = self.conn.data_to_send()
@@ -78,7 +92,10 @@ class RawPeer:
 
     async def _read(self) -> None:
         while True:
-            data = await self.reader.read(65536)
+            try:
+                data = await self.reader.read(65536)
+            except OSError:
+                data = b""
             self.conn.receive_data(data)
             while True:
                 ev = self.conn.next_event()

@@ -391,3 +391,11 @@ def test_a_source_tree_without_the_build_says_what_to_run(tmp_path):
     out = subprocess.run([sys.executable, "-m", "gnut", "--version"], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=60)
     assert out.returncode == 0 and "fastpath: python" in out.stdout
+
+
+def test_the_installed_gnut_command_resolves():
+    """The console script pyproject declares points at the real entry point (the layout moved it)."""
+    from importlib.metadata import entry_points
+
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "gnut"]
+    assert ep.load() is cli.main

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from nethelpers import LAB_LIMITS
 
 REPO = Path(__file__).resolve().parents[1]
 GNUT = [sys.executable, "-m", "gnut"]
@@ -82,9 +83,13 @@ class NodeProc:
         home.mkdir(parents=True, exist_ok=True)
         self.log_path = home / "node.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        # Every test node and client shares 127.0.0.1: the lab raises the per-address limits
+        # in the node's config file, as a user's own lab network would.
+        conf = home / "lab.toml"
+        conf.write_text("".join(f"{k} = {v}\n" for k, v in LAB_LIMITS.items()))
         self.proc = subprocess.Popen(
             preexec_fn=_default_signals,
-            args=[*GNUT, "node", "--listen", "127.0.0.1:0", *args],
+            args=[*GNUT, "node", "--listen", "127.0.0.1:0", "--config", str(conf), *args],
             env=_env(home),
             stdout=subprocess.DEVNULL,
             stderr=self._log,
@@ -327,7 +332,8 @@ def test_status_text_and_json(net):
 
 def test_node_verbose_logs_message_flow(net):
     # A runs with -v: every routed message is logged with its decision.
-    net["a"].wait_log(r"gnut\.flow: QUERY from #\d+ 127\.0\.0\.1:\d+ ttl=\d+ hops=\d+ -> ")
+    # Peers are named by their socket address; an incoming peer's claimed listen address follows.
+    net["a"].wait_log(r"gnut\.flow: QUERY from #\d+ 127\.0\.0\.1:\d+( \(listens on [^)]*\))? ttl=\d+ hops=\d+ -> ")
 
 
 def _http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -423,7 +429,8 @@ def test_resume_after_source_killed(net, tmp_path):
         (state_path,) = sidecars.glob("*.state")
         have = sum(e - s for s, e in json.loads(state_path.read_text())["done"])
         assert 0 < have < BIG_SIZE
-        b.wait_log(rf"left #\d+ 127\.0\.0\.1:{r.port}: remote closed the connection")  # who left, and why
+        # who left (socket address, then the listen address it claimed), and why
+        b.wait_log(rf"left #\d+ 127\.0\.0\.1:\d+ \(listens on 127\.0\.0\.1:{r.port}\): remote closed the connection")
 
         r = NodeProc(tmp_path / "r", "--connect", b.addr, "--share", str(share))  # same home: sha1 cache
         r.wait_log(r"connected to #\d+ ")
@@ -444,11 +451,11 @@ def test_sigint_and_sigterm_exit_0_after_bye_200(net, tmp_path):
         x = NodeProc(tmp_path / name, "--connect", a.addr)
         try:
             x.wait_log(r"connected to #\d+ ")
-            a.wait_log(rf"connected from #\d+ 127\.0\.0\.1:{x.port} ")
+            a.wait_log(rf"connected from #\d+ 127\.0\.0\.1:\d+ \(listens on 127\.0\.0\.1:{x.port}\) ")
         finally:
             assert x.stop(sig) == 0, x.log()
         assert "shutting down: BYE 200 to 1 peers" in x.log()
-        a.wait_log(rf"left #\d+ 127\.0\.0\.1:{x.port}: peer said BYE 200 ")
+        a.wait_log(rf"left #\d+ 127\.0\.0\.1:\d+ \(listens on 127\.0\.0\.1:{x.port}\): peer said BYE 200 ")
 
 
 def test_ctrl_c_ends_a_search_quietly(net, tmp_path):

@@ -493,8 +493,18 @@ def test_browse_host(run, share: ShareIndex) -> None:
     assert all(h.servent_guid == SERVENT_GUID for h in hits)
     assert run(_one(share, get("/")))[0] == 404  # no browse callback: no browse host
     assert run(_one(share, get("/"), browse_hits=ctx.browse_hits))[0] == 406  # wrong Accept
+    # HEAD never encodes the share: no length before a GET built the body, its length after.
     head = run(_one(share, get("/", "HEAD", accept), head=True, browse_hits=ctx.browse_hits))
+    assert head[0] == 200 and "content-length" not in head[1]
+
+    async def get_then_head():
+        async with Server(ctx) as srv:
+            await request(srv, get("/", extra=accept))
+            return await request(srv, get("/", "HEAD", accept), head=True)
+
+    head = run(get_then_head())
     assert head[0] == 200 and head[1]["content-length"] == str(len(body))
+    assert ctx.browse_cache.builds == 1
 
 
 def test_giv_calls_on_giv(run, share: ShareIndex) -> None:

@@ -18,11 +18,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "gnut"
 ALLOWED = {
     "foundation": {"foundation"},
     "protocol": {"foundation", "protocol"},
-    "sim": {"foundation", "protocol", "sim"},
-    "runtime": {"foundation", "protocol", "runtime"},
-    "app": {"foundation", "protocol", "runtime", "app"},
+    "dht": {"foundation", "protocol", "dht"},
+    "sim": {"foundation", "protocol", "dht", "sim"},
+    "runtime": {"foundation", "protocol", "dht", "runtime"},
+    "app": {"foundation", "protocol", "dht", "runtime", "app"},
 }
-SUBPACKAGES = {"protocol", "runtime", "app", "sim"}
+SUBPACKAGES = {"protocol", "dht", "runtime", "app", "sim"}
 
 
 def _module_name(path: Path) -> str:

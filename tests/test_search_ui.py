@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from nethelpers import RawPeer, link, start_node, wait_for
+from nethelpers import LAB_LIMITS, RawPeer, link, start_node, wait_for
 
 from gnut.app import control, lastsearch, runner
 from gnut.constants import MSG_QUERY, MSG_QUERYHIT
@@ -106,8 +106,9 @@ async def control_node(tmp: Path, files: dict[str, bytes], **kw) -> object:
     (home / "share").mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (home / "share" / name).write_bytes(data)
+    # Its peers and clients all come from 127.0.0.1: the lab's per-address limits (tests/nethelpers.py).
     cfg = NodeConfig(listen_host="127.0.0.1", listen_port=0, home=home, share_dirs=[home / "share"],
-                     save_hosts=False, out_links=0, dq_hop_wait=0.2, **kw)
+                     save_hosts=False, out_links=0, dq_hop_wait=0.2, **{**LAB_LIMITS, **kw})
     return await runner.start_node(cfg)
 
 

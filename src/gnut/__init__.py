@@ -4,7 +4,8 @@ Layers (imports point down only; tests/test_layers.py checks it):
 
     gnut.app        the `gnut` command, control API, config file, demo
     gnut.runtime    the servent on uvloop: node, links, HTTP, transfers, searches
-    gnut.sim        simulator: the real Router over an in-memory network
+    gnut.sim        simulator: the real Router (and DHT core) over an in-memory network
+    gnut.dht        sans-IO Kademlia DHT in the Gnutella DHT (Mojito) wire format
     gnut.protocol   sans-IO Gnutella: codecs, handshake, Connection, QRP, routing
     gnut (top)      foundation: constants, errors, and the hot path: gnut.fastpath selects
                     the compiled gnut._fastpath or its pure-Python twin gnut._purepath

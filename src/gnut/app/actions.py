@@ -25,6 +25,33 @@ SOURCE_GATHER = 1.0
 URN_QUERY_TEXT = "\\"
 
 
+# While a DHT lookup runs beside the flood, `fetch` looks at it this often (seconds).
+DHT_POLL = 0.2
+
+
+def dht_sources(node: Node, urn: str, timeout: float) -> asyncio.Task | None:
+    """A task finding the urn's ALOC sources in the DHT (download Sources), None without a DHT."""
+    from gnut.runtime.share import urn_to_sha1
+
+    sha1 = urn_to_sha1(urn)
+    if getattr(node, "dht", None) is None or sha1 is None:
+        return None
+
+    async def lookup() -> list[dl.Source]:
+        name = urn.split(":")[-1]
+        return [dl.Source(host=h, port=p, index=0, name=name, size=a.length, urn=urn, servent_guid=a.guid,
+                          firewalled=False) for h, p, a in await node.dht.find_alocs(sha1, timeout)]
+
+    return asyncio.get_running_loop().create_task(lookup())
+
+
+def _dht_found(task: asyncio.Task | None) -> list[dl.Source]:
+    """The DHT sources once the lookup finished well; [] while it runs, or if it failed."""
+    if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+        return []
+    return task.result()
+
+
 class FetchError(Exception):
     """A download that could not complete (no source, timeout, verification failed)."""
 
@@ -121,24 +148,32 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
     q = search.listen()
     sources: dict[tuple[str, int, int], Hit] = {}
     known = [s for s in (source_from_hint(h, urn, size or 0, name or "") for h in hints) if s is not None and s.size]
+    dht_lookup = dht_sources(node, urn, timeout)  # ALOC sources from the DHT, beside the flood
     first_at = time.monotonic() if known else None
     try:
         while True:
             now = time.monotonic()
+            if first_at is None and _dht_found(dht_lookup):
+                first_at = now
             wait = (first_at + SOURCE_GATHER - now) if first_at else (deadline - now)
             if wait <= 0:
                 break
             try:
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(min(wait, DHT_POLL) if dht_lookup is not None else wait):
                     h = await q.get()
             except TimeoutError:
-                break
+                continue
             if h.urn and h.urn.lower() == urn.lower():
                 sources[(h.host, h.port, h.index)] = h
                 first_at = first_at or time.monotonic()
     finally:
         search.listeners.remove(q)
+        if dht_lookup is not None and not dht_lookup.done():
+            dht_lookup.cancel()
     found = {s.key: s for s in known + [hit_source(h) for h in sources.values()]}
+    for s in _dht_found(dht_lookup):
+        if all((s.host, s.port) != (f.host, f.port) for f in found.values()):
+            found[s.key] = s
     if not found:
         raise FetchError(f"no source found for {urn} within {timeout:.0f} s")
     first = next(iter(found.values()))

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also use the shipped PUBLIC UHC/GWebCache lists (contacts public hosts)")
     n.add_argument("--hostiles", type=Path, default=None, metavar="FILE",
                    help="addresses/CIDRs never to connect with, one per line (read with $GNUT_HOME/hostiles.txt)")
+    n.add_argument("--dht", action="store_true", default=None, help="join the Gnutella DHT (Mojito, UDP on the listen port)")
+    n.add_argument("--dht-bootstrap", type=_hostport, action="append", default=[], metavar="HOST:PORT",
+                   help="a DHT node to bootstrap from (repeatable; implies --dht)")
     n.add_argument("-v", "--verbose", action="count", default=0, dest="node_verbose",
                    help="log every message routed (its type, peer, TTL/hops and the decision)")
 
@@ -151,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between two updates accepted from one IP (default 3300)")
     b = sub.add_parser("ban", help="refuse and never dial an address or network (saved to hostiles.txt)")
     b.add_argument("target", metavar="ADDR[/BITS]")
+    dh = sub.add_parser("dht", help="the running node's DHT: status, or the raw values under a urn")
+    dh.add_argument("action", choices=("status", "get"))
+    dh.add_argument("urn", nargs="?", metavar="URN", help="get: urn:sha1:... (or a 40-digit hex KUID)")
+    dh.add_argument("--json", action="store_true")
+    dh.add_argument("--timeout", type=float, default=20.0, metavar="S")
 
     d = sub.add_parser("demo", help="run a local demo network with real searches and a download")
     d.add_argument("--nodes", type=int, default=20)
@@ -184,6 +192,10 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
             kw[key] = getattr(args, opt)
     if args.no_control:
         kw["control"] = False
+    if args.dht or args.dht_bootstrap:
+        kw["dht"] = True
+    if args.dht_bootstrap:
+        kw["dht_bootstrap"] = list(args.dht_bootstrap)
     kw["home"] = args.home or kw.get("home") or default_home()
     count = args.verbose + args.node_verbose
     kw["verbose"] = FLOW_VERBOSITY + count - 1 if count else int(kw.get("verbose", 0))
@@ -318,6 +330,10 @@ def _main(argv: list[str] | None) -> int:
         return config_command(args)
     if args.command == "ban":
         return loops.run(client.ban(args, home))
+    if args.command == "dht":
+        from gnut.app.dhtcli import dht_command
+
+        return loops.run(dht_command(args, home))
     handlers = {"status": commands.status, "downloads": commands.downloads, "pause": commands.queue_op,
                 "resume": commands.queue_op, "cancel": commands.queue_op, "stop": commands.stop,
                 "shares": commands.shares, "rescan": commands.rescan}

@@ -371,10 +371,12 @@ async def status(args: argparse.Namespace, home: Path) -> int:
         print(row("files", "http_in", "http_out") + "   (in: downloads, out: uploads)")
     print(f"peers ({len(st['peers'])}):")
     for p in st["peers"]:
+        claimed = p.get("listen", "")  # an incoming peer's claimed listen address (escaped by the node)
+        claimed = f" listens {claimed}" if claimed and claimed != f"{p['host']}:{p['port']}" else ""
         print(f"  #{p['id']:<4} {p['host']}:{p['port']:<6} {p['role']:<10} {'out' if p['outgoing'] else 'in ':<4}"
               f" msgs in {p['msgs_in']:<7} out {p['msgs_out']:<7} "
               f"bytes in {human_bytes(p.get('bytes_in', 0)):>9} out {human_bytes(p.get('bytes_out', 0)):>9}"
-              f"  {printable(p['user_agent'])}")
+              f"  {printable(p['user_agent'])}{claimed}")
     print("messages received: " + (", ".join(f"{k} {v}" for k, v in st["received"].items()) or "none"))
     print("messages sent:     " + (", ".join(f"{k} {v}" for k, v in st["sent"].items()) or "none"))
     print("drops:    " + (", ".join(f"{k} {v}" for k, v in st["drops"].items()) or "none"))
@@ -385,6 +387,10 @@ async def status(args: argparse.Namespace, home: Path) -> int:
               f"OOB hits in {oob.get('hits_received', 0)} out {oob.get('hits_sent', 0)}, "
               f"bootstrap {u['bootstrap']['phase']}; drops "
               + (", ".join(f"{k} {v}" for k, v in u["drops"].items()) or "none"))
+    lim = dict(st.get("limits", {}))
+    if lim:
+        fds = f"fds {lim.pop('open_fds', '?')}/{lim.pop('fd_limit', '?') or 'unlimited'}"
+        print("limits:   " + ", ".join([*(f"{k} {v}" for k, v in sorted(lim.items())), fds]))
     t = st.get("transfers", {})
     queue = st.get("queue", [])
     running = [d for d in queue if d["state"] in ("searching", "downloading", "verifying")]

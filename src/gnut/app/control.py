@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,47 @@ MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 10.0
 # Hits one control search streams at most (the node keeps MAX_RESULTS_KEPT per search anyway).
 MAX_SEARCH_HITS = 2000
+# Ranges of the numbers a request may carry (outside: a clear "bad request" line, no exception).
+SEARCH_TIMEOUT_MAX = 3600.0  # a search longer than an hour is a mistake
+GET_TIMEOUT_MAX = 7 * 24 * 3600.0  # a download may run for days, not forever
+MAX_RESULTS_MAX = 100_000  # more hits than a network answers in practice
+MAX_FILE_SIZE = 2**63 - 1  # what a 64-bit file offset can address
+MAX_TEXT = 4096  # search text, names, paths and urns are short
+MAX_URNS = 16  # urns one search carries
+
+
+def req_number(req: dict, key: str, default, lo, hi, kind=float, nullable: bool = False):
+    """`req[key]` as `kind` within lo..hi (default when absent; null only when `nullable`).
+
+    Raises:
+        ValueError: with a message naming the field and its range (not a bool, NaN or infinity).
+    """
+    if key not in req:
+        return default
+    value = req[key]
+    if value is None and nullable:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} must be a number in {lo}..{hi}, not {value!r}"[:200])
+    if kind is int and (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{key} must be a whole number in {lo}..{hi}, not {value!r}")
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ValueError(f"{key} must be in {lo}..{hi}, not {value!r}"[:200])
+    return kind(value)
+
+
+def req_text(req: dict, key: str, default: str | None = None) -> str | None:
+    """`req[key]` as a string of at most MAX_TEXT characters (default when absent or null).
+
+    Raises:
+        ValueError: when it is not a string or too long.
+    """
+    value = req.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise ValueError(f"{key} must be a string of at most {MAX_TEXT} characters")
+    return value
 
 
 class ControlServer:
@@ -93,6 +135,12 @@ class ControlServer:
             pass
         except asyncio.CancelledError:  # the node is stopping (`gnut stop`): this answer is over
             pass
+        except Exception as exc:  # a bug of ours costs this request only, never the node
+            log.exception("control request failed")
+            try:
+                await send({"error": f"internal error: {type(exc).__name__}"})
+            except ConnectionError:
+                pass
         finally:
             writer.close()
 
@@ -105,7 +153,8 @@ class ControlServer:
             await send({"done": True, "peers": node.stats()["peers"]})
         elif op == "connect":
             host, port = req.get("host"), req.get("port")
-            if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+            if (not isinstance(host, str) or not host or len(host) > 255 or isinstance(port, bool)
+                    or not isinstance(port, int) or not 0 < port < 65536):
                 raise ValueError("connect needs a host string and a port in 1..65535")
             node.dial(host, port)
             await send({"done": True})
@@ -129,6 +178,10 @@ class ControlServer:
         elif op == "stop":
             await send({"done": True})
             node.request_stop()
+        elif op == "dht":
+            from gnut.app.dhtcli import control_dht
+
+            await send(await control_dht(node, req))
         else:
             await send({"error": f"unknown op {op!r}"})
 
@@ -146,12 +199,13 @@ class ControlServer:
         urns = req.get("urns", [])
         if not isinstance(text, str) or not isinstance(urns, list) or not all(isinstance(u, str) for u in urns):
             raise ValueError("search needs a text string and a list of urn strings")
-        timeout = float(req.get("timeout") if "timeout" in req else getattr(cfg, "search_timeout", 10.0))
-        quiet = req.get("quiet") if "quiet" in req else getattr(cfg, "search_quiet", None)
-        quiet = None if quiet is None else float(quiet)
-        max_results = int(req.get("max_results", 100))
-        if not timeout > 0 or (quiet is not None and not quiet > 0) or max_results < 1:
-            raise ValueError("search needs timeout > 0, quiet > 0 (or null) and max_results >= 1")
+        if len(text) > MAX_TEXT or len(urns) > MAX_URNS or any(len(u) > MAX_TEXT for u in urns):
+            raise ValueError(f"search text and urns are at most {MAX_TEXT} characters, at most {MAX_URNS} urns")
+        # Every number typed and ranged (a bool, NaN, infinity or 1e308 is a clear error, not a raise later).
+        timeout = req_number(req, "timeout", getattr(cfg, "search_timeout", 10.0), 0.1, SEARCH_TIMEOUT_MAX)
+        quiet = (req_number(req, "quiet", None, 0.01, SEARCH_TIMEOUT_MAX, nullable=True) if "quiet" in req
+                 else getattr(cfg, "search_quiet", None))
+        max_results = req_number(req, "max_results", 100, 1, MAX_RESULTS_MAX, int)
 
         async def stream() -> None:
             count = 0

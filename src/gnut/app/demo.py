@@ -24,6 +24,10 @@ N_QUERIES = 5
 MISS_QUERY = "nonexistentword"
 # One in this many nodes is an ultrapeer; the rest are leaves under two ultrapeers each.
 LEAVES_PER_ULTRAPEER = 4
+# Every demo node listens on 127.0.0.1: the per-address fairness limits are raised in the
+# nodes' own config (never by exempting loopback).
+LAB_LIMITS = {"max_links_per_ip": 256, "max_links_per_24": 256, "max_pending_per_ip": 64,
+              "max_http_per_ip": 64, "upload_slots_per_host": 8}
 # Seconds each demo search listens for hits.
 SEARCH_WINDOW = 2.0
 
@@ -69,7 +73,7 @@ async def run_demo(n_nodes: int = 20, seed: int = 7, out=print) -> int:
                              share_dirs=[share], control=False, save_hosts=False,
                              out_links=2 if mode == "leaf" else 3, max_leaves=64,
                              # every demo node is 127.0.0.1: one UDP source for the per-IP limit
-                             udp_rate=2000.0, udp_burst=4000.0)
+                             udp_rate=2000.0, udp_burst=4000.0, **LAB_LIMITS)
             node = Node(cfg)
             await node.start()
             nodes.append(node)

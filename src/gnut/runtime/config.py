@@ -7,8 +7,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from gnut.constants import DEFAULT_PORT, DEFAULT_TTL, GUID_CACHE_CAPACITY, ROUTE_TABLE_CAPACITY
+from gnut.runtime import limits as lim
 
 MODES = ("ultrapeer", "leaf", "flood")
+DHT_MODES = ("auto", "active", "passive", "passive-leaf")
 
 
 def default_home() -> Path:
@@ -122,19 +124,40 @@ class NodeConfig:
     uhc_timeout: float = _opt(5.0, "bootstrap: seconds to wait for a UDP host cache's answer")
     # A hostiles file (gtk-gnutella's format) read besides $GNUT_HOME/hostiles.txt; None: only that one.
     hostiles: Path | None = _opt(None, "a hostiles file (gtk-gnutella's format) read besides HOME/hostiles.txt")
+    # The Gnutella DHT (Mojito, UDP on the listen port): off unless asked for.
+    dht: bool = _opt(False, "the Gnutella DHT (Mojito, UDP on the listen port)")
+    dht_bootstrap: list[tuple[str, int]] = _opt(None, 'DHT nodes to bootstrap from, as "HOST:PORT" strings', list)
+    # "auto" (active when reachable, passive-leaf when firewalled), "active", "passive", "passive-leaf".
+    dht_mode: str = _opt("auto", "DHT role: auto, active, passive or passive-leaf")
+    # Lab networks (many nodes on one /24, e.g. loopback) raise the DHT's per-/24 bounds and rate limit.
+    dht_per_net24: int | None = _opt(None, "DHT: contacts kept per /24 (lab networks raise it)")
+    dht_rate: float | None = _opt(None, "DHT: messages per second accepted from one address (lab networks raise it)")
+    # Fairness limits (reasons beside the constants in runtime/limits.py). They hold on loopback
+    # too: a local test network or the demo raises them here, never by address range.
+    max_links_per_ip: int = _opt(lim.MAX_LINKS_PER_IP, "Gnutella links accepted from one IP address")
+    max_links_per_24: int = _opt(lim.MAX_LINKS_PER_24, "Gnutella links accepted from one /24 network")
+    max_pending_per_ip: int = _opt(lim.MAX_PENDING_PER_IP, "handshakes in progress from one IP address")
+    max_http_per_ip: int = _opt(lim.MAX_HTTP_PER_IP, "HTTP connections from one IP address")
+    upload_slots_per_host: int = _opt(lim.UPLOAD_SLOTS_PER_HOST, "upload slots one host may hold")
+    max_browses: int = _opt(lim.MAX_BROWSES, "browse-host requests served at the same time")
+    fd_reserve: int = _opt(lim.FD_RESERVE, "file descriptors kept free for the node's own use")
     log_file: Path | None = _opt(None, "also write the log to this file")
     max_downloads: int = _opt(3, "downloads of the node's queue running at the same time")
 
     def __post_init__(self) -> None:
-        if isinstance(self.uhc, (list, tuple)):  # "host:port" strings are welcome here (the TOML form)
-            try:
-                self.uhc = [parse_hostport(u) if isinstance(u, str) else u for u in self.uhc]
-            except ValueError as exc:
-                raise ConfigError("uhc", str(exc)) from None
+        for name in ("uhc", "dht_bootstrap"):  # "host:port" strings are welcome here (the TOML form)
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                try:
+                    setattr(self, name, [parse_hostport(u) if isinstance(u, str) else u for u in value])
+                except ValueError as exc:
+                    raise ConfigError(name, str(exc)) from None
         for f in fields(self):
             setattr(self, f.name, _check(f.name, f.type, getattr(self, f.name)))
         if self.mode not in MODES:
             raise ConfigError("mode", f"must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.dht_mode not in DHT_MODES:
+            raise ConfigError("dht_mode", f"must be one of {', '.join(DHT_MODES)}, not {self.dht_mode!r}")
         if self.loop not in LOOP_KINDS:
             raise ConfigError("loop", f"must be one of {', '.join(LOOP_KINDS)}, not {self.loop!r}")
         if not 0 <= self.listen_port < 65536:
@@ -144,7 +167,7 @@ class NodeConfig:
                 raise ConfigError(name, f"must be at least 1, not {getattr(self, name)}")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.type == "int" and v < 0:
+            if f.type in ("int", "int | None") and v is not None and v < 0:
                 raise ConfigError(f.name, f"must not be negative, not {v}")
         if self.dq_hop_wait <= 0:
             raise ConfigError("dq_hop_wait", f"must be above 0, not {self.dq_hop_wait}")
@@ -172,13 +195,16 @@ class NodeConfig:
 LOOP_KINDS = ("auto", "uvloop", "asyncio")
 # Fields that make no sense at 0 (a node with no upload slot or a zero-sized table).
 _AT_LEAST_ONE = ("upload_slots", "max_results_per_query", "query_ttl", "seen_cache_size", "route_table_size",
-                 "max_downloads")
+                 "max_downloads", "max_links_per_ip", "max_links_per_24", "max_pending_per_ip", "max_http_per_ip",
+                 "upload_slots_per_host", "max_browses")
 
 # What each annotation accepts, in words (for errors) and as a converter.
 TYPE_WORDS = {
     "str": "a string",
     "int": "an integer",
     "float": "a number",
+    "int | None": "an integer",
+    "float | None": "a number",
     "bool": "true or false",
     "Path": "a path string",
     "Path | None": "a path string",
@@ -207,6 +233,8 @@ def _check(name: str, kind: str, value):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _bad(name, kind, value)
         return float(value)
+    if kind in ("int | None", "float | None"):
+        return None if value is None else _check(name, kind.split(" |")[0], value)
     if kind == "bool":
         if not isinstance(value, bool):
             raise _bad(name, kind, value)

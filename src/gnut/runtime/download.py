@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import fcntl
 import hashlib
 import ipaddress
@@ -49,9 +50,38 @@ HASH_BLOCK = 1 << 20  # read size while hashing the finished file
 MAX_NAME_COLLISIONS = 10_000  # "name (n).ext" candidates tried before giving up
 STATE_VERSION = 1  # sidecar format version; another version is ignored (fresh start)
 PARTIAL_DIR = ".gnut-partial"  # folder under out_dir holding .part, .state and .corrupt-n files
+# Data that failed verification is kept aside (to look at, never as a result) up to these bounds
+# per download folder; the oldest copies go first, so repeated poisoning cannot fill the disk.
+MAX_CORRUPT_KEPT = 3
+MAX_CORRUPT_BYTES = 256 * 1024 * 1024
 X_FEATURES = "browse/1.0"  # what our servent offers back (gtk-gnutella sends the same token)
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)", re.ASCII | re.IGNORECASE)
+
+
+def prune_corrupt(folder: Path, keep: int = MAX_CORRUPT_KEPT, max_bytes: int = MAX_CORRUPT_BYTES) -> int:
+    """Delete the oldest .corrupt-<n> copies in `folder` beyond `keep` files or `max_bytes`; return how many.
+
+    The newest copy is kept even when it alone passes max_bytes (it is the one a user asks about).
+    """
+    copies = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if ".corrupt-" in entry.name and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    copies.append((st.st_mtime_ns, entry.name, st.st_size, entry.path))
+    copies.sort(reverse=True)  # newest first
+    kept = total = removed = 0
+    for _mtime, _name, size, path in copies:
+        if kept == 0 or (kept < keep and total + size <= max_bytes):
+            kept += 1
+            total += size
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            removed += 1
+    return removed
 
 
 class DownloadError(Exception):
@@ -447,6 +477,7 @@ class Download:
         while (aside := self.partial_dir / f"{self._b32}.corrupt-{n}").exists():
             n += 1
         os.replace(self.part_path, aside)
+        prune_corrupt(self.partial_dir)
         return aside
 
     def _write(self, st: _SourceState, data: bytes | bytearray | memoryview) -> None:

@@ -54,6 +54,7 @@ class NodeServices(Protocol):
     address: tuple[str, int]
     searches: Any
     dq: Any
+    limits: Any  # runtime/limits.Limits: refusal counters and the fd watch
 
     def spawn(self, coro: Any) -> asyncio.Task: ...
     def new_guid(self) -> bytes: ...

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
@@ -15,6 +16,8 @@ import h11
 from gnut import __version__
 from gnut.constants import GUID_LEN, USER_AGENT_PRODUCT
 from gnut.errors import RemoteProtocolError
+from gnut.protocol.printable import printable
+from gnut.runtime import limits as lim
 from gnut.runtime.share import SharedFile, ShareIndex
 
 # Strategy
@@ -29,13 +32,25 @@ from gnut.runtime.share import SharedFile, ShareIndex
 # only the FIRST is served, as gtk-gnutella does; a range that is malformed, reversed
 # (b < a) or starts at/after the end answers 416 with "Content-Range: bytes */size".
 #
-# Slots: a connection takes an upload slot at its first GET of a file and keeps it until
-# it closes (gtk-gnutella's model: a downloader fetching chunks on keep-alive keeps its
-# place). With every slot taken the answer is 503 Busy with Retry-After, then close.
+# Slots: a connection takes an upload slot at its first GET of a file and keeps it across
+# keep-alive requests that follow one another (gtk-gnutella's model: a downloader fetching
+# chunks keeps its place), but gives it back when it sends no new request for
+# SLOT_HOLD_IDLE seconds: a keep-alive connection asking one byte now and then cannot
+# hold a slot. One host holds at most upload_slots_per_host slots and max_http_per_ip
+# connections. With every slot taken the answer is 503 Busy with Retry-After, then close.
 #
-# Time limits: waiting for the next request on a kept-alive connection is bounded by
-# idle_timeout; once its first byte arrived, a request must be complete within
-# request_timeout (slowloris); a stalled downloader is dropped after stall_timeout.
+# Time limits: a new connection's first request (or GIV block) must be complete within
+# request_timeout of the connection's start: one TOTAL deadline, not one per read or per
+# line. Waiting for the next request on a kept-alive connection is bounded by idle_timeout;
+# once its first byte arrived, that request too must be complete within request_timeout
+# (slowloris); a stalled downloader is dropped after stall_timeout.
+#
+# Browse host: the QUERYHIT encoding of the whole share is built once per share generation
+# (one build shared by concurrent requests), bounded by BROWSE_MAX_BYTES, kept until a rescan
+# changes the catalog, and streamed in SEND_CHUNK pieces with drain. The build runs on the
+# event loop in slices (browse_hits may be a generator: the loop gets control back every
+# BROWSE_YIELD_EVERY messages), so other peers wait milliseconds, not the whole encoding.
+# HEAD never builds it. At most max_browses bodies stream at once.
 
 # Header block limit: real download requests are < 1 KiB; above this answer 431.
 MAX_HEADER_BYTES = 8 * 1024
@@ -63,6 +78,13 @@ LINGER_BYTES = 256 * 1024
 LINGER_TIMEOUT = 1.0
 # Retry-After on 503 Busy, seconds (gtk-gnutella asks for about a minute).
 RETRY_AFTER = 60
+# A keep-alive connection with no new request for this long gives its upload slot back, seconds
+# (a swarming downloader asks its next range within milliseconds of the last one).
+SLOT_HOLD_IDLE = 5.0
+# A browse-host body beyond this is cut (100k files encode to ~11 MiB): memory stays bounded.
+BROWSE_MAX_BYTES = 32 * 1024 * 1024
+# While encoding browse host, the event loop runs other work after this many QUERYHITs (~100 files).
+BROWSE_YIELD_EVERY = 10
 # Range numbers longer than this many digits are garbage (a 64-bit size has 20 digits).
 MAX_RANGE_DIGITS = 20
 # File indices longer than this many digits are garbage (our indices are small ints).
@@ -85,7 +107,8 @@ class HttpContext:
     servent_guid: bytes = bytes(GUID_LEN)
     user_agent: str = f"{USER_AGENT_PRODUCT}/{__version__}"
     # Full QUERYHIT messages (header included) for browse host; None disables browse host.
-    browse_hits: Callable[[], list[bytes]] | None = None
+    # Called once per share generation; an iterator is consumed in slices (see the strategy note).
+    browse_hits: Callable[[], Iterable[bytes]] | None = None
     on_giv: GivCallback | None = None
     # Called with (client address, SharedFile, first byte, byte count) after each body served.
     on_upload: Callable[[tuple | None, SharedFile, int, int], None] | None = None
@@ -93,7 +116,17 @@ class HttpContext:
     idle_timeout: float = IDLE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
     max_requests: int = MAX_REQUESTS_PER_CONNECTION
+    slot_hold_idle: float = SLOT_HOLD_IDLE
+    upload_slots_per_host: int = lim.UPLOAD_SLOTS_PER_HOST
+    max_http_per_ip: int = lim.MAX_HTTP_PER_IP
+    max_browses: int = lim.MAX_BROWSES
+    # Refusal counters and the file-descriptor watch (the node's, shown by `gnut status`).
+    limits: lim.Limits = field(default_factory=lim.Limits)
     active_uploads: int = 0
+    active_browses: int = 0
+    slots_by_ip: collections.Counter = field(default_factory=collections.Counter)
+    conns_by_ip: collections.Counter = field(default_factory=collections.Counter)
+    browse_cache: _BrowseCache = field(default_factory=lambda: _BrowseCache())
     stats: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             (
@@ -104,10 +137,61 @@ class HttpContext:
                 "bytes_sent",
                 "browses",
                 "givs",
+                "slots_released_idle",
             ),
             0,
         )
     )
+
+
+class _BrowseCache:
+    """The browse-host body, encoded once per share generation and shared by every request."""
+
+    def __init__(self) -> None:
+        self.key: object = None
+        self.body: bytes = b""
+        self.cut = 0  # QUERYHIT messages left out to stay under BROWSE_MAX_BYTES
+        self.builds = 0
+        self._building: asyncio.Future | None = None
+        self._building_key: object = None
+
+    def fresh(self, key: object) -> bytes | None:
+        return self.body if key is not None and self.key == key else None
+
+    async def get(self, key: object, build: Callable[[], list[bytes]]) -> bytes:
+        """The body for share generation `key`, building it (in a thread) when stale."""
+        body = self.fresh(key)
+        if body is not None:
+            return body
+        if self._building is None or self._building_key != key:
+            self._building_key = key
+            self._building = asyncio.ensure_future(self._encode(build))
+            self._building.add_done_callback(lambda f: f.cancelled() or f.exception())
+        fut = self._building
+        try:
+            body, cut = await asyncio.shield(fut)
+        except Exception:
+            if self._building is fut:  # a failed build is not kept: the next request tries again
+                self._building = None
+            raise
+        if self._building is fut:
+            self._building = None
+            self.key, self.body, self.cut = key, body, cut
+            self.builds += 1
+        return body
+
+    @staticmethod
+    async def _encode(build: Callable[[], Iterable[bytes]]) -> tuple[bytes, int]:
+        kept, size, cut = [], 0, 0
+        for n, msg in enumerate(build(), 1):
+            if size + len(msg) > BROWSE_MAX_BYTES:
+                cut += 1
+            else:
+                kept.append(msg)
+                size += len(msg)
+            if n % BROWSE_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        return b"".join(kept), cut
 
 
 def is_http_start(first_bytes: bytes) -> bool:
@@ -208,8 +292,13 @@ def _lookup(target: bytes, share: ShareIndex) -> SharedFile | None:
     return None
 
 
-def _open_checked(sf: SharedFile):
-    """Open the indexed file read-only if it is still the file we scanned; None otherwise."""
+def _open_checked(sf: SharedFile, share: ShareIndex | None = None):
+    """Open the indexed file read-only if it is still the file we scanned; None otherwise.
+
+    Raises:
+        _Escaped: the opened file is not the scanned inode or lies outside every shared root
+            now (a folder swapped for a symlink after the scan).
+    """
     flags = (
         os.O_RDONLY
         | getattr(os, "O_NOFOLLOW", 0)
@@ -225,10 +314,28 @@ def _open_checked(sf: SharedFile):
         if not stat.S_ISREG(st.st_mode) or st.st_size != sf.size or st.st_mtime_ns != sf.mtime_ns:
             os.close(fd)
             return None
+        # O_NOFOLLOW guards the last component only: a parent folder swapped for a symlink is
+        # caught by the inode of the scan and by re-resolving where the open file really is.
+        moved = sf.ino and (st.st_dev, st.st_ino) != (sf.dev, sf.ino)
+        if moved or (share is not None and not share.inside_roots(_real_path(fd, sf.path))):
+            os.close(fd)
+            raise _Escaped(str(sf.path))
         return open(fd, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
     except OSError:
         os.close(fd)
         return None
+
+
+def _real_path(fd: int, path) -> str:
+    """Where the open descriptor `fd` really is (Linux /proc), else the resolved `path`."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return os.path.realpath(path)
+
+
+class _Escaped(Exception):
+    """A shared file's path now leads outside the shared folders."""
 
 
 class _Span:
@@ -257,6 +364,10 @@ class _Upload:
         self.method = b"GET"  # of the request being answered (HEAD responses carry no body)
         self.keep_open = False  # True once a GIV handed the socket to ctx.on_giv
         self.linger = False  # refused mid-request: drain the rest before closing (no RST)
+        peer = writer.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else "?"
+        # The first request (or GIV block) must be whole by then: one total deadline.
+        self.head_deadline = self.loop.time() + ctx.request_timeout
 
     def _headers(self, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return [("Server", self.ctx.user_agent), ("X-Features", "browse/1.0"), *extra]
@@ -281,23 +392,35 @@ class _Upload:
 
     async def _read_request(self) -> h11.Request | None:
         """Next complete request (its body discarded), or None when the peer is done or idle."""
-        deadline = self.loop.time() + self.ctx.request_timeout if self.conn.trailing_data[0] else None
+        if self.served == 0:
+            deadline = self.head_deadline
+        else:
+            deadline = self.loop.time() + self.ctx.request_timeout if self.conn.trailing_data[0] else None
+        idle_until = self.loop.time() + self.ctx.idle_timeout
         request = None
         body = 0
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
                 if deadline is None:
-                    timeout = self.ctx.idle_timeout
+                    timeout = idle_until - self.loop.time()
+                    if self.has_slot:  # idle with a slot: give it back after slot_hold_idle
+                        timeout = min(timeout, self.ctx.slot_hold_idle)
                 else:
                     timeout = deadline - self.loop.time()
                     if timeout <= 0:
+                        self.ctx.limits.refuse("deadline", f"HTTP request from {printable(self.ip)} too slow")
                         raise TimeoutError
                 try:
-                    data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+                    data = await asyncio.wait_for(self.reader.read(READ_CHUNK), max(timeout, 0.0))
                 except TimeoutError:
                     if deadline is None:
+                        if self.has_slot and self.loop.time() < idle_until:
+                            self.release()
+                            self.ctx.stats["slots_released_idle"] += 1
+                            continue
                         return None
+                    self.ctx.limits.refuse("deadline", f"HTTP request from {printable(self.ip)} too slow")
                     raise
                 if data and deadline is None:
                     deadline = self.loop.time() + self.ctx.request_timeout
@@ -319,8 +442,11 @@ class _Upload:
 
     async def run(self) -> None:
         try:
-            first = await asyncio.wait_for(self.reader.readexactly(4), self.ctx.request_timeout)
-        except (TimeoutError, asyncio.IncompleteReadError, OSError):
+            first = await asyncio.wait_for(self.reader.readexactly(4), self.head_deadline - self.loop.time())
+        except TimeoutError:
+            self.ctx.limits.refuse("deadline", f"HTTP request from {printable(self.ip)} too slow")
+            return
+        except (asyncio.IncompleteReadError, OSError):
             return
         if first == b"GIV ":
             await self._giv(first)
@@ -358,13 +484,18 @@ class _Upload:
     async def _giv(self, first: bytes) -> None:
         block = first
         try:
-            while not block.endswith((b"\n\n", b"\n\r\n")):
-                line = await asyncio.wait_for(self.reader.readline(), self.ctx.request_timeout)
-                if not line or len(block) + len(line) > GIV_MAX_BYTES:
-                    return
-                block += line
+            # One deadline for the whole block (a line every few seconds must not hold the socket).
+            async with asyncio.timeout_at(self.head_deadline):
+                while not block.endswith((b"\n\n", b"\n\r\n")):
+                    line = await self.reader.readline()
+                    if not line or len(block) + len(line) > GIV_MAX_BYTES:
+                        return
+                    block += line
             index, guid, name = parse_giv(block)
-        except (TimeoutError, ValueError, OSError, RemoteProtocolError):
+        except TimeoutError:
+            self.ctx.limits.refuse("deadline", f"GIV from {printable(self.ip)} too slow")
+            return
+        except (ValueError, OSError, RemoteProtocolError):
             return
         self.ctx.stats["givs"] += 1
         if self.ctx.on_giv is not None:
@@ -385,7 +516,12 @@ class _Upload:
         if sf is None:
             await self._simple(404, "Not Found", close=last)
             return
-        fh = _open_checked(sf)
+        try:
+            fh = _open_checked(sf, ctx.share)
+        except _Escaped as exc:
+            ctx.limits.refuse("share_escape", f"{printable(str(exc))} now leads outside the shared folders")
+            await self._simple(404, "Not Found", close=last)
+            return
         if fh is None:
             await self._simple(410, "Gone", close=last)
             return
@@ -408,11 +544,13 @@ class _Upload:
                 span = (0, sf.size - 1)
                 status, reason, extra = 200, "OK", []
             if request.method == b"GET" and not self.has_slot:
-                if ctx.active_uploads >= ctx.upload_slots:
+                refusal = self._slot_refusal()
+                if refusal is not None:
                     ctx.stats["uploads_refused"] += 1
-                    await self._simple(503, "Busy", [("Retry-After", str(RETRY_AFTER))], close=True)
+                    await self._simple(503, refusal, [("Retry-After", str(RETRY_AFTER))], close=True)
                     return
                 ctx.active_uploads += 1
+                ctx.slots_by_ip[self.ip] += 1
                 self.has_slot = True
             count = span[1] - span[0] + 1
             headers = [
@@ -435,6 +573,19 @@ class _Upload:
                 if ctx.on_upload is not None:
                     ctx.on_upload(self.writer.get_extra_info("peername"), sf, span[0], count)
             await self._write(self.conn.send(h11.EndOfMessage()))
+
+    def _slot_refusal(self) -> str | None:
+        """The 503 reason when this connection may not take an upload slot now, else None."""
+        ctx = self.ctx
+        if ctx.active_uploads >= ctx.upload_slots:
+            return "Busy"
+        if ctx.slots_by_ip[self.ip] >= ctx.upload_slots_per_host:
+            ctx.limits.refuse("upload_per_host", f"{printable(self.ip)} already holds its upload slots")
+            return "Busy (one upload per host)"
+        if not ctx.limits.fd_room(lim.FD_RESERVE_UPLOADS):
+            ctx.limits.refuse("fd_headroom", f"upload to {printable(self.ip)} (file descriptors near the limit)")
+            return "Busy"
+        return None
 
     async def _send_file(self, fh, offset: int, count: int) -> None:
         """Send `count` bytes of `fh` from `offset` as the response body (sendfile when the loop has it)."""
@@ -472,16 +623,38 @@ class _Upload:
         if BROWSE_MIME.encode() not in accept:
             await self._simple(406, "Not Acceptable", close=last)
             return
-        body = b"".join(self.ctx.browse_hits())
-        self.ctx.stats["browses"] += 1
-        headers = [("Content-Type", BROWSE_MIME), ("Content-Length", str(len(body)))]
-        if last:
-            headers.append(("Connection", "close"))
-        out = self.conn.send(h11.Response(status_code=200, reason="OK", headers=self._headers(headers)))
-        if request.method == b"GET" and body:
-            out += self.conn.send(h11.Data(data=body))
-        out += self.conn.send(h11.EndOfMessage())
-        await self._write(out)
+        ctx = self.ctx
+        key = ctx.share.generation
+        cache = ctx.browse_cache
+        if request.method == b"HEAD":  # never builds: the length only when the body is at hand
+            body = cache.fresh(key)
+            headers = [("Content-Type", BROWSE_MIME)]
+            if body is not None:
+                headers.append(("Content-Length", str(len(body))))
+            if last:
+                headers.append(("Connection", "close"))
+            out = self.conn.send(h11.Response(status_code=200, reason="OK", headers=self._headers(headers)))
+            await self._write(out + self.conn.send(h11.EndOfMessage()))
+            return
+        if ctx.active_browses >= ctx.max_browses:
+            ctx.limits.refuse("browse_busy", f"browse from {printable(self.ip)}: {ctx.max_browses} under way")
+            await self._simple(503, "Busy", [("Retry-After", str(RETRY_AFTER))], close=True)
+            return
+        ctx.active_browses += 1
+        try:
+            body = await cache.get(key, ctx.browse_hits)
+            ctx.stats["browses"] += 1
+            headers = [("Content-Type", BROWSE_MIME), ("Content-Length", str(len(body)))]
+            if last:
+                headers.append(("Connection", "close"))
+            await self._write(self.conn.send(h11.Response(status_code=200, reason="OK",
+                                                          headers=self._headers(headers))))
+            view = memoryview(body)
+            for pos in range(0, len(body), SEND_CHUNK):
+                await self._write(self.conn.send(h11.Data(data=view[pos : pos + SEND_CHUNK])))
+            await self._write(self.conn.send(h11.EndOfMessage()))
+        finally:
+            ctx.active_browses -= 1
 
     async def drain_input(self) -> None:
         """Half-close and discard what the peer still sends, so our error response is not lost to a RST."""
@@ -497,6 +670,9 @@ class _Upload:
         if self.has_slot:
             self.has_slot = False
             self.ctx.active_uploads -= 1
+            self.ctx.slots_by_ip[self.ip] -= 1
+            if self.ctx.slots_by_ip[self.ip] <= 0:
+                del self.ctx.slots_by_ip[self.ip]
 
 
 class _Refused(Exception):
@@ -508,22 +684,35 @@ class _Refused(Exception):
         self.reason = reason
 
 
-async def handle_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: HttpContext) -> None:
+async def handle_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: HttpContext,
+                      elapsed: float = 0.0) -> None:
     """Serve one connection that starts with an HTTP request or a GIV.
 
     Args:
         reader: the connection's stream, still holding the bytes the node peeked.
         writer: its writer; closed on return unless a GIV handed the socket to ctx.on_giv.
         ctx: shares, slots, callbacks and counters.
+        elapsed: seconds the connection already spent before (sniffing on the Gnutella port);
+            they count against the first request's total deadline.
 
     Only network errors and timeouts end a connection early; none escapes this coroutine.
     """
     upload = _Upload(reader, writer, ctx)
+    upload.head_deadline -= elapsed
+    ip = upload.ip
+    if ctx.conns_by_ip[ip] >= ctx.max_http_per_ip:
+        ctx.limits.refuse("http_per_ip", f"{printable(ip)} has {ctx.conns_by_ip[ip]} HTTP connections open")
+        writer.transport.abort()
+        return
+    ctx.conns_by_ip[ip] += 1
     try:
         await upload.run()
     except (OSError, TimeoutError, asyncio.IncompleteReadError, h11.ProtocolError):
         pass
     finally:
+        ctx.conns_by_ip[ip] -= 1
+        if ctx.conns_by_ip[ip] <= 0:
+            del ctx.conns_by_ip[ip]
         upload.release()
         if upload.linger:
             await upload.drain_input()

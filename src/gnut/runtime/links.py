@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from gnut.protocol import handshake as hs
 from gnut.protocol import routing as rt
 from gnut.protocol.addresses import AddrClass, classify, parse_ip
+from gnut.protocol.printable import printable
+from gnut.runtime.limits import net_key
 from gnut.runtime.peer import Peer
 
 if TYPE_CHECKING:
@@ -45,6 +47,9 @@ class LinkManager:
             self.trust["dial_hostile"] += 1
             log.info("not dialling %s:%d: listed as hostile", host, port)
             return
+        if not self.limits.fd_room():
+            self.limits.refuse("fd_headroom", f"dial to {printable(host)}:{port} (file descriptors near the limit)")
+            return
         if any(p.listen_addr == key for p in self.peers.values()):
             return
         self._dialing.add(key)
@@ -58,7 +63,7 @@ class LinkManager:
                 DIAL_TIMEOUT,
             )
         except (TimeoutError, OSError) as exc:
-            log.info("dial %s:%d failed: %s", host, port, exc or "timeout")
+            log.info("dial %s:%d failed: %s", printable(host), port, printable(str(exc or "timeout")))
             self.note_link_failure(host, port, exc)
             self.hosts.mark_failed(host, port, time.time())
             self.events["dial_failed"] += 1
@@ -79,6 +84,10 @@ class LinkManager:
             peer.transport.abort()
             return
         if not peer.outgoing and peer.addr is not None:
+            if not self._admit_socket(peer):
+                peer.closed = True
+                peer.transport.abort()
+                return
             now = time.monotonic()
             q = self._accepts.setdefault(peer.addr[0], collections.deque())
             while q and now - q[0] > 60.0:
@@ -89,6 +98,38 @@ class LinkManager:
                 return
             q.append(now)
         self.peers[peer.id] = peer
+
+    def _admit_socket(self, peer: Peer) -> bool:
+        """Admission of an accepted socket: file-descriptor headroom, then pending sockets per IP."""
+        limits = self.limits
+        ip = peer.addr[0]
+        if not limits.fd_room():
+            limits.refuse("fd_headroom", f"connection from {printable(ip)} (file descriptors near the limit)")
+            return False
+        pending = sum(1 for p in self.peers.values()
+                      if not p.outgoing and not p.established and not p.closed and p.addr and p.addr[0] == ip)
+        if pending >= self.cfg.max_pending_per_ip:
+            limits.refuse("pending_per_ip", f"{printable(ip)} has {pending} connections in handshake")
+            return False
+        return True
+
+    def _link_refusal(self, peer: Peer) -> tuple[str, str] | None:
+        """(counter key, BYE/503 reason) when admitting `peer` would pass the per-IP or per-/24 link limit."""
+        ip = peer.addr[0] if peer.addr else ""
+        net = net_key(ip)
+        same_ip = same_net = 0
+        for p in self.peers.values():
+            if p is peer or p.closed or not (p.established or p.admitted) or not p.addr:
+                continue
+            if p.addr[0] == ip:
+                same_ip += 1
+            if net_key(p.addr[0]) == net:
+                same_net += 1
+        if same_ip >= self.cfg.max_links_per_ip:
+            return "per_ip", "Too many links from your address"
+        if same_net >= self.cfg.max_links_per_24:
+            return "per_24", "Too many links from your network"
+        return None
 
     def peer_closed(self, peer: Peer) -> None:
         if self.peers.pop(peer.id, None) is None:
@@ -101,7 +142,7 @@ class LinkManager:
                 self.n_ultrapeers -= 1
         if peer.established:
             self._slot_removed(peer, self.router.remove_peer(peer.id))
-            log.info("left %s: %s", peer.describe(), peer.close_reason)
+            log.info("left %s: %s", peer.describe(), printable(peer.close_reason))
             self.qrp_changed()
         if peer in self._dirty:
             self._dirty.remove(peer)
@@ -149,7 +190,7 @@ class LinkManager:
 
     def protocol_error(self, peer: Peer, exc: Exception) -> None:
         self.events["protocol_errors"] += 1
-        log.info("protocol error from %s: %s", peer.describe(), exc)
+        log.info("protocol error from %s: %s", peer.describe(), printable(str(exc)))
         if peer.established:
             peer.send_bye(400, str(exc)[:80])
         else:
@@ -182,12 +223,22 @@ class LinkManager:
 
     def on_handshake_request(self, peer: Peer, ev) -> None:
         # X-Try-Ultrapeers is built only for a refusal (it walks the peers and the host cache).
+        refusal = self._link_refusal(peer)
+        if refusal is not None:
+            key, reason = refusal
+            self.events["refused"] += 1
+            self.limits.refuse(key, f"handshake from {peer.describe()}: {reason.lower()}")
+            peer.conn.refuse(503, reason, self.try_hosts())
+            peer._write_pending()
+            peer.close(f"refused: 503 {reason}")
+            return
         verdict = hs.evaluate_incoming(self.handshake_config, ev.headers, self.counts())
         if verdict.code == 200:
+            peer.admitted = True
             peer.conn.accept(verdict.headers, peer_is_ultrapeer=verdict.peer_is_ultrapeer)
         else:
             self.events["refused"] += 1
-            log.info("refusing %s: %d %s", peer.describe(), verdict.code, verdict.reason)
+            log.info("refusing %s: %d %s", peer.describe(), verdict.code, printable(verdict.reason))
             peer.conn.refuse(verdict.code, verdict.reason, self.try_hosts())
             peer._write_pending()
             peer.close(f"refused: {verdict.code} {verdict.reason}")
@@ -229,7 +280,7 @@ class LinkManager:
             "to" if peer.outgoing else "from",
             peer.describe(),
             peer.role.name.lower(),
-            peer.user_agent,
+            printable(peer.user_agent, 80),
             ev.deflate_in,
             ev.deflate_out,
         )
@@ -265,7 +316,7 @@ class LinkManager:
 
     def on_refused(self, peer: Peer, ev) -> None:
         self.events["refused_by_peer"] += 1
-        log.info("%s refused us: %d %s", peer.describe(), ev.code, ev.reason)
+        log.info("%s refused us: %d %s", peer.describe(), ev.code, printable(ev.reason))
         now = time.time()
         if peer.outgoing and peer.listen_addr:
             self.hosts.mark_failed(*peer.listen_addr, now)
@@ -276,4 +327,5 @@ class LinkManager:
     def switch_to_http(self, peer: Peer, first: bytes) -> None:
         """Hand a connection whose first bytes are not Gnutella to the HTTP side."""
         self.peers.pop(peer.id, None)
-        self.transfers.take_http(peer.transport, first)
+        # The time spent sniffing counts against the HTTP request's total deadline.
+        self.transfers.take_http(peer.transport, first, elapsed=time.monotonic() - peer.started)

@@ -33,10 +33,12 @@ from gnut.protocol import messages, qrp
 from gnut.protocol import routing as rt
 from gnut.protocol.addresses import AddressPolicy, AddressVotes
 from gnut.protocol.guid import new_guid
+from gnut.protocol.printable import printable
 from gnut.runtime.config import NodeConfig
 from gnut.runtime.dynquery import DqDriver
 from gnut.runtime.hostcache import HostCache
 from gnut.runtime.hostiles import HOSTILES_FILE, load_hostiles, persist_ban
+from gnut.runtime.limits import Limits
 from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
 from gnut.runtime.nodeviews import NodeViews
 from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
@@ -104,6 +106,8 @@ class Node(NodeViews, LinkManager):
         self.dq = DqDriver(self)
         self.sent: collections.Counter[int] = collections.Counter()
         self.events: collections.Counter[str] = collections.Counter()
+        # Fairness and resource refusals by reason (runtime/limits.py); `gnut status` shows them.
+        self.limits = Limits(cfg.fd_reserve)
         self._accepts: dict[str, collections.deque] = {}
         self._dialing: set[tuple[str, int]] = set()
         self._server: asyncio.base_events.Server | None = None
@@ -115,12 +119,14 @@ class Node(NodeViews, LinkManager):
         # every link that asks for it: a new link costs neither a table build nor a compression.
         self._qrp_table: qrp.QrpTable | None = None
         self._qrp_full: list[bytes] | None = None
+        self._share_qrp: tuple[tuple, qrp.QrpTable] | None = None  # (share generation, table of our files)
         self.share = None
         self.transfers = None
         # UDP (runtime/udpnode.start_udp): transceiver, PING/PONG/GUESS, OOB, bootstrap; None without UDP.
         self.udp = self.udpnode = self.oob = self.bootstrap = self.guess = None
         # Things run beside the node (the app's control API): started last, stopped first.
         self.services: list[Service] = []
+        self.dht = None  # runtime.dht.DhtService when cfg.dht
         self.started = time.monotonic()
         self.address: tuple[str, int] = (cfg.listen_host, cfg.listen_port)
         self.handshake_config = self._handshake_config()
@@ -180,6 +186,10 @@ class Node(NodeViews, LinkManager):
             # Cached unverified: saved and passed on only once it completed a handshake.
             self.hosts.add(host, port, "config", time.time())
             self.dial(host, port)
+        if self.cfg.dht:
+            from gnut.runtime.dht import start_for_node
+
+            self.dht = await start_for_node(self)
         for service in self.services:
             await service.start()
         self.downloads.schedule()
@@ -198,6 +208,8 @@ class Node(NodeViews, LinkManager):
         for service in reversed(self.services):
             await service.stop()
         self.searches.save_spam_state()
+        if self.dht is not None:
+            await self.dht.stop()
         if self._server is not None:
             self._server.close()
         stop_udp(self)
@@ -333,7 +345,7 @@ class Node(NodeViews, LinkManager):
                             self._local(peer, msg)
                         except RemoteProtocolError as exc:
                             router.drops[rt.DropReason.MALFORMED] += 1
-                            log.debug("malformed QUERY from %s: %s", peer.describe(), exc)
+                            log.debug("malformed QUERY from %s: %s", peer.describe(), printable(str(exc)))
                         if peer.closed:
                             return
                         continue
@@ -378,7 +390,8 @@ class Node(NodeViews, LinkManager):
                         self._local(peer, msg)
                     except RemoteProtocolError as exc:
                         router.drops[rt.DropReason.MALFORMED] += 1
-                        log.debug("malformed %s from %s: %s", TYPE_NAMES.get(msg.type), peer.describe(), exc)
+                        log.debug("malformed %s from %s: %s", TYPE_NAMES.get(msg.type), peer.describe(),
+                                  printable(str(exc)))
                 if peer.closed:
                     return
         finally:
@@ -432,7 +445,7 @@ class Node(NodeViews, LinkManager):
             if why is not None:
                 self.trust[f"push_{why}"] += 1
                 return
-            self.transfers.on_push(push)
+            self.transfers.on_push(push, peer, msg.hops)
         elif t == MSG_BYE:
             bye = messages.Bye.decode(msg.payload)
             peer.close(f"peer said BYE {bye.code} {bye.reason}")
@@ -467,7 +480,8 @@ class Node(NodeViews, LinkManager):
 
     def our_pong(self) -> messages.Pong:
         host, port = self.address
-        return messages.Pong(port=port, ip=host, files=len(self.share), kbytes=self.share.total_kbytes)
+        ggep = self.dht.pong_ggep() if self.dht is not None else ()
+        return messages.Pong(port=port, ip=host, files=len(self.share), kbytes=self.share.total_kbytes, ggep=ggep)
 
     def _answer_ping(self, peer: Peer, msg) -> None:
         ttl = msg.hops + 1
@@ -491,6 +505,8 @@ class Node(NodeViews, LinkManager):
         if msg.hops and not self.router.is_own_ping(msg.guid, time.monotonic()):
             self.trust["pong_unsolicited"] += 1
             return
+        if self.dht is not None:
+            self.dht.offer_pong(pong.ip, pong.port, pong.ggep)  # a pong saying "DHT active" seeds the DHT
         why = self.hosts.add(pong.ip, pong.port, "pong", time.time(), via=peer.addr[0] if peer.addr else None)
         if why is not None:
             self.trust[f"pong_{why}"] += 1
@@ -513,7 +529,7 @@ class Node(NodeViews, LinkManager):
             done = peer.qrp.apply(messages.decode_qrp(msg.payload))
         except RemoteProtocolError as exc:
             self.events["qrp_rejected"] += 1
-            log.info("bad QRP table from %s: %s", peer.describe(), exc)
+            log.info("bad QRP table from %s: %s", peer.describe(), printable(str(exc)))
             peer.send_bye(413, "Bad QRP table")
             return
         if done:
@@ -531,10 +547,17 @@ class Node(NodeViews, LinkManager):
 
     def our_qrp_table(self) -> qrp.QrpTable:
         """Our shares' words, merged with our leaves' tables when we are an ultrapeer."""
+        # The shares' part is hashed once per share generation (on a 100k-file share that is
+        # ~1 s of CPU: rebuilding it for every new link let one address burn the loop by reconnecting).
+        key = (id(self.share), self.share.generation)
+        if self._share_qrp is None or self._share_qrp[0] != key:
+            own = qrp.QrpTable()
+            own.add_words(self.share.all_words())
+            # URNs too, so urn:sha1 queries (source searches of downloads) reach us through QRP.
+            own.add_words(sf.urn for sf in self.share.files)
+            self._share_qrp = (key, own)
         table = qrp.QrpTable()
-        table.add_words(self.share.all_words())
-        # URNs too, so urn:sha1 queries (source searches of downloads) reach us through QRP.
-        table.add_words(sf.urn for sf in self.share.files)
+        table.merge(self._share_qrp[1])
         if self.cfg.mode == "ultrapeer":
             for p in self.peers.values():
                 if p.role == rt.PeerRole.LEAF and p.qrp is not None and p.qrp.table is not None:
@@ -592,6 +615,7 @@ class Node(NodeViews, LinkManager):
             if not p.established:
                 if now - p.started > self.handshake_timeout:
                     self.events["handshake_timeouts"] += 1
+                    self.limits.refuse("deadline", f"{p.describe()} not through the handshake in time")
                     p.close("handshake timeout")
                 continue
             silent = now - p.last_rx

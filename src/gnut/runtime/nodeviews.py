@@ -59,11 +59,14 @@ class NodeViews:
         """Peers, traffic by message type, drops by reason, transfers: for `gnut status`."""
         peers = []
         for p in self.peers.values():
-            host, port = p.listen_addr or p.addr or ("?", 0)
+            # The socket's address (what we know); an incoming peer's claimed listen address beside it.
+            host, port = p.addr or p.listen_addr or ("?", 0)
+            listen = f"{p.listen_addr[0]}:{p.listen_addr[1]}" if p.listen_addr else ""
             peers.append({
-                "id": p.id, "host": host, "port": port, "role": p.role.name.lower() if p.role is not None else "handshake",
-                "outgoing": p.outgoing, "user_agent": p.user_agent, "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
-                "queued": p.queued() if p.transport else 0, "shed": p.shed,
+                "id": p.id, "host": host, "port": port, "listen": printable(listen, 80),
+                "role": p.role.name.lower() if p.role is not None else "handshake",
+                "outgoing": p.outgoing, "user_agent": printable(p.user_agent, 80), "msgs_in": p.msgs_in,
+                "msgs_out": p.msgs_out, "queued": p.queued() if p.transport else 0, "shed": p.shed,
                 "bytes_in": p.bytes_in, "bytes_out": p.bytes_out,
                 "uptime": round(time.monotonic() - p.started, 1),
             })
@@ -80,6 +83,7 @@ class NodeViews:
             "qrp_skips": r.qrp_skips,
             "dup_ttl_relays": r.dup_ttl_relays,
             "events": dict(self.events),
+            "limits": self.limits.stats(),
             "dynamic_queries": self.dq.stats(),
             "spam": self.searches.spam_stats(),
             "hosts_known": len(self.hosts),

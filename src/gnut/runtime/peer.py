@@ -9,6 +9,7 @@ import time
 from gnut.constants import MSG_BYE, MSG_PING, MSG_PONG, MSG_QUERY
 from gnut.errors import ProtocolError
 from gnut.protocol import connection as cx
+from gnut.protocol.printable import printable
 from gnut.runtime.host import LinkHost
 
 log = logging.getLogger("gnut.runtime.peer")
@@ -59,6 +60,7 @@ class Peer(asyncio.Protocol):
         self.close_reason = ""
         self.established = False
         self.counted = False  # included in the node's per-role link counts
+        self.admitted = False  # incoming: we accepted its handshake (it holds a link slot from then on)
         self.msgs_in = 0
         self.msgs_out = 0
         self.shed = 0
@@ -218,5 +220,10 @@ class Peer(asyncio.Protocol):
         self.node.output_changed(self)
 
     def describe(self) -> str:
-        host, port = self.listen_addr or self.addr or ("?", 0)
-        return f"#{self.id} {host}:{port}"
+        """`#id host:port` of the socket; an incoming peer's claimed listen address beside it, escaped."""
+        host, port = self.addr or self.listen_addr or ("?", 0)
+        text = f"#{self.id} {printable(str(host), 64)}:{port}"
+        if self.listen_addr and self.listen_addr != self.addr and not self.outgoing:
+            lhost, lport = self.listen_addr
+            text += f" (listens on {printable(str(lhost), 64)}:{printable(str(lport), 8)})"
+        return text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import dataclasses
 import hashlib
 import os
 import stat
@@ -79,6 +80,9 @@ class SharedFile:
     urn: str
     words: frozenset[str]
     mtime_ns: int
+    # Device and inode at the scan: uploads open only this very file (0: unknown, not checked).
+    dev: int = 0
+    ino: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -191,6 +195,10 @@ class ShareIndex:
         self._by_path: dict[str, SharedFile] = {}
         self._next_index = 1
         self._cache_loaded = False
+        # Resolved share roots of the last scan (uploads re-check that a file is still inside one).
+        self._roots: tuple[str, ...] = ()
+        # Bumped whenever a scan changes the catalog (browse host caches its encoding per value).
+        self.generation = 0
 
     # --- scanning -------------------------------------------------------------------
     def _load_cache(self) -> dict[str, tuple[int, int, bytes, int]]:
@@ -251,6 +259,7 @@ class ShareIndex:
                 self.problems.append(f"{d}: not a folder")
                 continue
             roots.append(root)
+        self._roots = tuple(str(r) for r in roots)
         found: list[tuple[Path, os.stat_result]] = []
         seen_files: set[Path] = set()
         seen_dirs: set[Path] = set()
@@ -329,6 +338,8 @@ class ShareIndex:
             sha1 = None
             if old is not None:
                 if (old.size, old.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                    if (old.dev, old.ino) != (st.st_dev, st.st_ino):  # same content, new inode
+                        old = dataclasses.replace(old, dev=st.st_dev, ino=st.st_ino)
                     new_by_path[key] = old
                     assigned.add(old.index)
                     cached += 1
@@ -369,9 +380,13 @@ class ShareIndex:
                 urn=sha1_to_urn(sha1),
                 words=frozenset(query_words(name)),
                 mtime_ns=st.st_mtime_ns,
+                dev=st.st_dev,
+                ino=st.st_ino,
             )
         removed = sum(1 for key in self._by_path if key not in new_by_path)
         dirty = added or removed or changed or rehashed or set(cache) != set(new_by_path)
+        if dirty or set(self._by_path) != set(new_by_path):
+            self.generation += 1
         self._by_path = new_by_path
         self._catalog = _Catalog(new_by_path.values())
         if dirty:
@@ -390,6 +405,10 @@ class ShareIndex:
     def total_kbytes(self) -> int:
         """Total shared size in KiB (the PONG's "kilobytes shared" field)."""
         return self._catalog.total_bytes // 1024
+
+    def inside_roots(self, real_path: str) -> bool:
+        """True when the resolved `real_path` is inside one of the share roots of the last scan."""
+        return any(real_path == r or real_path.startswith(r.rstrip(os.sep) + os.sep) for r in self._roots)
 
     def by_index(self, index: int) -> SharedFile | None:
         """The file with this index, or None."""

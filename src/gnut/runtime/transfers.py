@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
 import time
 from pathlib import Path
@@ -49,6 +50,42 @@ def _merge_span(spans: list[tuple[int, int]], start: int, end: int) -> list[tupl
     return out[:MAX_SESSION_SPANS]
 
 
+# Browse host encodes this many files per step (hits pack 10 per message: whole messages per batch).
+BROWSE_BATCH_FILES = 100
+# Connect-backs (GIV) to one IP address per minute, whatever the ports and file indices:
+# PUSH must not turn us into a connection cannon aimed at a third party.
+PUSH_CALLBACKS_PER_TARGET_PER_MINUTE = 4
+# Target addresses whose recent connect-backs we remember (oldest forgotten first).
+PUSH_TARGETS_TRACKED = 1024
+# No servent listens below this port; a PUSH naming one aims us at a well-known service.
+PUSH_MIN_PORT = 1024
+
+
+def push_target_refusal(ip: str, port: int, our_ip: str) -> str | None:
+    """Why a PUSH's connect-back address is bogus (counter key), or None when we may dial it.
+
+    Pure: classifies the address, never contacts it. Unspecified, multicast, broadcast,
+    reserved and link-local addresses are never dialled, nor ports below PUSH_MIN_PORT; a
+    loopback address only when we ourselves listen on loopback (a lab network).
+    """
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return "push_bogus"
+    if not PUSH_MIN_PORT <= port <= 65535:
+        return "push_bogus"
+    if addr.is_unspecified or addr.is_multicast or addr.is_reserved or addr.is_link_local:
+        return "push_bogus"
+    if addr.is_loopback:
+        try:
+            ours = ipaddress.ip_address(our_ip)
+        except ValueError:
+            return "push_bogus"
+        if not ours.is_loopback:
+            return "push_bogus"
+    return None
+
+
 class Transfers:
     """Glue between the node and share.py / http.py / download.py."""
 
@@ -62,7 +99,13 @@ class Transfers:
             servent_guid=node.servent_guid,
             browse_hits=self.browse_hits,
             on_giv=self.on_giv,
+            upload_slots_per_host=cfg.upload_slots_per_host,
+            max_http_per_ip=cfg.max_http_per_ip,
+            max_browses=cfg.max_browses,
+            limits=node.limits,
         )
+        # Target IP -> times of our recent connect-backs to it (PUSH reflection bound).
+        self._push_targets: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
         self._giv_waiters: dict[tuple[bytes, int], asyncio.Future] = {}
         self._push_callbacks = 0
         self._scanning = False
@@ -159,15 +202,23 @@ class Transfers:
     def ctx_busy(self) -> bool:
         return self.ctx.active_uploads >= self.ctx.upload_slots
 
-    def browse_hits(self) -> list[bytes]:
+    def browse_hits(self):
+        """Browse host's QUERYHIT messages, generated a batch of files at a time (the HTTP side
+        encodes them once per share generation, giving the event loop control between batches)."""
         guid = self.node.new_guid()
-        return [
-            messages.build(guid, MSG_QUERYHIT, 1, 0, p) for p in self.hit_payloads(list(self.share.files), ggep_h=True)
-        ]
+        files = self.share.files
+        for i in range(0, len(files), BROWSE_BATCH_FILES):
+            for p in self.hit_payloads(files[i : i + BROWSE_BATCH_FILES], ggep_h=True):
+                yield messages.build(guid, MSG_QUERYHIT, 1, 0, p)
 
     # --- HTTP on the Gnutella port ------------------------------------------------------------
-    def take_http(self, transport: asyncio.Transport, first: bytes) -> None:
-        """Switch a sniffed connection to an HTTP stream and serve it."""
+    def take_http(self, transport: asyncio.Transport, first: bytes, elapsed: float = 0.0) -> None:
+        """Switch a sniffed connection to an HTTP stream and serve it.
+
+        Args:
+            elapsed: seconds the connection already spent (sniffing): they count against the
+                first request's total deadline.
+        """
         if not http.is_http_start(first):
             self.node.events["not_gnutella_or_http"] += 1
             transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -180,32 +231,65 @@ class Transfers:
         proto.connection_made(transport)
         writer = asyncio.StreamWriter(transport, proto, reader, loop)
         reader.feed_data(first)
-        self._spawn(self._serve(reader, writer))
+        self._spawn(self._serve(reader, writer, elapsed))
 
-    async def _serve(self, reader, writer) -> None:
+    async def _serve(self, reader, writer, elapsed: float = 0.0) -> None:
         try:
-            await http.handle_http(reader, writer, self.ctx)
+            await http.handle_http(reader, writer, self.ctx, elapsed=elapsed)
         finally:
             if not writer.is_closing():
                 writer.close()
 
     # --- PUSH: we are the firewalled side --------------------------------------------------------
-    def on_push(self, push) -> None:
-        """A PUSH for us: connect back to the requester, say GIV, serve its GET."""
+    def on_push(self, push, peer=None, hops: int = -1) -> None:
+        """A PUSH for us: connect back to the requester, say GIV, serve its GET.
+
+        Args:
+            push: the decoded PUSH.
+            peer: the link it arrived on; hops: its hop count on arrival (0: that neighbour sent it).
+        """
         if push.servent_guid != self.node.servent_guid:
             return
         f = self.share.by_index(push.index)
         if f is None or self._push_callbacks >= MAX_PUSH_CALLBACKS:
             self.node.events["push_ignored"] += 1
             return
+        refusal = self._push_refusal(push, peer, hops)
+        if refusal is not None:
+            self.node.events["push_ignored"] += 1
+            self.node.limits.refuse(refusal, f"PUSH asking us to connect to {printable(push.ip)}:{push.port}")
+            return
         self._push_callbacks += 1
         self._spawn(self._giv(push, f.name))
+
+    def _push_refusal(self, push, peer, hops: int) -> str | None:
+        """Why we will not connect back for this PUSH (counter key), or None (and the dial is counted)."""
+        bogus = push_target_refusal(push.ip, push.port, self.node.address[0])
+        if bogus is not None:
+            return bogus
+        addr = getattr(peer, "addr", None)
+        # Sent by the neighbour itself: the requester is that neighbour, at its socket's address.
+        if hops == 0 and addr and addr[0] != push.ip:
+            return "push_reflection"
+        if not self.node.limits.fd_room():
+            return "fd_headroom"
+        now = time.monotonic()
+        times = self._push_targets.pop(push.ip, None) or collections.deque()
+        while times and now - times[0] > 60.0:
+            times.popleft()
+        self._push_targets[push.ip] = times
+        while len(self._push_targets) > PUSH_TARGETS_TRACKED:
+            self._push_targets.popitem(last=False)
+        if len(times) >= PUSH_CALLBACKS_PER_TARGET_PER_MINUTE:
+            return "push_rate"
+        times.append(now)
+        return None
 
     async def _giv(self, push, name: str) -> None:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(push.ip, push.port), 10.0)
         except (TimeoutError, OSError) as exc:
-            log.info("push callback to %s:%d failed: %s", push.ip, push.port, exc)
+            log.info("push callback to %s:%d failed: %s", printable(push.ip), push.port, exc)
             self._push_callbacks -= 1
             return
         try:
