@@ -51,6 +51,8 @@ SOURCE_GATHER = 1.0
 SOURCE_TIMEOUT = 60.0
 # While no source answered, the urn query is sent again this often (peers come and go).
 REQUERY_EVERY = 10.0
+# How often the source search looks whether the DHT lookup has finished.
+DHT_POLL = 0.2
 # How often a download waiting for the node's first link checks again.
 LINK_POLL = 0.2
 # Text sent with a urn-only query: LimeWire-family servents use a lone backslash.
@@ -471,6 +473,20 @@ class DownloadQueue:
         e.note = "copied from our own shares"
         return dest
 
+    def _dht_lookup(self, e: Entry) -> asyncio.Task | None:
+        """A task finding the file's ALOC sources in the node's DHT, or None without one."""
+        dht = getattr(self.node, "dht", None)
+        if dht is None:
+            return None
+        sha1 = _digest(e.urn)
+
+        async def lookup() -> list[dl.Source]:
+            return [dl.Source(host=h, port=p, index=0, name=e.name or e.urn[9:], size=a.length, urn=e.urn,
+                              servent_guid=a.guid, firewalled=False)
+                    for h, p, a in await dht.find_alocs(sha1, e.source_timeout)]
+
+        return asyncio.get_running_loop().create_task(lookup())
+
     def _linked(self) -> bool:
         return any(getattr(p, "established", False) for p in self.node.peers.values())
 
@@ -486,13 +502,24 @@ class DownloadQueue:
         first_at = time.monotonic() if found else None
         # A node that just started (a queue resumed at start-up) has no link yet: a query now
         # would reach nobody, so wait for the first link, and ask again every REQUERY_EVERY.
-        while not first_at and not self._linked() and time.monotonic() < deadline:
+        while not first_at and not self._linked() and getattr(self.node, "dht", None) is None \
+                and time.monotonic() < deadline:
             await asyncio.sleep(LINK_POLL)
         search = q = None
         asked = 0.0
+        dht = self._dht_lookup(e)  # ALOC sources from the DHT, beside the flood (None without a DHT)
         try:
             while True:
                 now = time.monotonic()
+                if dht is not None and dht.done():
+                    for s in ([] if dht.cancelled() or dht.exception() is not None else dht.result()):
+                        if s.size and all((s.host, s.port) != (f.host, f.port) for f in found.values()):
+                            found[s.key] = s
+                    dht = None
+                    if found and not first_at:
+                        first_at = now
+                        e.known = len(found)
+                        self._notify(e)
                 if search is None or (not first_at and now - asked >= REQUERY_EVERY):
                     if search is not None:
                         with contextlib.suppress(ValueError):
@@ -504,7 +531,7 @@ class DownloadQueue:
                 if first_at and wait <= 0 or now >= deadline:
                     break
                 try:
-                    async with asyncio.timeout(max(0.0, wait)):
+                    async with asyncio.timeout(max(0.0, min(wait, DHT_POLL) if dht is not None else wait)):
                         h = await q.get()
                 except TimeoutError:
                     continue
@@ -520,6 +547,8 @@ class DownloadQueue:
             if search is not None:
                 with contextlib.suppress(ValueError):
                     search.listeners.remove(q)
+            if dht is not None and not dht.done():
+                dht.cancel()
         if not found:
             raise QueueError(f"no source found within {e.source_timeout:.0f} s "
                              f"(`gnut resume {e.id}` looks again)")
