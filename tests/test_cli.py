@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from nethelpers import start_node, wait_for
 
-from gnut.app import cli, client, control, runner
+from gnut.app import cli, client, commands, control, runner
+from gnut.app.progress import ProgressView
 from gnut.runtime import loops
 from gnut.runtime.config import NodeConfig
 from gnut.runtime.node import Node
@@ -72,8 +73,10 @@ def test_config_file_under_command_line(tmp_path):
 
 @pytest.mark.parametrize("text, msg", [
     ('bogus_key = 1\n', "unknown setting 'bogus_key'"),
-    ('mode = "hub"\n', "mode must be one of"),
-    ('listen = "127.0.0.1:x"\n', "invalid literal"),
+    ('mode = "hub"\n', "setting 'mode' must be one of"),
+    ('listen = "127.0.0.1:x"\n', "numeric port"),
+    ('max_peers = "ten"\n', "bad.toml:1: setting 'max_peers' must be an integer, not 'ten'"),
+    ('\nlisten = 16349\n', "bad.toml:2: setting 'listen' must be a \"HOST:PORT\" string"),
     ('listen = \n', "Invalid value"),
 ])
 def test_bad_config_file_exits_2(tmp_path, capsys, text, msg):
@@ -190,11 +193,13 @@ def test_results_json_records_carry_sources():
     assert json.loads(json.dumps(rec)) == rec
 
 
-def test_progress_bar_and_json(capsys):
-    client._Progress(as_json=False)({"done": 50, "total": 200, "sources": 1, "rate": 0, "state": "downloading"})
-    assert "[#######-----------------------]  25.0% 50/200 B  1 src  downloading" in capsys.readouterr().err
-    client._Progress(as_json=True)({"done": 1, "total": 2, "sources": 1, "rate": 0, "state": "downloading"})
-    assert json.loads(capsys.readouterr().out)["progress"]["done"] == 1
+def test_progress_line_plain_and_json(capsys):
+    view = {"id": 3, "name": "a.bin", "done": 50, "size": 200, "sources": 1, "sources_known": 2, "speed": 25,
+            "eta": 6.0, "state": "downloading"}
+    ProgressView(as_json=False, tty=False).update(view)
+    assert capsys.readouterr().err == "#3 a.bin  downloading  25.0%  50 B/200 B  25 B/s  ETA 0:06  1/2 src\n"
+    ProgressView(as_json=True).update(view)
+    assert json.loads(capsys.readouterr().out)["progress"]["done"] == 50
 
 
 # --- client and control against real in-process nodes ----------------------------------------
@@ -216,7 +221,7 @@ def test_client_search_and_get_standalone(tmp_path, capsys):
             hit = json.loads(capsys.readouterr().out)
             assert (hit["name"], hit["sources"][0]["port"], hit["urn"]) == ("orchid lantern.bin", up.address[1],
                                                                            urn_of(data))
-            rc = await client.get(ns(target=hit["urn"], connect=[up.address], out=tmp_path / "dl"), tmp_path / "c1")
+            rc = await commands.get(ns(target=hit["urn"], connect=[up.address], out=tmp_path / "dl"), tmp_path / "c1")
             assert rc == 0
             assert (tmp_path / "dl" / "orchid lantern.bin").read_bytes() == data
             assert json.loads(capsys.readouterr().out.splitlines()[-1])["done"] is True
@@ -275,11 +280,11 @@ def test_control_socket_is_private_and_answers_status(tmp_path, capsys):
         try:
             sock = node.cfg.control_path
             assert sock.stat().st_mode & 0o777 == 0o600
-            rc = await client.status(argparse.Namespace(json=True), node.cfg.home)
+            rc = await commands.status(argparse.Namespace(json=True), node.cfg.home)
             assert rc == 0
             st = json.loads(capsys.readouterr().out)
             assert st["address"] == f"{node.address[0]}:{node.address[1]}" and st["peers"] == []
-            rc = await client.status(argparse.Namespace(json=False), node.cfg.home)
+            rc = await commands.status(argparse.Namespace(json=False), node.cfg.home)
             out = capsys.readouterr().out
             assert rc == 0 and "peers (0):" in out and "drops:    none" in out
             assert f"udp:      {node.address[0]}:{node.address[1]} datagrams in 0" in out
@@ -334,11 +339,11 @@ def test_client_uses_the_running_node(tmp_path, capsys):
             assert node.stats()["sent"].get("QUERY"), "the search ran inside the running node"
             # The client hung up after its one row: the node stops the search on its side too.
             await wait_for(lambda: not node.searches.active, what="the node-side search to stop")
-            rc = await client.get(ns(target=hit["urn"], out=tmp_path / "dl", json=False), node.cfg.home)
+            rc = await commands.get(ns(target=hit["urn"], out=tmp_path / "dl", json=False), node.cfg.home)
             assert rc == 0
             assert "complete and verified" in capsys.readouterr().out
             assert (tmp_path / "dl" / "heron sketch.bin").read_bytes() == data
-            rc = await client.get(ns(target=urn_of(b"absent"), timeout=1.0), node.cfg.home)
+            rc = await commands.get(ns(target=urn_of(b"absent"), timeout=1.0), node.cfg.home)
             assert rc == 1 and "no source found" in capsys.readouterr().err
         finally:
             await node.stop()

@@ -344,6 +344,17 @@ def test_flood_counts_like_an_ultrapeer():
     assert evaluate_incoming(cfg, hdrs(X_Ultrapeer="False"), ROOMY).code == 200
 
 
+def test_flood_admits_a_client_that_calls_itself_a_leaf():
+    # A flood node takes no leaves (max_leaves 0): a stand-alone client is one more equal peer.
+    cfg = HandshakeConfig(mode="flood")
+    no_leaf_slots = PeerCounts(ultrapeers=1, leaves=0, max_ultrapeers=4, max_leaves=0)
+    v = evaluate_incoming(cfg, hdrs(X_Ultrapeer="False"), no_leaf_slots)
+    assert (v.code, v.peer_is_ultrapeer) == (200, False)
+    full = PeerCounts(ultrapeers=4, leaves=0, max_ultrapeers=4, max_leaves=0)
+    v = evaluate_incoming(cfg, hdrs(X_Ultrapeer="False"), full)
+    assert (v.code, v.reason) == (503, "Too many peers (4 max)")
+
+
 # --- admission: dialing side -----------------------------------------------------------------
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING
 from gnut.constants import VENDOR_CODE
 from gnut.errors import LocalProtocolError
 from gnut.runtime import download as dl
+from gnut.runtime.downloads import source_from_hint
 from gnut.runtime.search import SEARCH_MAX_AGE, Hit
 
 if TYPE_CHECKING:
@@ -118,7 +121,7 @@ def hit_source(h: Hit) -> dl.Source:
 
 
 async def fetch(node: Node, target: str, name: str | None, size: int | None, out: Path, timeout: float,
-                progress: Callable | None = None) -> Path:
+                progress: Callable | None = None, hints: list[dict] | tuple = ()) -> Path:
     """Find sources for a urn or magnet and download the file, verified.
 
     Args:
@@ -127,6 +130,8 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
         out: folder for the finished file.
         timeout: overall seconds for finding sources and downloading.
         progress: called with download.DownloadProgress.
+        hints: sources already known (the rows of `gnut search`, app/lastsearch.py): used at once,
+            beside what the urn query finds.
 
     Raises:
         FetchError: no source answered, the download failed or did not verify.
@@ -143,8 +148,9 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
     search = node.searches.start(URN_QUERY_TEXT, (urn,))
     q = search.listen()
     sources: dict[tuple[str, int, int], Hit] = {}
+    known = [s for s in (source_from_hint(h, urn, size or 0, name or "") for h in hints) if s is not None and s.size]
     dht_lookup = dht_sources(node, urn, timeout)  # ALOC sources from the DHT, beside the flood
-    first_at = None
+    first_at = time.monotonic() if known else None
     try:
         while True:
             now = time.monotonic()
@@ -165,16 +171,46 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
         search.listeners.remove(q)
         if dht_lookup is not None and not dht_lookup.done():
             dht_lookup.cancel()
-    found = [hit_source(h) for h in sources.values()]
-    found += [s for s in _dht_found(dht_lookup) if (s.host, s.port) not in {(f.host, f.port) for f in found}]
+    found = {s.key: s for s in known + [hit_source(h) for h in sources.values()]}
+    for s in _dht_found(dht_lookup):
+        if all((s.host, s.port) != (f.host, f.port) for f in found.values()):
+            found[s.key] = s
     if not found:
         raise FetchError(f"no source found for {urn} within {timeout:.0f} s")
+    first = next(iter(found.values()))
+    size, name = size or first.size, name or first.name
     left = max(1.0, deadline - time.monotonic())
+    have = await _already_there(out, name, size, urn)
+    if have is not None:
+        return have
     try:
-        return await node.transfers.download(urn, size or found[0].size, name or found[0].name,
-                                             found, out, progress, left)
+        return await node.transfers.download(urn, size, name, [s for s in found.values() if s.size == size], out,
+                                             progress, left)
     except TimeoutError:
         raise FetchError(f"download of {urn} timed out after {timeout:.0f} s "
                          f"(the partial file is kept; run the command again to resume)") from None
     except (dl.DownloadError, OSError) as exc:
         raise FetchError(f"download of {urn} failed: {exc}") from exc
+
+
+async def _already_there(out: Path, name: str, size: int, urn: str) -> Path | None:
+    """`out/name` when it already holds this very file (same size and SHA-1): nothing to fetch."""
+    candidate = Path(out) / dl.safe_name(name, fallback=f"download-{urn[9:17]}")
+    try:
+        if not candidate.is_file() or candidate.stat().st_size != size:
+            return None
+    except OSError:
+        return None
+
+    def digest() -> bytes:
+        sha1 = hashlib.sha1()
+        with open(candidate, "rb") as fh:
+            while block := fh.read(1 << 20):
+                sha1.update(block)
+        return sha1.digest()
+
+    try:
+        same = await asyncio.to_thread(digest) == base64.b32decode(dl.normalize_urn(urn)[9:])
+    except OSError:
+        return None
+    return candidate if same else None

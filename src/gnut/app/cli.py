@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import gnut
-from gnut.app.configfile import load_config_file
+from gnut.app.configfile import ConfigFileError, defaults_toml, load_config_file
 from gnut.constants import DEFAULT_PORT
 from gnut.errors import FastPathMissing
 from gnut.protocol.bandwidth import parse_rate
-from gnut.runtime.config import MODES, NodeConfig, default_home, parse_hostport
+from gnut.runtime.config import MODES, ConfigError, NodeConfig, default_home, parse_hostport
 from gnut.runtime.loops import LOOP_CHOICES, loop_name
 
 # NodeConfig.verbose from this level on logs every routed message (node.py's "gnut.flow" logger).
@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--max-download-rate", type=_rate, default=None, metavar="RATE",
                    help="bytes/s for all downloads together, e.g. 200k or 1.5M (default 0: unlimited)")
     n.add_argument("--no-control", action="store_true", help="do not serve the local control API")
-    n.add_argument("--config", type=Path, default=None, metavar="FILE", help="TOML file with the same settings")
+    n.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="TOML file with the same settings (`gnut config --defaults` prints them all)")
+    n.add_argument("--log-file", type=Path, default=None, metavar="PATH", help="also write the log to PATH")
     n.add_argument("--uhc", type=_hostport, action="append", default=[], metavar="HOST:PORT",
                    help="UDP host cache to ask for peers when we have none (repeatable)")
     n.add_argument("--gwc", action="append", default=[], metavar="URL",
@@ -124,16 +126,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per file row (final state)")
     s.add_argument("--loop", choices=LOOP_CHOICES, default="auto")
 
-    g = sub.add_parser("get", help="download a file by urn:sha1 or magnet link")
-    g.add_argument("target", metavar="URN_OR_MAGNET")
+    g = sub.add_parser("get", help="download a file by urn:sha1, magnet link, or row N of the last search",
+                       description="With a node running, the download is queued in the node: Ctrl-C only "
+                                   "stops watching it (gnut downloads, pause, resume, cancel).")
+    g.add_argument("target", metavar="URN|MAGNET|N", help="urn:sha1:..., a magnet link, or 3 / #3 (last search's row)")
     g.add_argument("--connect", type=_hostport, action="append", default=[], metavar="HOST:PORT")
     g.add_argument("--out", type=Path, default=Path("."), metavar="DIR")
-    g.add_argument("--timeout", type=float, default=120.0, metavar="S")
-    g.add_argument("--json", action="store_true", help="JSON progress lines instead of a progress bar")
+    g.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="seconds to look for sources (stand-alone: for the whole download)")
+    g.add_argument("--json", action="store_true", help="JSON progress lines on stdout instead of a progress line")
     g.add_argument("--loop", choices=LOOP_CHOICES, default="auto")
 
-    st = sub.add_parser("status", help="peers, traffic, drops and transfers of the running node")
+    dls = sub.add_parser("downloads", help="list the running node's downloads (id, state, progress, speed, sources)")
+    dls.add_argument("--json", action="store_true", help="one JSON object per download")
+    for op, what in (("pause", "pause a download (its partial data is kept)"),
+                     ("resume", "resume a paused or failed download"),
+                     ("cancel", "cancel a download and delete its partial data")):
+        q = sub.add_parser(op, help=what)
+        q.add_argument("id", metavar="ID", help="download id from `gnut downloads` (3 or #3)")
+
+    st = sub.add_parser("status", help="role, uptime, traffic (bytes and rates), peers and transfers of the node")
     st.add_argument("--json", action="store_true")
+    sub.add_parser("stop", help="stop the running node (BYE 200 to its peers, clean exit)")
+    sh = sub.add_parser("shares", help="list the files the running node shares (name, size, urn, hits)")
+    sh.add_argument("--json", action="store_true", help="one JSON object per file")
+    sub.add_parser("rescan", help="rescan the running node's share folders now")
+    cf = sub.add_parser("config", help="print every config setting with its default, or check a file")
+    cg = cf.add_mutually_exclusive_group(required=True)
+    cg.add_argument("--defaults", action="store_true", help="print a commented TOML of every key and its default")
+    cg.add_argument("--check", type=Path, metavar="FILE", help="check a config file; exit 2 naming what is wrong")
 
     w = sub.add_parser("gwc", help="run a GWebCache server (spec 1 and 2)")
     w.add_argument("--listen", type=_listen_address, required=True, metavar="HOST:PORT")
@@ -181,7 +202,7 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         kw["bootstrap"] = True
     for opt, key in (("mode", "mode"), ("loop", "loop"), ("max_peers", "max_peers"), ("max_leaves", "max_leaves"),
                      ("out_links", "out_links"), ("firewalled", "firewalled"), ("download_dir", "download_dir"),
-                     ("hostiles", "hostiles"), ("tls", "tls"),
+                     ("log_file", "log_file"), ("hostiles", "hostiles"), ("tls", "tls"),
                      ("max_upload_rate", "max_upload_rate"), ("max_download_rate", "max_download_rate")):
         if getattr(args, opt) is not None:
             kw[key] = getattr(args, opt)
@@ -199,10 +220,48 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     return NodeConfig(**kw)
 
 
-def setup_logging(verbose: int) -> None:
-    """Log to stderr: INFO (connections, departures and their reasons), DEBUG from FLOW_VERBOSITY on."""
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+# NodeConfig fields that `gnut node` takes as flags: errors about them name the flag.
+_FLAG_KEYS = ("max_peers", "max_leaves", "out_links", "download_dir", "log_file", "mode", "loop")
+
+
+def config_command(args: argparse.Namespace) -> int:
+    """`gnut config --defaults` prints every setting; `--check FILE` validates one (exit 2 when bad)."""
+    if args.defaults:
+        print(defaults_toml())
+        return 0
+    try:
+        load_config_file(args.check)
+    except ConfigFileError as exc:
+        print(f"gnut config: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.check}: ok")
+    return 0
+
+
+def setup_logging(verbose: int, log_file: Path | None = None) -> None:
+    """Log to stderr (and to log_file): INFO (connections, departures, transfers), DEBUG from FLOW_VERBOSITY on.
+
+    Raises:
+        OSError: the log file cannot be opened.
+    """
     level = logging.DEBUG if verbose >= FLOW_VERBOSITY else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace"))
+    logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
+
+
+def argv_command(argv: list[str] | None) -> str | None:
+    """The subcommand named in argv (or sys.argv), without parsing it again."""
+    words = sys.argv[1:] if argv is None else argv
+    return next((w for w in words if not w.startswith("-") and w in _COMMANDS), None)
+
+
+_COMMANDS = ("node", "search", "get", "downloads", "pause", "resume", "cancel", "status", "stop", "shares",
+             "rescan", "config", "demo", "gwc", "ban")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        print("gnut: interrupted", file=sys.stderr)
+        if argv_command(argv) == "get":  # stand-alone: the partial file and its sidecar stay
+            print("gnut get: interrupted; the partial file is kept (run the same command to resume)",
+                  file=sys.stderr)
+        else:
+            print("gnut: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except FastPathMissing as exc:
         print(f"gnut: {exc}", file=sys.stderr)
@@ -238,10 +301,18 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "node":
         try:
             cfg = node_config(args)
+        except ConfigError as exc:
+            flag = "--" + exc.key.replace("_", "-")
+            print(f"gnut node: {flag if exc.key in _FLAG_KEYS else exc.key}: {exc.detail}", file=sys.stderr)
+            return 2
         except (ValueError, OSError) as exc:
             print(f"gnut node: {exc}", file=sys.stderr)
             return 2
-        setup_logging(cfg.verbose)
+        try:
+            setup_logging(cfg.verbose, cfg.log_file)
+        except OSError as exc:
+            print(f"gnut node: cannot open the log file {cfg.log_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         from gnut.app.runner import run_node
 
         try:
@@ -267,16 +338,27 @@ def _main(argv: list[str] | None) -> int:
 
     if args.command == "search":
         return loops.run(client.search(args, home), args.loop)
+    from gnut.app import commands
+
     if args.command == "get":
-        return loops.run(client.get(args, home), args.loop)
-    if args.command == "status":
-        return loops.run(client.status(args, home))
+        return loops.run(commands.get(args, home), args.loop)
+    if args.command == "config":
+        return config_command(args)
     if args.command == "ban":
         return loops.run(client.ban(args, home))
     if args.command == "dht":
         from gnut.app.dhtcli import dht_command
 
         return loops.run(dht_command(args, home))
+    handlers = {"status": commands.status, "downloads": commands.downloads, "pause": commands.queue_op,
+                "resume": commands.queue_op, "cancel": commands.queue_op, "stop": commands.stop,
+                "shares": commands.shares, "rescan": commands.rescan}
+    if args.command in handlers:
+        try:
+            return loops.run(handlers[args.command](args, home))
+        except (OSError, ValueError) as exc:
+            print(f"gnut {args.command}: lost the running node's control socket: {exc}", file=sys.stderr)
+            return 1
     if args.command == "demo":
         from gnut.app.demo import run_demo
 

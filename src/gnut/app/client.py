@@ -12,9 +12,7 @@ import time
 from pathlib import Path
 
 from gnut.app import actions, control
-from gnut.errors import LocalProtocolError
 from gnut.runtime.config import NodeConfig
-from gnut.runtime.download import parse_magnet
 
 # How long a stand-alone client waits for its first peer before giving up on it.
 JOIN_TIMEOUT = 10.0
@@ -66,15 +64,25 @@ async def ephemeral_node(home: Path, connect: list[tuple[str, int]], timeout: fl
         deadline = time.monotonic() + min(timeout, JOIN_TIMEOUT)
         while not any(p.established for p in node.peers.values()):
             if time.monotonic() > deadline or _nothing_left_to_try(node):
-                tried = ", ".join(f"{h}:{p}" for h, p in connect) or "hosts from the host cache"
-                raise ConnectionError(f"could not join the network: no peer answered ({tried}); "
-                                      "give --connect HOST:PORT or start `gnut node`")
+                raise ConnectionError(join_failure(node, connect))
             await asyncio.sleep(0.05)
         # Give the ultrapeer a moment to install our (empty) QRP table before we query.
         await asyncio.sleep(QRP_SETTLE)
         yield node
     finally:
         await node.stop()
+
+
+def join_failure(node, connect: list[tuple[str, int]]) -> str:
+    """Why a stand-alone client could not join, per address tried (refusals with their status)."""
+    failures = node.link_failures
+    if connect:
+        why = "; ".join(f"{h}:{p} {failures.get((h, p), 'did not answer')}" for h, p in connect)
+        return f"could not join the network: {why}"
+    if failures:
+        why = "; ".join(f"{h}:{p} {w}" for (h, p), w in list(failures.items())[-3:])
+        return f"could not join the network through the host cache: {why}; give --connect HOST:PORT"
+    return "could not join the network: no cached host answered; give --connect HOST:PORT or start `gnut node`"
 
 
 # Redraws of the live table while no hit arrives (so its clock moves), in seconds.
@@ -236,145 +244,6 @@ async def _run_live(results, hits, limit: int) -> None:
         finally:
             tick.cancel()
         view.finish()
-
-
-class _Progress:
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-
-    def __call__(self, p) -> None:
-        d = p if isinstance(p, dict) else {"done": p.done, "total": p.total, "sources": p.sources_active,
-                                            "rate": round(p.rate_bps), "state": p.state}
-        if self.as_json:
-            print(json.dumps({"progress": d}), flush=True)
-            return
-        now = time.monotonic()
-        if now - self.last < 0.2 and d["done"] < d["total"]:
-            return
-        self.last = now
-        total = max(1, d["total"])
-        width = 30
-        fill = int(width * d["done"] / total)
-        bar = "#" * fill + "-" * (width - fill)
-        line = f"[{bar}] {100 * d['done'] / total:5.1f}% {d['done']:,}/{d['total']:,} B  {d['sources']} src  {d['state']}"
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-
-async def get(args: argparse.Namespace, home: Path) -> int:
-    """`gnut get`: find sources, download, verify.
-
-    Returns:
-        0 only when the file is complete and its SHA-1 verified; 1 when it is not;
-        2 when the target is not a urn:sha1 or a magnet link carrying one.
-    """
-    try:
-        urn, _, _ = parse_magnet(args.target)
-    except LocalProtocolError as exc:
-        urn, why = None, str(exc)
-    else:
-        why = "the magnet link carries no urn:sha1 (exact topic xt=urn:sha1:...)"
-    if urn is None:
-        print(f"gnut get: {why}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"error": why}), flush=True)
-        return 2
-    progress = _Progress(args.json)
-    out = args.out.resolve()
-    if await _running_node(home):
-        req = {"op": "get", "urn": args.target, "out": str(out), "timeout": args.timeout}
-        try:
-            async for line in control.request(home / "control.sock", req):
-                if "progress" in line:
-                    progress(line["progress"])
-                elif "error" in line:
-                    return _failed(args, line["error"])
-                elif line.get("done"):
-                    return _finished(args, line["path"])
-        except (OSError, ValueError) as exc:
-            return _failed(args, f"lost the running node's control socket: {exc}")
-        return _failed(args, "the node closed the control connection")
-    try:
-        async with ephemeral_node(home, args.connect, args.timeout) as node:
-            path = await actions.fetch(node, args.target, None, None, out, args.timeout, progress)
-    except (ConnectionError, actions.FetchError) as exc:
-        return _failed(args, str(exc))
-    return _finished(args, str(path))
-
-
-def _finished(args, path: str) -> int:
-    if args.json:
-        print(json.dumps({"done": True, "path": path}), flush=True)
-    else:
-        if sys.stderr.isatty():
-            print(file=sys.stderr)  # end the progress bar's line
-        print(f"complete and verified: {path}", flush=True)
-    return 0
-
-
-def _failed(args, msg: str) -> int:
-    if sys.stderr.isatty() and not args.json:
-        print(file=sys.stderr)  # end the progress bar's line
-    if args.json:
-        print(json.dumps({"error": msg}), flush=True)
-    print(f"gnut get: {msg}", file=sys.stderr)
-    return 1
-
-
-async def status(args: argparse.Namespace, home: Path) -> int:
-    """`gnut status`: peers, traffic, drops and transfers of the node running in `home`.
-
-    Returns:
-        0 when a node answered, 1 when none runs there.
-    """
-    if not await _running_node(home):
-        print(f"gnut status: no running node (no control socket in {home})", file=sys.stderr)
-        return 1
-    async for line in control.request(home / "control.sock", {"op": "status"}):
-        st = line.get("status")
-        if st is None:
-            continue
-        if args.json:
-            print(json.dumps(st, indent=1))
-            return 0
-        print(f"node {st['address']} mode {st['mode']} up {st['uptime']} s, {st['shared_files']} files shared, "
-              f"{st['hosts_known']} hosts known")
-        r = st.get("reachability")
-        if r:
-            print(f"reachable TCP: {r['tcp']} ({r['tcp_reason']}); UDP: {r['udp']} ({r['udp_reason']})")
-            print(f"role: {r['role']}{' (auto)' if r['auto'] else ''}: {r['role_reason']}")
-        print(f"peers ({len(st['peers'])}):")
-        for p in st["peers"]:
-            claimed = p.get("listen", "")  # an incoming peer's claimed listen address (escaped by the node)
-            claimed = f" listens {claimed}" if claimed and claimed != f"{p['host']}:{p['port']}" else ""
-            print(f"  #{p['id']:<4} {p['host']}:{p['port']:<6} {p['role']:<10} {'out' if p['outgoing'] else 'in ':<4}"
-                  f" in {p['msgs_in']:<8} out {p['msgs_out']:<8} shed {p['shed']:<5} {p.get('tls') or 'plain':<8}"
-                  f" {p['user_agent']}{claimed}")
-        print("received: " + ", ".join(f"{k} {v}" for k, v in st["received"].items()))
-        print("sent:     " + ", ".join(f"{k} {v}" for k, v in st["sent"].items()))
-        print("drops:    " + (", ".join(f"{k} {v}" for k, v in st["drops"].items()) or "none"))
-        u = st.get("udp") or {}
-        if u.get("enabled"):
-            oob = u.get("oob", {})
-            print(f"udp:      {u['address']} datagrams in {u['datagrams_in']} out {sum(u['sent'].values())}, "
-                  f"OOB hits in {oob.get('hits_received', 0)} out {oob.get('hits_sent', 0)}, "
-                  f"bootstrap {u['bootstrap']['phase']}; drops "
-                  + (", ".join(f"{k} {v}" for k, v in u["drops"].items()) or "none"))
-        lim = dict(st.get("limits", {}))
-        fds = f"fds {lim.pop('open_fds', '?')}/{lim.pop('fd_limit', '?') or 'unlimited'}"
-        print("limits:   " + ", ".join([*(f"{k} {v}" for k, v in sorted(lim.items())), fds]))
-        t = st.get("transfers", {})
-        print(f"uploads: {t.get('uploads_active', 0)} active, {t.get('uploads_done', 0)} done; "
-              f"downloads: {len(t.get('downloads', []))}")
-        for d in t.get("downloads", []):
-            print(f"  {d['name']}  {d['done']:,}/{d['size']:,}  {d['state']}")
-        _print_trust(st)
-        for kind, lim in t.get("limits", {}).items():
-            if kind != "gnutella":  # not applied to links yet
-                print(f"{kind} limit: {lim['limit_text']}, {lim['bytes']:,} bytes moved, {lim['waits']} waits")
-        return 0
-    return 1
 
 
 def _print_trust(st: dict) -> None:

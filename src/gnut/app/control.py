@@ -2,6 +2,8 @@
 
 Strategy: one request line per connection ({"op": ...}); the answer is one or more JSON
 lines, streamed for searches and downloads, ending with a line that has "done" or "error".
+Downloads are the node's (app/queue_ops.py): a client only watches one, so a client that goes
+away (Ctrl-C, a closed pipe) ends its stream, never the download.
 The socket lives in the node's home folder with mode 0600, so it is never reachable from
 another host and not by other local users.
 """
@@ -14,11 +16,10 @@ import json
 import logging
 import math
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gnut.app import actions
+from gnut.app import actions, queue_ops
 from gnut.protocol.printable import printable
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ class ControlServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         def write(obj: dict) -> None:
+            if writer.is_closing():  # the client went away (Ctrl-C, a closed pipe): stop talking to it
+                raise ConnectionResetError("control client gone")
             writer.write(json.dumps(obj).encode() + b"\n")
 
         async def send(obj: dict) -> None:
@@ -115,7 +118,10 @@ class ControlServer:
             await writer.drain()
 
         try:
-            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                line = await reader.readline()
+            if not line:
+                return  # a liveness probe (`_alive`) or a client that left before asking
             req = json.loads(line)
             if not isinstance(req, dict):
                 raise ValueError("request must be a JSON object")
@@ -123,9 +129,11 @@ class ControlServer:
         except (TimeoutError, ValueError, TypeError, asyncio.LimitOverrunError) as exc:
             try:
                 await send({"error": f"bad request: {exc}"})
-            except ConnectionError:
+            except (ConnectionError, RuntimeError):
                 pass
-        except ConnectionError:
+        except (ConnectionError, RuntimeError):  # RuntimeError: a write on a transport closed under us
+            pass
+        except asyncio.CancelledError:  # the node is stopping (`gnut stop`): this answer is over
             pass
         except Exception as exc:  # a bug of ours costs this request only, never the node
             log.exception("control request failed")
@@ -165,25 +173,11 @@ class ControlServer:
             await send({"done": True, "banned": entry, "hostiles": len(node.hostiles)})
         elif op == "search":
             await self._search(req, send, reader)
-        elif op == "get":
-            if not isinstance(req.get("urn"), str) or len(req["urn"]) > MAX_TEXT:
-                raise ValueError("get needs a urn (or magnet) string")
-            name, out = req_text(req, "name"), req_text(req, "out")
-            size = req_number(req, "size", None, 0, MAX_FILE_SIZE, int, nullable=True)
-            timeout = req_number(req, "timeout", 120.0, 0.1, GET_TIMEOUT_MAX)
-            started = time.monotonic()
-
-            def progress(p) -> None:
-                write({"progress": {"done": p.done, "total": p.total, "sources": p.sources_active,
-                                         "rate": round(p.rate_bps), "state": p.state}})
-
-            try:
-                path = await actions.fetch(node, str(req["urn"]), name, size,
-                                           Path(out or node.cfg.download_dir), timeout, progress)
-            except actions.FetchError as exc:
-                await send({"error": str(exc)})
-                return
-            await send({"done": True, "path": str(path), "seconds": round(time.monotonic() - started, 2)})
+        elif op in queue_ops.OPS:
+            await queue_ops.dispatch(node, op, req, send, reader)
+        elif op == "stop":
+            await send({"done": True})
+            node.request_stop()
         elif op == "dht":
             from gnut.app.dhtcli import control_dht
 

@@ -29,9 +29,8 @@ async def start_node(cfg: NodeConfig) -> Node:
 
 async def run_node(cfg: NodeConfig, ready: asyncio.Future | None = None) -> int:
     """Run a node until SIGINT/SIGTERM, then BYE 200 to every peer and return 0."""
-    node = await start_node(cfg)
-    if ready is not None:
-        ready.set_result(node)
+    # Handlers first: a signal that comes while the node starts (it logs "listening" before its
+    # UDP side and services are up) still means a clean stop, never the default kill.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -39,7 +38,14 @@ async def run_node(cfg: NodeConfig, ready: asyncio.Future | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # no signal handlers on this platform/thread
             pass
-    await stop.wait()
+    node = await start_node(cfg)
+    if ready is not None:
+        ready.set_result(node)
+    signalled = asyncio.ensure_future(stop.wait())
+    asked = asyncio.ensure_future(node.shutdown.wait())  # `gnut stop`
+    await asyncio.wait({signalled, asked}, return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel()
+    asked.cancel()
     log.info("shutting down: BYE 200 to %d peers", len(node.peers))
     await node.stop()
     return 0

@@ -561,7 +561,7 @@ def evaluate_incoming(
     Returns:
         A Verdict: 200 admits; 406 when an Accept header excludes Gnutella packets;
         503 when we are a leaf and the peer is not an ultrapeer, or the slots for the
-        peer's role are full.
+        peer's role are full (a flood node has one kind of slot: every peer is equal).
     """
     peer_up, note = _peer_role(headers)
     accept = headers.get("Accept")
@@ -573,6 +573,11 @@ def evaluate_incoming(
         if counts.ultrapeers >= counts.max_ultrapeers:
             reason = f"Shielded leaf node ({counts.max_ultrapeers} ultrapeers max)"
             return _refuse(CODE_UNAVAILABLE, reason, peer_up, try_hosts, note)
+    elif cfg.mode == "flood":
+        # The classic network: every peer is equal. A client that calls itself a leaf (a
+        # stand-alone `gnut search`) is admitted as one more flood peer within the same slots.
+        if counts.ultrapeers >= counts.max_ultrapeers:
+            return _refuse(CODE_UNAVAILABLE, f"Too many peers ({counts.max_ultrapeers} max)", peer_up, try_hosts, note)
     elif peer_up and counts.ultrapeers >= counts.max_ultrapeers:
         return _refuse(CODE_UNAVAILABLE, "Too many ultrapeers", peer_up, try_hosts, note)
     elif not peer_up and counts.leaves >= counts.max_leaves:

@@ -661,9 +661,8 @@ class Download:
         why = ""
         if direct and source.tls and self._tls is not None and source.key not in self._tls_failed:
             try:
-                reader, writer = await asyncio.wait_for(
-                    open_tls_connection(source.host, source.port, self._tls), self._timeout
-                )
+                async with asyncio.timeout(self._timeout):  # not wait_for: 3.11's can swallow a cancel
+                    reader, writer = await open_tls_connection(source.host, source.port, self._tls)
                 return _Conn(reader, writer)
             except (ssl.SSLError, TlsError) as exc:
                 log.info("TLS to %s failed (%s): plain", source.key, exc)
@@ -672,9 +671,8 @@ class Download:
                 pass  # unreachable: the plain attempt below decides (and falls back to PUSH)
         if direct:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(source.host, source.port), self._timeout
-                )
+                async with asyncio.timeout(self._timeout):
+                    reader, writer = await asyncio.open_connection(source.host, source.port)
                 return _Conn(reader, writer)
             except (TimeoutError, OSError) as exc:
                 if self._push is None:
@@ -686,7 +684,8 @@ class Download:
         if self._push is None:
             raise _SourceFailure("source needs a PUSH and no push route is available", drop=True)
         try:
-            reader, writer = await asyncio.wait_for(self._push(source), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                reader, writer = await self._push(source)
         except TimeoutError as exc:
             raise _SourceFailure(f"{why}no GIV callback after PUSH") from exc
         except Exception as exc:  # the node's routing may fail in its own ways
@@ -723,7 +722,8 @@ class Download:
             except h11.RemoteProtocolError as exc:
                 raise RemoteProtocolError(f"bad HTTP response: {exc}") from exc
             if event is h11.NEED_DATA:
-                data = await asyncio.wait_for(conn.reader.read(READ_SIZE), self._timeout)
+                async with asyncio.timeout(self._timeout):  # a pause (cancel) must stop a busy worker
+                    data = await conn.reader.read(READ_SIZE)
                 conn.h11.receive_data(data)
                 continue
             if isinstance(event, h11.InformationalResponse):
@@ -742,7 +742,8 @@ class Download:
         out = conn.h11.send(self._request(st.source, start, end)) or b""
         out += conn.h11.send(h11.EndOfMessage()) or b""
         conn.writer.write(out)
-        await asyncio.wait_for(conn.writer.drain(), self._timeout)
+        async with asyncio.timeout(self._timeout):
+            await conn.writer.drain()
         response = await self._next_event(conn)
         if not isinstance(response, h11.Response):
             raise RemoteProtocolError(f"expected a response, got {type(response).__name__}")

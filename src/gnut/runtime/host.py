@@ -24,6 +24,8 @@ class LinkHost(Protocol):
 
     handshake_config: HandshakeConfig
     events: Counter
+    # Gnutella link bytes [received, sent] over the node's life (the links add per chunk).
+    traffic: list[int]
 
     def next_peer_id(self) -> int: ...
     def new_guid(self) -> bytes: ...

@@ -131,6 +131,8 @@ class HttpContext:
     # PARQ: with a queue, a request finding every slot taken gets a place (503 + X-Queued) in a
     # queue fair across hosts; None: a plain 503 Busy.
     parq: UploadQueue | None = None
+    # Called with (client address, SharedFile, first byte, byte count) after each body served.
+    on_upload: Callable[[tuple | None, SharedFile, int, int], None] | None = None
     request_timeout: float = REQUEST_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
@@ -606,6 +608,8 @@ class _Upload:
                 ctx.stats["uploads_started"] += 1
                 await self._send_file(fh, span[0], count)
                 ctx.stats["uploads_finished"] += 1
+                if ctx.on_upload is not None:
+                    ctx.on_upload(self.writer.get_extra_info("peername"), sf, span[0], count)
             await self._write(self.conn.send(h11.EndOfMessage()))
 
     def _slot_refusal(self) -> str | None:

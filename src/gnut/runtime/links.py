@@ -67,6 +67,7 @@ class LinkManager:
             )
         except (TimeoutError, OSError) as exc:
             log.info("dial %s:%d failed: %s", printable(host), port, printable(str(exc or "timeout")))
+            self.note_link_failure(host, port, exc)
             self.hosts.mark_failed(host, port, time.time())
             self.events["dial_failed"] += 1
         finally:

@@ -37,14 +37,15 @@ from gnut.protocol.printable import printable
 from gnut.runtime.config import NodeConfig
 from gnut.runtime.dynquery import DqDriver
 from gnut.runtime.hostcache import HostCache
-from gnut.runtime.hostiles import HOSTILES_FILE, load_hostiles, persist_ban, trust_view
+from gnut.runtime.hostiles import HOSTILES_FILE, load_hostiles, persist_ban
 from gnut.runtime.limits import Limits
 from gnut.runtime.links import ACCEPTS_PER_IP_PER_MINUTE, LinkManager
+from gnut.runtime.nodeviews import NodeViews
 from gnut.runtime.peer import HIGH_WATER, LOW_WATER, PRIO_KEEP, Peer, shed_priority
 from gnut.runtime.pushproxy import PushProxy
 from gnut.runtime.reach import Reachability
 from gnut.runtime.search import SearchManager
-from gnut.runtime.udpnode import start_udp, stop_udp, udp_stats
+from gnut.runtime.udpnode import start_udp, stop_udp
 
 log = logging.getLogger("gnut.runtime.node")
 flow = logging.getLogger("gnut.flow")
@@ -69,6 +70,8 @@ HOSTS_SAVE_EVERY = 30.0
 TLS_HOSTS_MAX = 4096
 # Parallel outgoing dials while filling link slots.
 MAX_PARALLEL_DIALS = 4
+# Byte rates in `gnut status` are measured over the last RATE_SAMPLES housekeeping ticks.
+RATE_SAMPLES = 6
 # Listening on these means "every interface": the address we advertise must come from elsewhere.
 WILDCARDS = ("0.0.0.0", "::")
 
@@ -91,7 +94,7 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-class Node(LinkManager):
+class Node(NodeViews, LinkManager):
     """A running servent. Create, `await start()`, use, `await stop()`."""
 
     def __init__(self, cfg: NodeConfig) -> None:
@@ -157,6 +160,14 @@ class Node(LinkManager):
         self.tick_interval = TICK
         self.reach = Reachability(self)
         self.pushproxy = PushProxy(self)
+        # Gnutella link bytes [in, out] (peers add per chunk); samples of all byte counters for rates.
+        self.traffic = [0, 0]
+        self._samples: collections.deque = collections.deque(maxlen=RATE_SAMPLES)
+        self.downloads = None
+        # Why the last links to each address failed, in words (a client reports it to its user).
+        self.link_failures: collections.OrderedDict[tuple[str, int], str] = collections.OrderedDict()
+        # Set by request_stop() (the control API's `gnut stop`): app/runner.py then stops the node.
+        self.shutdown = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
@@ -165,6 +176,7 @@ class Node(LinkManager):
         Returns:
             The (host, port) actually listened on (port 0 picks a free one).
         """
+        from gnut.runtime.downloads import QUEUE_FILE, DownloadQueue
         from gnut.runtime.transfers import Transfers
 
         loop = asyncio.get_running_loop()
@@ -173,6 +185,11 @@ class Node(LinkManager):
         if self.cfg.tls:
             self.tls = _tls_contexts(self.cfg.home)
         await self.transfers.scan()
+        # The queue is the control API's: a node without one (a client's short-lived leaf, a test
+        # node) keeps it in memory and never touches the queue file of a node sharing its home.
+        queue_path = self.cfg.home / QUEUE_FILE if self.cfg.control else None
+        self.downloads = DownloadQueue(self, self.transfers, queue_path, self.cfg.max_downloads)
+        self.downloads.load()
         self._server = await loop.create_server(
             lambda: Peer(self, outgoing=False), self.cfg.listen_host, self.cfg.listen_port, reuse_address=True
         )
@@ -185,10 +202,10 @@ class Node(LinkManager):
         self.address_changed()
         if self.wildcard:
             log.info("listening on %s:%d (every interface; our address is advertised once peers tell it) "
-                     "as %s%s (%d files shared)", sock[0], sock[1], self.cfg.mode,
+                     "as %s%s (%d file(s) shared)", sock[0], sock[1], self.cfg.mode,
                      " (auto)" if self.cfg.auto_role else "", len(self.share))
         else:
-            log.info("listening on %s:%d as %s%s (%d files shared)", *self.address, self.cfg.mode,
+            log.info("listening on %s:%d as %s%s (%d file(s) shared)", *self.address, self.cfg.mode,
                      " (auto)" if self.cfg.auto_role else "", len(self.share))
         await start_udp(self)
         self.spawn(self._housekeeping())
@@ -202,7 +219,13 @@ class Node(LinkManager):
             self.dht = await start_for_node(self)
         for service in self.services:
             await service.start()
+        self.downloads.schedule()
         return self.address
+
+    def request_stop(self) -> None:
+        """Ask whoever runs the node (app/runner.py) to stop it: BYE 200 to peers, clean exit."""
+        log.info("stop requested through the control API")
+        self.shutdown.set()
 
     async def stop(self) -> None:
         """Send BYE 200 to every peer, close the listener and wait for the links to go."""
@@ -219,6 +242,8 @@ class Node(LinkManager):
         stop_udp(self)
         for p in list(self.peers.values()):
             p.send_bye(200, "Servent shutdown")
+        if self.downloads is not None:
+            await self.downloads.stop()
         for t in list(self._tasks):
             t.cancel()
         if self.transfers is not None:
@@ -498,6 +523,9 @@ class Node(LinkManager):
         if not files:
             return
         self.events["queries_answered"] += 1
+        served = self.transfers.hits_served
+        for sf in files:
+            served[sf.urn] += 1
         ttl = min(msg.hops + 2, SOFT_TTL_LIMIT) if msg.hops else 1
         local = None
         if self.address_unknown and peer.transport is not None:  # no learned address: the one this link reached
@@ -675,6 +703,7 @@ class Node(LinkManager):
         self.searches.tick(now)
         self.reach.tick(now)
         self.pushproxy.tick()
+        self._samples.append((now, *self.byte_counters()))
         if self.transfers is not None:
             self.transfers.maybe_rescan(now)
         self._keep_links(now)
@@ -698,47 +727,7 @@ class Node(LinkManager):
         for host, port in self.hosts.pick(min(want, MAX_PARALLEL_DIALS), time.time(), exclude, self.rng):
             self.dial(host, port)
 
-    # --- views -------------------------------------------------------------------------------------
-    def stats(self) -> dict:
-        """Peers, traffic by message type, drops by reason, transfers: for `gnut status`."""
-        peers = []
-        for p in self.peers.values():
-            # The socket's address (what we know); an incoming peer's claimed listen address beside it.
-            host, port = p.addr or p.listen_addr or ("?", 0)
-            listen = f"{p.listen_addr[0]}:{p.listen_addr[1]}" if p.listen_addr else ""
-            peers.append({
-                "id": p.id, "host": host, "port": port, "listen": printable(listen, 80), "role": p.role.name.lower() if p.role is not None else "handshake",
-                "outgoing": p.outgoing, "user_agent": printable(p.user_agent, 80), "msgs_in": p.msgs_in, "msgs_out": p.msgs_out,
-                "queued": p.queued() if p.transport else 0, "shed": p.shed,
-                "tls": p.tls.version if p.tls is not None else "",
-                "deflate": bool(p.conn is not None and (p.conn.deflate_in or p.conn.deflate_out)),
-                "uptime": round(time.monotonic() - p.started, 1),
-            })
-        r = self.router
-        return {
-            "address": f"{self.address[0]}:{self.address[1]}",
-            "mode": self.cfg.mode,
-            "servent_guid": self.servent_guid.hex(),
-            "uptime": round(time.monotonic() - self.started, 1),
-            "peers": peers,
-            "received": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(r.received.items())},
-            "sent": {TYPE_NAMES.get(k, hex(k)): v for k, v in sorted(self.sent.items())},
-            "drops": {k.name.lower(): v for k, v in r.drops.items() if v},
-            "qrp_skips": r.qrp_skips,
-            "dup_ttl_relays": r.dup_ttl_relays,
-            "events": dict(self.events),
-            "limits": self.limits.stats(),
-            "dynamic_queries": self.dq.stats(),
-            "spam": self.searches.spam_stats(),
-            "hosts_known": len(self.hosts),
-            "hosts": self.hosts.stats(),
-            "trust": trust_view(r, self.addr_votes, self.address[0], self.wildcard, self.hostiles, self.trust,
-                                time.monotonic()),
-            "reachability": self.reach.stats(),
-            "shared_files": len(self.share) if self.share is not None else 0,
-            "transfers": self.transfers.stats() if self.transfers is not None else {},
-            "udp": udp_stats(self),
-        }
+    # --- views: runtime/nodeviews.py (stats, traffic, link failures) ---------------------------------
 
 
 __all__ = ["Node", "Service", "ProtocolError"]

@@ -66,6 +66,8 @@ class Peer(asyncio.Protocol):
         self.msgs_in = 0
         self.msgs_out = 0
         self.shed = 0
+        self.bytes_in = 0  # wire bytes (compressed when deflated), counted per chunk, not per message
+        self.bytes_out = 0
         self.dups = 0  # duplicate broadcasts received on this link
         self.dups_resent = 0  # ... of which this very link had already sent (see Node.on_frames)
         self.dup_window_start = self.started
@@ -94,6 +96,8 @@ class Peer(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
+        self.bytes_in += len(data)
+        self.node.traffic[0] += len(data)
         if self.tls is not None:
             try:
                 data, wire = self.tls.receive(data)
@@ -248,6 +252,8 @@ class Peer(asyncio.Protocol):
                 return
         if out and not self.transport.is_closing():
             self.transport.write(out)
+            self.bytes_out += len(out)
+            self.node.traffic[1] += len(out)
 
     def _start_tls(self, server_side: bool, received: bytes) -> bool:
         """Switch the link to TLS (False when it failed and was closed, or TLS is off).

@@ -15,6 +15,7 @@ from pathlib import Path
 from gnut.constants import MAX_PAYLOAD, VENDOR_CODE
 from gnut.errors import LocalProtocolError
 from gnut.protocol.messages import GgepItem, HitResult, QueryHit
+from gnut.protocol.printable import printable
 from gnut.protocol.qrp import keywords, query_words
 from gnut.runtime.fsutil import atomic_write_json, read_json
 
@@ -94,6 +95,21 @@ class ScanReport:
     rehashed: int
     cached: int
     skipped: int = 0
+    # Paths that could not be shared, each with the reason in words (for the log and `gnut rescan`).
+    problems: tuple[str, ...] = ()
+    shared: int = 0
+
+    def describe(self) -> str:
+        """One line in words: how many files are shared and what this scan changed."""
+        parts = [f"{n} {what}" for n, what in ((self.added, "added"), (self.removed, "removed"),
+                                               (self.changed, "changed"), (self.skipped, "skipped")) if n]
+        return f"{self.shared} file(s) shared" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _why(exc: BaseException) -> str:
+    """An OS error in words ("permission denied"), without Python's repr."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
 
 
 def sha1_to_urn(sha1: bytes) -> str:
@@ -223,13 +239,26 @@ class ShareIndex:
         )
 
     def _walk(self) -> tuple[list[tuple[Path, os.stat_result]], int]:
-        """Regular, non-hidden files under the share dirs, resolved and inside them; and a skip count."""
+        """Regular, non-hidden files under the share dirs, resolved and inside them; and a skip count.
+
+        Each share folder that is missing or unreadable, and each entry that cannot be read, is
+        recorded in self.problems (path and reason in words).
+        """
         roots = []
+        self.problems: list[str] = []
         for d in self.dirs:
             try:
-                roots.append(d.resolve(strict=True))
-            except (OSError, RuntimeError):
+                root = d.resolve(strict=True)
+            except FileNotFoundError:
+                self.problems.append(f"{d}: share folder does not exist")
                 continue
+            except (OSError, RuntimeError) as exc:
+                self.problems.append(f"{d}: cannot open the share folder ({_why(exc)})")
+                continue
+            if not root.is_dir():
+                self.problems.append(f"{d}: not a folder")
+                continue
+            roots.append(root)
         self._roots = tuple(str(r) for r in roots)
         found: list[tuple[Path, os.stat_result]] = []
         seen_files: set[Path] = set()
@@ -243,7 +272,8 @@ class ShareIndex:
             seen_dirs.add(folder)
             try:
                 entries = list(os.scandir(folder))
-            except OSError:
+            except OSError as exc:
+                self.problems.append(f"{folder}: cannot list the folder ({_why(exc)})")
                 skipped += 1
                 continue
             for entry in entries:
@@ -252,7 +282,8 @@ class ShareIndex:
                 try:
                     real = Path(entry.path).resolve(strict=True)
                     st = real.stat()
-                except (OSError, RuntimeError):
+                except (OSError, RuntimeError) as exc:
+                    self.problems.append(f"{entry.path}: cannot read ({_why(exc)})")
                     skipped += 1
                     continue
                 # A symlink (or a path through one) that leaves every share root is not shared,
@@ -289,11 +320,15 @@ class ShareIndex:
             name = real.name
             too_long = len(name.encode("utf-8", "surrogateescape")) > self.max_name_bytes
             if too_long or len(new_by_path) >= self.max_files:
+                why = f"name longer than {self.max_name_bytes} bytes" if too_long else \
+                    f"more than {self.max_files} files shared"
+                self.problems.append(f"{printable(str(real))}: not shared ({why})")
                 skipped += 1
                 continue
             try:
                 name.encode("utf-8")
             except UnicodeEncodeError:  # undecodable bytes in the name: not representable in a hit
+                self.problems.append(f"{printable(str(real), 0)}: not shared (the name is not valid UTF-8)")
                 skipped += 1
                 continue
             key = str(real)
@@ -320,8 +355,13 @@ class ShareIndex:
             if sha1 is None:
                 try:
                     sha1 = _hash_file(real)
-                except OSError:
+                except OSError as exc:
+                    self.problems.append(f"{real}: cannot read ({_why(exc)})")
                     skipped += 1
+                    if entry is not None or old is not None:
+                        changed -= 1
+                    else:
+                        added -= 1  # counted once, as skipped: the counts add up to what is shared
                     continue
                 rehashed += 1
             if index == 0 or index in assigned:
@@ -351,7 +391,8 @@ class ShareIndex:
         self._catalog = _Catalog(new_by_path.values())
         if dirty:
             self._save_cache()
-        return ScanReport(added, removed, changed, rehashed, cached, skipped)
+        return ScanReport(added, removed, changed, rehashed, cached, skipped, tuple(self.problems),
+                          len(new_by_path))
 
     # --- lookups ----------------------------------------------------------------------
     def __len__(self) -> int:

@@ -36,6 +36,25 @@ MAX_PUSH_CALLBACKS = 8
 HTTP_READ_LIMIT = 64 * 1024
 # Share rescan period: new and changed files get picked up and the QRP table refreshed.
 RESCAN_EVERY = 300.0
+# Upload sessions (client ip, file) tracked for the per-file log line; the oldest is logged and dropped.
+MAX_UPLOAD_SESSIONS = 1024
+# A client silent this long on a file has stopped: its upload is logged as ended.
+UPLOAD_SESSION_IDLE = 60.0
+# Disjoint byte spans remembered per upload session (a client asking scattered ranges stays bounded).
+MAX_SESSION_SPANS = 64
+
+
+def _merge_span(spans: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """Sorted disjoint spans plus [start, end), merged; at most MAX_SESSION_SPANS kept (the lowest)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted([*spans, (start, end)]):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out[:MAX_SESSION_SPANS]
+
+
 # Browse host encodes this many files per step (hits pack 10 per message: whole messages per batch).
 BROWSE_BATCH_FILES = 100
 # Connect-backs (GIV) to one IP address per minute, whatever the ports and file indices:
@@ -107,24 +126,70 @@ class Transfers:
         self._last_scan = time.monotonic()
         self.rescan_every = RESCAN_EVERY
         self.downloads: dict[str, dict] = {}
+        self.ctx.on_upload = self.on_upload
+        # Per (client ip, urn): bytes served so far, to log and count whole files, not requests.
+        self.upload_sessions: dict[tuple[str, str], dict] = {}
+        self.uploads_completed = 0
+        # Query hits sent per urn (`gnut shares`).
+        self.hits_served: collections.Counter[str] = collections.Counter()
+        self._problems_logged: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
 
-    async def scan(self) -> None:
-        """Scan the share folders in a worker thread (hashing can take a while)."""
+    async def scan(self):
+        """Scan the share folders in a worker thread (hashing can take a while).
+
+        Returns:
+            The share.ScanReport, or None when no folder is shared or a scan is under way.
+        """
         if not self.node.cfg.share_dirs or self._scanning:
-            return
+            return None
         self._scanning = True
         try:
             report = await asyncio.get_running_loop().run_in_executor(None, self.share.scan)
         finally:
             self._scanning = False
             self._last_scan = time.monotonic()
-        if report.added or report.removed or report.changed or self._first_scan:
-            log.info("shares scanned: %s", report)
+        new_problems = set(report.problems) - self._problems_logged
+        for problem in report.problems:
+            if problem in new_problems:  # each unreadable path is named once, not every rescan
+                log.warning("cannot share %s", problem)
+        self._problems_logged = set(report.problems)
+        if report.added or report.removed or report.changed or self._first_scan or new_problems:
+            log.info("shares scanned: %s", report.describe())
             self.node.shares_changed()
         self._first_scan = False
+        return report
+
+    def on_upload(self, peer: tuple | None, sf, start: int, count: int) -> None:
+        """http.py served bytes [start, start+count) of `sf` to `peer`: log each file once, when the
+        client has had every byte of it (ranges are merged, so a re-sent range is not counted twice)."""
+        who = f"{peer[0]}:{peer[1]}" if peer else "?"
+        key = (peer[0] if peer else "?", sf.urn)
+        sess = self.upload_sessions.pop(key, None) or {"bytes": 0, "who": who, "name": sf.name, "size": sf.size,
+                                                       "spans": []}
+        sess["bytes"] += count
+        sess["last"] = time.monotonic()
+        sess["spans"] = _merge_span(sess["spans"], start, start + count)
+        self.upload_sessions[key] = sess  # re-inserted: the dict stays in last-use order
+        if sess["spans"] == [(0, sf.size)]:
+            del self.upload_sessions[key]
+            self.uploads_completed += 1
+            log.info("upload complete: %s got %s (%d bytes)", who, printable(sf.name), sf.size)
+        while len(self.upload_sessions) > MAX_UPLOAD_SESSIONS:
+            self._end_session(next(iter(self.upload_sessions)))
+
+    def _end_session(self, key) -> None:
+        sess = self.upload_sessions.pop(key)
+        have = sum(b - a for a, b in sess["spans"])
+        log.info("upload ended: %s got %d of %d bytes of %s", sess["who"], have, sess["size"],
+                 printable(sess["name"]))
+
+    def expire_uploads(self, now: float) -> None:
+        for key in [k for k, v in self.upload_sessions.items() if now - v["last"] > UPLOAD_SESSION_IDLE]:
+            self._end_session(key)
 
     def maybe_rescan(self, now: float) -> None:
+        self.expire_uploads(now)
         """Rescan every RESCAN_EVERY seconds: new and changed files get shared, QRP tables follow."""
         if self.node.cfg.share_dirs and not self._scanning and now - self._last_scan >= self.rescan_every:
             self._spawn(self.scan())
@@ -327,7 +392,7 @@ class Transfers:
         out = Path(out_dir or self.node.cfg.download_dir)
         out.mkdir(parents=True, exist_ok=True)
         state = {"urn": urn, "name": name, "size": size, "done": 0, "state": "running", "sources": len(sources),
-                 "out": str(out)}
+                 "sources_known": len(sources), "out": str(out)}
         self.downloads[urn] = state
 
         def on_progress(p) -> None:
@@ -357,7 +422,8 @@ class Transfers:
         c = self.ctx
         return {
             "uploads_active": c.active_uploads,
-            "uploads_done": c.stats.get("uploads_finished", 0) if isinstance(c.stats, dict) else 0,
+            "uploads_done": self.uploads_completed,
+            "upload_requests": c.stats.get("uploads_finished", 0) if isinstance(c.stats, dict) else 0,
             "upload_bytes": c.stats.get("bytes_sent", 0) if isinstance(c.stats, dict) else 0,
             "downloads": list(self.downloads.values()),
             "limits": self.rates.status(),
