@@ -733,3 +733,20 @@ async def test_garbage_responses_fail_cleanly(tmp_path: Path, blob: bytes) -> No
     finally:
         server.close()
     assert visible_files(tmp_path) == []
+
+
+def test_the_size_most_addresses_announce_wins_not_the_first_answer():
+    """A fast liar announcing another size must not steer the download away from honest sources."""
+    from gnut.protocol.spam import MAX_PLAUSIBLE_SIZE
+    from gnut.runtime.download import Source, agreed_size
+
+    def src(host: str, size: int, port: int = 6346) -> Source:
+        return Source(host=host, port=port, index=1, name="x.bin", size=size, urn=None, servent_guid=b"", firewalled=False)
+
+    liar_first = [src("127.0.0.66", 10**12), src("127.0.0.2", 5000), src("127.0.0.3", 5000)]
+    assert agreed_size(liar_first) == 5000
+    # One address counts once however many ports it answers from.
+    sybil = [src("127.0.0.66", 999, port) for port in range(1, 50)] + [src("127.0.0.2", 5000), src("127.0.0.3", 5000)]
+    assert agreed_size(sybil) == 5000
+    assert agreed_size([src("127.0.0.2", 7000), src("127.0.0.3", 5000)]) == 5000  # a tie: the smaller
+    assert agreed_size([src("127.0.0.2", 0), src("127.0.0.3", MAX_PLAUSIBLE_SIZE + 1)]) is None

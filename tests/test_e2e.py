@@ -87,6 +87,8 @@ class NodeProc:
         # in the node's config file, as a user's own lab network would.
         conf = home / "lab.toml"
         conf.write_text("".join(f"{k} = {v}\n" for k, v in LAB_LIMITS.items()))
+        if "--mode" not in args:  # the default is auto (a leaf until reachable): a lab node is an ultrapeer
+            args = ("--mode", "ultrapeer", *args)
         self.proc = subprocess.Popen(
             preexec_fn=_default_signals,
             args=[*GNUT, "node", "--listen", "127.0.0.1:0", "--config", str(conf), *args],

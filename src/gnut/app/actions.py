@@ -177,8 +177,11 @@ async def fetch(node: Node, target: str, name: str | None, size: int | None, out
             found[s.key] = s
     if not found:
         raise FetchError(f"no source found for {urn} within {timeout:.0f} s")
-    first = next(iter(found.values()))
-    size, name = size or first.size, name or first.name
+    # The size most distinct addresses announce (dl.agreed_size), never just the first answer's.
+    size = size or dl.agreed_size(found.values())
+    if not size:
+        raise FetchError(f"no source of {urn} announced a usable size (zero or implausibly large)")
+    name = name or next(s.name for s in found.values() if s.size == size)
     left = max(1.0, deadline - time.monotonic())
     have = await _already_there(out, name, size, urn)
     if have is not None:

@@ -98,6 +98,26 @@ class DownloadError(Exception):
     """A download cannot complete (no usable source left, SHA-1 mismatch, local disk error)."""
 
 
+def agreed_size(sources) -> int | None:
+    """The file size to download: the one announced by the most distinct source addresses.
+
+    Strategy: a hit can lie about its size, and whichever size we pick excludes the sources that
+    announced another, so the first answer must not decide (a fast liar would steer the download
+    away from every honest source). Each IP counts once per size; a tie goes to the smaller size
+    (an inflated size costs disk and time, a smaller wrong one fails fast); zero and sizes above
+    spam.MAX_PLAUSIBLE_SIZE never count. None when no source announces a usable size.
+    """
+    from gnut.protocol.spam import MAX_PLAUSIBLE_SIZE
+
+    votes: dict[int, set[str]] = {}
+    for s in sources:
+        if 0 < s.size <= MAX_PLAUSIBLE_SIZE:
+            votes.setdefault(s.size, set()).add(s.host)
+    if not votes:
+        return None
+    return min(votes, key=lambda size: (-len(votes[size]), size))
+
+
 @dataclass(frozen=True)
 class Source:
     """One servent that announced the file in a QUERYHIT."""

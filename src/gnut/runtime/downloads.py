@@ -552,9 +552,11 @@ class DownloadQueue:
         if not found:
             raise QueueError(f"no source found within {e.source_timeout:.0f} s "
                              f"(`gnut resume {e.id}` looks again)")
-        first = next(iter(found.values()))
-        e.size = e.size or first.size
-        e.name = e.name or first.name
+        # The size most distinct addresses announce (dl.agreed_size), never just the first answer's.
+        e.size = e.size or dl.agreed_size(found.values()) or 0
+        if not e.size:
+            raise QueueError("no source announced a usable size (zero or implausibly large)")
+        e.name = e.name or next(s.name for s in found.values() if s.size == e.size)
         sources = [s for s in found.values() if s.size == e.size]
         e.known = len(sources)
         return sources
