@@ -123,12 +123,17 @@ def source_from_hint(h: dict, urn: str, size: int, name: str) -> dl.Source | Non
     try:
         host, port = str(h["host"]), int(h["port"])
         guid = bytes.fromhex(str(h.get("servent_guid") or "")) or bytes(16)
+        proxies = tuple((str(a), int(b)) for a, b in (h.get("push_proxies") or ())[:PROXIES_PER_SOURCE])
         return dl.Source(host=host, port=port, index=int(h.get("index", 0)), name=str(h.get("name") or name),
                          size=int(h.get("size") or size), urn=urn, servent_guid=guid,
-                         firewalled=bool(h.get("firewalled", False)))
+                         firewalled=bool(h.get("firewalled", False)), push_proxies=proxies,
+                         tls=bool(h.get("tls", False)))
     except (KeyError, ValueError, TypeError):
         return None
 
+
+# Push proxies taken from one search row's source (a hit carries a handful; the rest is noise).
+PROXIES_PER_SOURCE = 8
 
 # Types of the persisted fields (the queue file is ours, but a damaged one must not stop the node).
 _ROW_TYPES = {"id": int, "urn": str, "name": str, "size": int, "out": str, "state": str, "done": int,
@@ -440,9 +445,12 @@ class DownloadQueue:
         self._set(e, "downloading")
         cfg = self.node.cfg
         me = asyncio.current_task()
+        rates = getattr(self.transfers, "rates", None)
         d = dl.Download(e.urn, e.size, e.name, out, sources=sources, push=self.transfers.push_connect,
+                        tls_context=self.node.tls_context(False) if hasattr(self.node, "tls_context") else None,
                         progress=lambda p: self._on_progress(e, p, me),
-                        assume_private_firewalled=cfg.private_means_firewalled)
+                        assume_private_firewalled=cfg.private_means_firewalled,
+                        rate_bucket=None if rates is None or rates.download.unlimited else rates.download)
         path = await d.run()
         with contextlib.suppress(OSError):  # only when no other partial file is in there
             (out / dl.PARTIAL_DIR).rmdir()
@@ -538,7 +546,8 @@ class DownloadQueue:
                 if not h.urn or h.urn.upper() != e.urn.upper():
                     continue
                 s = dl.Source(host=h.host, port=h.port, index=h.index, name=h.name, size=h.size, urn=h.urn,
-                              servent_guid=bytes.fromhex(h.servent_guid), firewalled=h.firewalled)
+                              servent_guid=bytes.fromhex(h.servent_guid), firewalled=h.firewalled,
+                              push_proxies=tuple(h.push_proxies), tls=h.tls)
                 found[s.key] = s
                 first_at = first_at or time.monotonic()
                 e.known = len(found)
