@@ -49,6 +49,19 @@ def _no_node(cmd: str, home: Path) -> int:
     return 1
 
 
+async def _ask_node(cmd: str, home: Path, req: dict) -> dict | None:
+    """`gnut CMD`'s one request to the running node: its answer, or None once the reason (no node,
+    or the node's error line) was printed, and the command exits 1."""
+    if not await _running_node(home):
+        _no_node(cmd, home)
+        return None
+    ans = await _ask(home, req)
+    if "error" in ans:
+        print(f"gnut {cmd}: {ans['error']}", file=sys.stderr)
+        return None
+    return ans
+
+
 class _Target:
     def __init__(self, urn: str, name: str | None, size: int | None, hints: list[dict]) -> None:
         self.urn, self.name, self.size, self.hints = urn, name, size, hints
@@ -233,11 +246,8 @@ def _failed(args, view: ProgressView, msg: str, entry: dict | None = None) -> in
 # --- the queue ---------------------------------------------------------------------------------
 
 async def downloads(args: argparse.Namespace, home: Path) -> int:
-    if not await _running_node(home):
-        return _no_node("downloads", home)
-    ans = await _ask(home, {"op": "downloads"})
-    if "error" in ans:
-        print(f"gnut downloads: {ans['error']}", file=sys.stderr)
+    ans = await _ask_node("downloads", home, {"op": "downloads"})
+    if ans is None:
         return 1
     rows = ans["downloads"]
     if args.json:
@@ -272,11 +282,8 @@ async def queue_op(args: argparse.Namespace, home: Path) -> int:
     if ident is None:
         print(f"gnut {op}: {args.id!r} is not a download id (a number from `gnut downloads`)", file=sys.stderr)
         return 2
-    if not await _running_node(home):
-        return _no_node(op, home)
-    ans = await _ask(home, {"op": op, "id": ident})
-    if "error" in ans:
-        print(f"gnut {op}: {ans['error']}", file=sys.stderr)
+    ans = await _ask_node(op, home, {"op": op, "id": ident})
+    if ans is None:
         return 1
     e = ans["entry"]
     print(f"{ {'pause': 'paused', 'resume': 'resumed', 'cancel': 'cancelled'}[op]} #{e['id']} "
@@ -287,11 +294,8 @@ async def queue_op(args: argparse.Namespace, home: Path) -> int:
 # --- node state ----------------------------------------------------------------------------------
 
 async def stop(args: argparse.Namespace, home: Path) -> int:
-    if not await _running_node(home):
-        return _no_node("stop", home)
-    ans = await _ask(home, {"op": "stop"})
-    if "error" in ans:
-        print(f"gnut stop: {ans['error']}", file=sys.stderr)
+    ans = await _ask_node("stop", home, {"op": "stop"})
+    if ans is None:
         return 1
     deadline = time.monotonic() + STOP_WAIT
     while time.monotonic() < deadline:
@@ -304,11 +308,8 @@ async def stop(args: argparse.Namespace, home: Path) -> int:
 
 
 async def shares(args: argparse.Namespace, home: Path) -> int:
-    if not await _running_node(home):
-        return _no_node("shares", home)
-    ans = await _ask(home, {"op": "shares"})
-    if "error" in ans:
-        print(f"gnut shares: {ans['error']}", file=sys.stderr)
+    ans = await _ask_node("shares", home, {"op": "shares"})
+    if ans is None:
         return 1
     files = ans["files"]
     if args.json:
@@ -329,11 +330,8 @@ async def shares(args: argparse.Namespace, home: Path) -> int:
 
 
 async def rescan(args: argparse.Namespace, home: Path) -> int:
-    if not await _running_node(home):
-        return _no_node("rescan", home)
-    ans = await _ask(home, {"op": "rescan"})
-    if "error" in ans:
-        print(f"gnut rescan: {ans['error']}", file=sys.stderr)
+    ans = await _ask_node("rescan", home, {"op": "rescan"})
+    if ans is None:
         return 1
     rep = ans.get("report")
     if rep is None:
