@@ -79,7 +79,7 @@ def test_runtime_and_protocol_have_no_import_circle() -> None:
         state[n] = 1
         for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
-                pytest.fail("import circle: " + " -> ".join([*stack[stack.index(m):], m]) if m in stack else m)
+                pytest.fail("import circle: " + " -> ".join([*stack[stack.index(m):], m] if m in stack else [n, m]))
             if m in graph and not state.get(m):
                 visit(m, [*stack, m])
         state[n] = 2
